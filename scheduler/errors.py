@@ -1,0 +1,171 @@
+"""Every exception vsched raises, in one hierarchy.
+
+::
+
+    VschedError
+    ├── ConfigError                  bad config file, key, type or value
+    ├── InputError                   a job that can never be sent as written
+    │   ├── ImageError               an image that cannot be read or is not accepted
+    │   │   ├── ImageNotFound        missing path or unreachable URL
+    │   │   ├── ImageFetchError      an http(s) image that could not be fetched
+    │   │   ├── ImageTooLarge        over the configured byte limit (20 MB by default)
+    │   │   ├── UnsupportedImage     not PNG, JPEG, WEBP or non-animated GIF
+    │   │   └── CorruptImage         truncated, undecodable header, bad base64, absurd size
+    │   ├── UnsupportedContent       a content part or body shape the cost model cannot price
+    │   ├── UnknownModel             no profile for a model and no fallback configured
+    │   └── RequestTooLarge          more tokens than the per-minute limit: can never be admitted
+    └── APIError                     the server (or the way to it) answered with an error
+        ├── RetryableError           worth another attempt
+        │   ├── RateLimited          429 rate_limit_exceeded (carries the server's wait hint)
+        │   ├── ServerError          408, 409, 5xx
+        │   ├── TransportError       timeout, dropped connection
+        │   └── MalformedResponse    a 2xx whose body is not the JSON we expect
+        ├── JobFailed                this job fails; others go on (400/404/422, request too large)
+        └── FatalError               stop the whole run
+            ├── QuotaExceeded        insufficient_quota and billing/spend-limit codes
+            └── AuthenticationFailed 401/403
+
+Messages name the job (when known) and the cause, and never contain the API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "AuthenticationFailed",
+    "ConfigError",
+    "CorruptImage",
+    "FatalError",
+    "ImageError",
+    "ImageFetchError",
+    "ImageNotFound",
+    "ImageTooLarge",
+    "InputError",
+    "JobFailed",
+    "MalformedResponse",
+    "QuotaExceeded",
+    "RateLimited",
+    "RequestTooLarge",
+    "RetryableError",
+    "ServerError",
+    "TransportError",
+    "UnknownModel",
+    "UnsupportedContent",
+    "UnsupportedImage",
+    "VschedError",
+]
+
+
+class VschedError(Exception):
+    """Base class of every error vsched raises on purpose."""
+
+
+class ConfigError(VschedError):
+    """The configuration is invalid; the message names the key."""
+
+
+class InputError(VschedError):
+    """A job that can never succeed as written (fail the job, not the run)."""
+
+
+class ImageError(InputError):
+    """An image that cannot be read or is not accepted; the message names the source."""
+
+    def __init__(self, source: str, cause: str) -> None:
+        self.source = source
+        self.cause = cause
+        super().__init__(f"image {source}: {cause}")
+
+
+class ImageNotFound(ImageError):
+    """The image's path does not exist or its URL answered 404."""
+
+
+class ImageFetchError(ImageError):
+    """An http(s) image could not be fetched (timeout, connection, HTTP error)."""
+
+
+class ImageTooLarge(ImageError):
+    """The image is over the configured byte limit."""
+
+
+class UnsupportedImage(ImageError):
+    """The image is not PNG, JPEG, WEBP or a non-animated GIF."""
+
+
+class CorruptImage(ImageError):
+    """The image's bytes are truncated, undecodable, or its dimensions are absurd."""
+
+
+class UnsupportedContent(InputError):
+    """A request body or content part the cost model does not know how to price."""
+
+
+class UnknownModel(InputError):
+    """A model with no profile, when no fallback profile is configured."""
+
+
+class RequestTooLarge(InputError):
+    """A request that costs more than the per-minute limit, so it can never be admitted."""
+
+    def __init__(self, message: str, *, tokens: int, limit: int) -> None:
+        self.tokens = tokens
+        self.limit = limit
+        super().__init__(message)
+
+
+class APIError(VschedError):
+    """An error answer from the server, or a failure to reach it.
+
+    ``status_code`` is None for transport errors; ``code`` is OpenAI's ``error.code``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class RetryableError(APIError):
+    """Worth another attempt after a wait."""
+
+
+class RateLimited(RetryableError):
+    """A 429 rate-limit answer; ``retry_after`` is the server's hint in seconds, if any."""
+
+
+class ServerError(RetryableError):
+    """A 408, 409 or 5xx answer."""
+
+
+class TransportError(RetryableError):
+    """A timeout or a dropped connection."""
+
+
+class MalformedResponse(RetryableError):
+    """A success status whose body is not the JSON expected."""
+
+
+class JobFailed(APIError):
+    """The server refused this job for good (400/404/422, request too large)."""
+
+
+class FatalError(APIError):
+    """An answer that means no further request can succeed: stop the whole run."""
+
+
+class QuotaExceeded(FatalError):
+    """``insufficient_quota`` or a billing / spend-limit code."""
+
+
+class AuthenticationFailed(FatalError):
+    """401 or 403: the key is missing, wrong, or not allowed."""
