@@ -22,6 +22,7 @@ their run so its CPU counts for them as it does for vsched.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -104,16 +105,43 @@ async def run_vsched_settle_none(
 # --- the official SDK, bare and behind peer limiters --------------------------------------------
 
 
-def _sdk_client(target: Target) -> Any:
-    import httpx2
+def _sdk_http() -> Any:
+    """The HTTP library the installed SDK is built on (``httpx``, or ``httpx2`` in openai 3)."""
     import openai
 
+    base = next(c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient")
+    return importlib.import_module(base.__module__.partition(".")[0])
+
+
+class _SdkErrors:
+    """ASGI wrapper turning the simulator's in-process ``httpx`` faults into the SDK's library.
+
+    The simulator raises ``httpx.ReadTimeout`` / ``RemoteProtocolError`` for a hung or dropped
+    connection; over a socket the SDK would see its own library's errors, so we give it those.
+    """
+
+    def __init__(self, app: ASGIApp, http: Any) -> None:
+        self.app = app
+        self.http = http
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except httpx.TimeoutException as exc:
+            raise self.http.ReadTimeout(str(exc)) from exc
+        except httpx.TransportError as exc:
+            raise self.http.RemoteProtocolError(str(exc)) from exc
+
+
+def _sdk_client(target: Target) -> Any:
+    import openai
+
+    http = _sdk_http()
     if target.app is None:
-        http_client = httpx2.AsyncClient(timeout=target.timeout)
+        http_client = http.AsyncClient(timeout=target.timeout)
     else:
-        http_client = httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=target.app), timeout=target.timeout
-        )
+        transport = http.ASGITransport(app=_SdkErrors(target.app, http))
+        http_client = http.AsyncClient(transport=transport, timeout=target.timeout)
     return openai.AsyncOpenAI(
         api_key=_API_KEY,
         base_url=target.base_url,

@@ -59,9 +59,9 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON data (outcomes as [ok, latency, attempts] triples)."""
+        """Plain JSON data, without the per-job outcomes (the figures summarise them)."""
         data = asdict(self)
-        data["outcomes"] = [[o.ok, round(o.latency, 4), o.attempts] for o in self.outcomes]
+        del data["outcomes"]
         return data
 
 
