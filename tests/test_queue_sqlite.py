@@ -66,7 +66,7 @@ def test_claim_record_and_crash_recovery(queue: SqliteQueue) -> None:
     assert queue.recover() == 2
     assert queue.counts() == {"pending": 4, "in_flight": 0, "done": 1, "failed": 0}
     assert [c.custom_id for c in queue.claim(10)] == ["j2", "j3", "j4", "j5"]
-    assert queue.total_sends() == 7
+    assert queue.total_claims() == 7
 
 
 def test_release_and_retry_failed(queue: SqliteQueue) -> None:

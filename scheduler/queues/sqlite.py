@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     metadata    TEXT,
     state       TEXT NOT NULL CHECK (state IN ('pending', 'in_flight', 'done', 'failed')),
     attempts    INTEGER NOT NULL DEFAULT 0,
-    sends       INTEGER NOT NULL DEFAULT 0,
+    claims      INTEGER NOT NULL DEFAULT 0,
     status_code INTEGER,
     response    TEXT,
     error       TEXT,
@@ -228,7 +228,8 @@ class SqliteQueue:
                 (limit,),
             ).fetchall()
             self._db.executemany(
-                "UPDATE jobs SET state = 'in_flight', sends = sends + 1, updated = ? WHERE seq = ?",
+                "UPDATE jobs SET state = 'in_flight', claims = claims + 1, updated = ?"
+                " WHERE seq = ?",
                 [(time.time(), row[0]) for row in rows],
             )
             self._db.execute("COMMIT")
@@ -341,9 +342,9 @@ class SqliteQueue:
                 request_id=row[10],
             )
 
-    def total_sends(self) -> int:
-        """How many times jobs were handed out for sending, over every run (at-least-once)."""
-        return int(self._db.execute("SELECT COALESCE(SUM(sends), 0) FROM jobs").fetchone()[0])
+    def total_claims(self) -> int:
+        """How many times jobs were claimed for sending, over every run (at-least-once)."""
+        return int(self._db.execute("SELECT COALESCE(SUM(claims), 0) FROM jobs").fetchone()[0])
 
     # -- runs ----------------------------------------------------------------------------------
 
