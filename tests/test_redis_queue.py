@@ -206,3 +206,26 @@ def test_runs_and_sends_are_kept(queue: RedisStreamsQueue) -> None:
     queue.load(_jobs(2))
     queue.claim(2)
     assert queue.total_sends() == 2
+
+
+def test_recover_returns_own_jobs_and_leaves_live_workers_alone(
+    queue: RedisStreamsQueue, other: RedisStreamsQueue
+) -> None:
+    """recover() at the end of a drain puts back its own unanswered jobs, not another's."""
+    queue.load(_jobs(4))
+    assert len(queue.claim(2)) == 2
+    assert len(other.claim(2)) == 2
+    assert queue.recover() == 2
+    assert queue.counts() == {"pending": 2, "in_flight": 2, "done": 0, "failed": 0}
+
+
+def test_retry_claim_after_waits_only_for_other_workers(
+    queue: RedisStreamsQueue, other: RedisStreamsQueue
+) -> None:
+    """An idle worker keeps polling while another holds jobs, and is finished once none are."""
+    queue.load(_jobs(2))
+    assert len(queue.claim(2)) == 2
+    assert queue.retry_claim_after() is None, "its own jobs finish in its own drain"
+    assert other.retry_claim_after() == pytest.approx(0.05)
+    queue.record([_ok("j1"), _ok("j2")])
+    assert other.retry_claim_after() is None

@@ -258,8 +258,14 @@ class RedisStreamsQueue:
     # -- the state machine ---------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Put every job idle longer than ``reclaim_after`` in a pending list back in line."""
-        requeued = 0
+        """Put this worker's unanswered jobs and dead workers' idle ones back; return how many.
+
+        A dead worker's job is one idle past ``reclaim_after``; live workers' jobs stay theirs.
+        """
+        with self._held_lock:
+            mine = list(self._held.items())
+            self._held.clear()
+        requeued = self._requeue_pairs(mine)
         start = "0-0"
         while True:
             start, entries, _ = self._redis.xautoclaim(
@@ -337,6 +343,19 @@ class RedisStreamsQueue:
             self._ack(stale)
             self.record(lost)
         return claimed
+
+    def retry_claim_after(self) -> float | None:
+        """After an empty claim: seconds until claiming again may find work, None when finished.
+
+        Jobs held by other workers may still come back (a worker that dies, or stops and
+        releases its jobs), so a drain keeps polling while any are in flight elsewhere.
+        """
+        counts = self.counts()
+        with self._held_lock:
+            mine = len(self._held)
+        if counts["pending"] or counts["in_flight"] > mine:
+            return min(1.0, self.reclaim_after / 4)
+        return None
 
     def _ack(self, pairs: Sequence[tuple[str, str]]) -> None:
         if pairs:
