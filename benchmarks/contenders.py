@@ -53,7 +53,11 @@ class Target:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobOutcome:
-    """How one job ended: ``latency`` runs from its first send to its final answer."""
+    """How one job ended.
+
+    ``latency`` runs from the job getting an in-flight slot to its final answer, limiter waits
+    and retries included (vsched's ``Result.latency``; the SDK contenders measure the same span).
+    """
 
     ok: bool
     latency: float
@@ -165,9 +169,9 @@ async def _run_sdk(
 
     async def one(body: dict[str, Any]) -> None:
         async with semaphore:
+            start = _now()
             if gate is not None:
                 await gate(body)
-            start = _now()
             try:
                 await client.chat.completions.create(**body)
             except openai.APIError:

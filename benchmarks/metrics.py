@@ -5,7 +5,8 @@
   of all the run's charged tokens were in (so the drain's tail does not count).
 - ``per_1000_429``: 429 answers per 1,000 jobs. ``failed``: jobs that never succeeded.
 - ``drain`` against ``ideal`` = max(total tokens / TPM, jobs / RPM), in seconds.
-- ``p50`` and ``p99``: seconds from a job's first send to its final answer, retries included.
+- ``p50`` and ``p99``: seconds from a job getting an in-flight slot to its final answer, limiter
+  waits and retries included.
 - ``cpu_per_1000``: client CPU seconds per 1,000 jobs; ``peak_mb``: client peak RSS (loopback).
 """
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from .harness import RunRecord
 from .metrics import Figures, figures
+from .scenarios import SCENARIOS
 
 __all__ = ["COLUMNS", "markdown_table", "plot", "write_json"]
 
@@ -42,16 +43,17 @@ def _num(value: float | None, digits: int = 2) -> str:
 def _row(f: Figures, requests: int) -> list[str]:
     rate = requests / f.drain if f.drain > 0 else None
     trusted_cpu = f.mode == "loopback"
+    limited = SCENARIOS[f.scenario].limited
     return [
         f.scenario,
         f.mode,
         f.contender,
-        _pct(f.limit_used),
+        _pct(f.limit_used) if limited else "—",
         _num(f.per_1000_429, 1),
         str(f.failed),
         _num(f.drain, 1),
-        _num(f.ideal, 1),
-        _num(f.drain / f.ideal if f.ideal > 0 else None),
+        _num(f.ideal, 1) if limited else "—",
+        _num(f.drain / f.ideal) if limited and f.ideal > 0 else "—",
         _num(rate, 1),
         _num(f.p50),
         _num(f.p99),
