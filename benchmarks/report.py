@@ -32,6 +32,16 @@ COLUMNS = (
 )
 
 
+# One colour per contender in every panel.
+_COLOURS = {
+    "vsched": "tab:blue",
+    "vsched-settle-none": "tab:cyan",
+    "sdk-semaphore": "tab:red",
+    "sdk-aiolimiter": "tab:orange",
+    "sdk-pyrate": "tab:purple",
+}
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
@@ -102,7 +112,13 @@ def plot(records: Sequence[RunRecord], path: Path) -> bool:
         limit = runs[0].tpm / 60.0
         for run in runs:
             seconds = list(range(len(run.series)))
-            ax.plot(seconds, _smooth(run.series, 3), label=run.contender, linewidth=1.1)
+            ax.plot(
+                seconds,
+                _smooth(run.series, 3),
+                label=run.contender,
+                linewidth=1.1,
+                color=_COLOURS.get(run.contender),
+            )
         ax.axhline(limit, color="black", linestyle="--", linewidth=1, label="server limit")
         if runs[0].told_tpm != runs[0].tpm:
             ax.axhline(
