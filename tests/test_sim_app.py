@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,8 +11,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from PIL import Image
 from trio.testing import MockClock
 
+from scheduler.cost import CostModel
 from scheduler.headers import RateLimitHeaders
 from scheduler.sim import FaultRates, LatencyModel, SimApp, SimSettings, create_app
 
@@ -72,8 +76,8 @@ async def test_responses_api_shape() -> None:
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
-async def test_image_tokens_are_billed_in_prompt_tokens() -> None:
-    """An image part adds its tokens to prompt_tokens."""
+async def test_url_image_is_billed_as_configured_size() -> None:
+    """An http image is never fetched: it bills as a 1024x1024 image (765 tokens on gpt-4o)."""
     image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
     content = [{"type": "text", "text": "what is this"}, image]
     with_image = chat(max_tokens=10)
@@ -81,8 +85,39 @@ async def test_image_tokens_are_billed_in_prompt_tokens() -> None:
     async with simulator(SimSettings(quantum=60, latency=NO_LATENCY)) as (_, client):
         plain = (await client.post("/chat/completions", json=chat("what is this"))).json()
         rich = (await client.post("/chat/completions", json=with_image)).json()
-    extra = rich["usage"]["prompt_tokens"] - plain["usage"]["prompt_tokens"]
-    assert extra >= 85
+    assert rich["usage"]["prompt_tokens"] - plain["usage"]["prompt_tokens"] == 765
+
+
+def png_data_url(width: int, height: int) -> str:
+    """A PNG data URL of the given size."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_data_url_image_is_sized_by_the_cost_formula() -> None:
+    """A data-URL image bills what the client's cost model says (512x512 high: 255 tokens)."""
+    image = {"type": "image_url", "image_url": {"url": png_data_url(512, 512), "detail": "high"}}
+    body = chat(max_tokens=10)
+    body["messages"] = [{"role": "user", "content": [image]}]
+    async with simulator(SimSettings(quantum=60, latency=NO_LATENCY)) as (_, client):
+        response = await client.post("/chat/completions", json=body)
+    expected = CostModel().estimate(body)
+    assert expected.image_tokens == 255
+    assert response.json()["usage"]["prompt_tokens"] == expected.prompt_tokens
+    used = 30_000 - int(response.headers["x-ratelimit-remaining-tokens"])
+    assert used == expected.total
+
+
+async def test_local_image_paths_are_refused() -> None:
+    """The simulator never opens a file a request names: a path is a 400."""
+    image = {"type": "image_url", "image_url": {"url": "/etc/hostname"}}
+    body = chat()
+    body["messages"] = [{"role": "user", "content": [image]}]
+    async with simulator(SimSettings()) as (_, client):
+        response = await client.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "data: or http(s)" in response.json()["error"]["message"]
 
 
 async def test_missing_key_gets_openai_401() -> None:

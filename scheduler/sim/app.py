@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 from ..errors import InputError, UnknownModel
 from ..headers import RateLimitHeaders
 from . import bodies
-from .charge import Price, Pricer
+from .charge import Charge, Pricer
 from .faults import RequestDraw, request_rng
 from .limits import ModelMeters, Refusal
 from .settings import SimSettings
@@ -151,7 +151,7 @@ class SimApp:
             return self._decorate(parsed, model, number)
         model = str(parsed["model"])
         try:
-            price = self._pricer.price(parsed, endpoint=endpoint)
+            charge = self._pricer.charge(parsed, endpoint=endpoint)
         except UnknownModel:
             self.stats.bad_requests += 1
             message = f"The model `{model}` does not exist or you do not have access to it."
@@ -169,18 +169,18 @@ class SimApp:
 
         now = self._clock()
         meters = self.meters(model)
-        admission = meters.admit(price.charge, now)
+        admission = meters.admit(charge.tokens, now)
         if isinstance(admission, Refusal):
             return self._refuse(admission, model, number)
         self.stats.admitted += 1
-        self.stats.charged_tokens += price.charge
+        self.stats.charged_tokens += charge.tokens
         second = self.stats.second(now)
         second.admitted += 1
-        second.charged_tokens += price.charge
+        second.charged_tokens += charge.tokens
 
         if draw.fault is not None:
-            return await self._fault(draw, price, endpoint, number)
-        return await self._complete(draw, price, endpoint, number)
+            return await self._fault(draw, charge, endpoint, number)
+        return await self._complete(draw, charge, endpoint, number)
 
     def _refuse(self, refusal: Refusal, model: str, number: int) -> Response:
         now = self._clock()
@@ -191,61 +191,62 @@ class SimApp:
         return self._answer(429, body, model, number, retry_after=retry_after)
 
     async def _complete(
-        self, draw: RequestDraw, price: Price, endpoint: str, number: int
+        self, draw: RequestDraw, charge: Charge, endpoint: str, number: int
     ) -> Response:
         settings = self.settings
-        choices = price.choices if endpoint == CHAT else 1
+        choices = charge.choices if endpoint == CHAT else 1
         completions = [
-            draw.completion_tokens(price.max_tokens, settings.completion_ratio)
+            draw.completion_tokens(charge.max_tokens, settings.completion_ratio)
             for _ in range(choices)
         ]
         await anyio.sleep(draw.latency(settings.latency, max(completions)))
         now = self._clock()
         completion_tokens = sum(completions)
         if settings.correct_to_usage:
-            reserve = price.max_tokens * price.choices
-            actual = price.charge - reserve + completion_tokens
-            self.meters(price.model).correct(price.charge, actual, now)
+            actual = charge.tokens - charge.reserve + completion_tokens
+            self.meters(charge.model).correct(charge.tokens, actual, now)
         self.stats.completed += 1
-        self.stats.prompt_tokens += price.prompt_tokens
+        self.stats.prompt_tokens += charge.prompt_tokens
         self.stats.completion_tokens += completion_tokens
         second = self.stats.second(now)
         second.completed += 1
-        second.usage_tokens += price.prompt_tokens + completion_tokens
+        second.usage_tokens += charge.prompt_tokens + completion_tokens
         return self._answer(
-            200, self._body(price, endpoint, number, completions), price.model, number
+            200, self._body(charge, endpoint, number, completions), charge.model, number
         )
 
     def _body(
-        self, price: Price, endpoint: str, number: int, completions: list[int]
+        self, charge: Charge, endpoint: str, number: int, completions: list[int]
     ) -> dict[str, Any]:
         now = self._clock()
         if endpoint == CHAT:
             return bodies.chat_completion(
                 number=number,
-                model=price.model,
+                model=charge.model,
                 now=now,
-                prompt_tokens=price.prompt_tokens,
+                prompt_tokens=charge.prompt_tokens,
                 completions=completions,
-                max_tokens=price.max_tokens,
+                max_tokens=charge.max_tokens,
             )
         return bodies.response_object(
             number=number,
-            model=price.model,
+            model=charge.model,
             now=now,
-            prompt_tokens=price.prompt_tokens,
+            prompt_tokens=charge.prompt_tokens,
             completion_tokens=completions[0],
-            max_tokens=price.max_tokens,
+            max_tokens=charge.max_tokens,
         )
 
-    async def _fault(self, draw: RequestDraw, price: Price, endpoint: str, number: int) -> Response:
+    async def _fault(
+        self, draw: RequestDraw, charge: Charge, endpoint: str, number: int
+    ) -> Response:
         settings = self.settings
         kind = draw.fault
         assert kind is not None
         if kind == "timeout":
             await anyio.sleep(settings.hang)
         elif kind == "malformed":
-            completion = draw.completion_tokens(price.max_tokens, settings.completion_ratio)
+            completion = draw.completion_tokens(charge.max_tokens, settings.completion_ratio)
             await anyio.sleep(draw.latency(settings.latency, completion))
         else:
             await anyio.sleep(draw.latency(settings.latency, 0))
@@ -257,15 +258,15 @@ class SimApp:
         if kind == "drop":
             return _Silence(ConnectionDropped("Server disconnected without sending a response."))
         if kind == "malformed":
-            text = json.dumps(self._body(price, endpoint, number, [completion]))
+            text = json.dumps(self._body(charge, endpoint, number, [completion]))
             response = Response(text[: len(text) // 2], 200, media_type="application/json")
-            return self._decorate(response, price.model, number)
+            return self._decorate(response, charge.model, number)
         if kind == "502":
             response = Response(bodies.BAD_GATEWAY_HTML, 502, media_type="text/html")
-            return self._decorate(response, price.model, number)
+            return self._decorate(response, charge.model, number)
         message = bodies.SERVER_ERROR if kind == "500" else bodies.OVERLOADED
         body = bodies.error_body(message, type="server_error")
-        return self._answer(int(kind), body, price.model, number)
+        return self._answer(int(kind), body, charge.model, number)
 
     def _answer(
         self,

@@ -1,42 +1,54 @@
 """What a request costs the simulator: the tokens it bills and the tokens TPM is charged.
 
-The only place the simulator prices a request. Billed prompt tokens use the same formula as the
-client (``scheduler.cost``); the TPM charge is the same estimate plus the completion reserve,
-with images by formula or at a flat figure (``SimSettings.image_charge``).
+The only place the simulator prices a request, with the client's own ``scheduler.cost.CostModel``
+so both sides agree. Billed prompt tokens are the model's text plus image tokens by formula; the
+TPM charge is the same estimate plus the completion reserve, with images by formula or at a flat
+figure (``SimSettings.image_charge``). The simulator never fetches or opens an image: data URLs
+are sized from their own bytes, http(s) URLs are taken to be ``SimSettings.url_image_size``, and
+anything else (paths, ``file://``) is refused as a bad request.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UnsupportedContent
+from ..cost import CostModel, RequestCost
+from ..errors import ImageFetchError
+from ..images import ImageInfo, probe_image, short_source
 from .settings import SimSettings
 
-__all__ = ["Price", "Pricer"]
-
-_IMAGE_PART_TYPES = ("image_url", "input_image")
-_TEMPORARY_IMAGE_TOKENS = 765
+__all__ = ["Charge", "Pricer"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Price:
-    """One request priced: billed prompt tokens, its TPM charge, and its completion allowance."""
+class Charge:
+    """One request priced: the client-side estimate, its TPM charge and completion allowance."""
 
-    model: str
-    text_tokens: int
-    image_tokens: int
-    images: int
-    max_tokens: int  # per choice
+    cost: RequestCost
     choices: int
-    charge: int  # what the TPM limit is charged at admission
+    tokens: int  # what the TPM limit is charged at admission
+
+    @property
+    def model(self) -> str:
+        """The model the body names (or the configured default)."""
+        return self.cost.model
 
     @property
     def prompt_tokens(self) -> int:
         """Billed input: text plus images by formula."""
-        return self.text_tokens + self.image_tokens
+        return self.cost.prompt_tokens
+
+    @property
+    def max_tokens(self) -> int:
+        """The completion allowance of one choice."""
+        return self.cost.completion_tokens // self.choices
+
+    @property
+    def reserve(self) -> int:
+        """The completion reserve included in the charge (max tokens times choices)."""
+        return self.cost.completion_tokens
 
 
 class Pricer:
@@ -44,77 +56,28 @@ class Pricer:
 
     def __init__(self, settings: SimSettings) -> None:
         self._settings = settings
+        self._model = CostModel(settings.config, probe=self._probe)
 
-    def price(self, body: Mapping[str, Any], *, endpoint: str) -> Price:
-        """Price a validated body; raises ``InputError`` subclasses for what cannot be priced."""
+    def charge(self, body: Mapping[str, Any], *, endpoint: str) -> Charge:
+        """Price a body; raises the cost model's ``InputError`` subclasses for what it cannot."""
         settings = self._settings
-        model = str(body.get("model") or settings.config.cost.default_model)
-        choices = _choices(body)
-        max_tokens = _max_tokens(body, endpoint, settings.config.cost.default_max_tokens)
-        text_tokens, images = _temporary_estimate(body, endpoint)
-        image_tokens = images * _TEMPORARY_IMAGE_TOKENS
-        image_charge = (
-            image_tokens
+        cost = self._model.estimate(body, endpoint=endpoint)
+        n = body.get("n")
+        choices = n if isinstance(n, int) and n >= 1 else 1
+        images = (
+            cost.image_tokens
             if settings.image_charge == "formula"
-            else images * settings.image_flat_tokens
+            else settings.image_flat_tokens * len(cost.images)
         )
-        return Price(
-            model=model,
-            text_tokens=text_tokens,
-            image_tokens=image_tokens,
-            images=images,
-            max_tokens=max_tokens,
-            choices=choices,
-            charge=text_tokens + image_charge + max_tokens * choices,
+        return Charge(
+            cost=cost, choices=choices, tokens=cost.text_tokens + images + cost.completion_tokens
         )
 
-
-def _choices(body: Mapping[str, Any]) -> int:
-    n = body.get("n", 1)
-    if n is None:
-        return 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UnsupportedContent(f"n: expected a positive integer, got {n!r}")
-    return n
-
-
-def _max_tokens(body: Mapping[str, Any], endpoint: str, default: int) -> int:
-    keys = (
-        ("max_output_tokens",)
-        if endpoint.endswith("/responses")
-        else (
-            "max_completion_tokens",
-            "max_tokens",
-        )
-    )
-    for key in keys:
-        value = body.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UnsupportedContent(f"{key}: expected a positive integer, got {value!r}")
-        return value
-    return default
-
-
-def _temporary_estimate(body: Mapping[str, Any], endpoint: str) -> tuple[int, int]:
-    """Text tokens (characters / 4) and image count, until ``scheduler.cost`` lands."""
-    chars = 0
-    images = 0
-
-    def walk(value: Any) -> None:
-        nonlocal chars, images
-        if isinstance(value, str):
-            chars += len(value)
-        elif isinstance(value, Mapping):
-            if value.get("type") in _IMAGE_PART_TYPES:
-                images += 1
-                return
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(body.get("input") if endpoint.endswith("/responses") else body.get("messages"))
-    return math.ceil(chars / 4), images
+    def _probe(self, source: str) -> ImageInfo:
+        scheme = source[:8].lower()
+        if scheme.startswith("data:"):
+            return probe_image(source, config=self._settings.config.images)
+        if scheme.startswith(("http://", "https://")):
+            width, height = self._settings.url_image_size
+            return ImageInfo(width=width, height=height, format="png", byte_size=0)
+        raise ImageFetchError(short_source(source), "expected a data: or http(s) image URL")

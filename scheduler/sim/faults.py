@@ -33,7 +33,7 @@ class RequestDraw:
     def completion_tokens(self, max_tokens: int, ratio: tuple[float, float]) -> int:
         """Completion tokens for one choice: a uniform share of ``max_tokens``, at least 1."""
         share = self._rng.uniform(*ratio)
-        return max(1, min(max_tokens, math.ceil(max_tokens * share)))
+        return min(max_tokens, max(1, math.ceil(max_tokens * share)))
 
     def latency(self, latency: LatencyModel, completion_tokens: int) -> float:
         """Seconds the answer takes for this many completion tokens (0 for a bare error)."""
