@@ -3,6 +3,7 @@
 The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
+from .bucket import BucketPair, TokenBucket
 from .config import Config, Secret, load_config
 from .errors import (
     APIError,
@@ -28,12 +29,14 @@ from .errors import (
     UnsupportedImage,
     VschedError,
 )
+from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
     "AuthenticationFailed",
+    "BucketPair",
     "Config",
     "ConfigError",
     "CorruptImage",
@@ -44,13 +47,19 @@ __all__ = [
     "ImageTooLarge",
     "InputError",
     "JobFailed",
+    "Limiter",
+    "LimiterReservation",
+    "LimiterStats",
     "MalformedResponse",
     "QuotaExceeded",
     "RateLimited",
+    "RateLimiter",
     "RequestTooLarge",
+    "Reservation",
     "RetryableError",
     "Secret",
     "ServerError",
+    "TokenBucket",
     "TransportError",
     "UnknownModel",
     "UnsupportedContent",
