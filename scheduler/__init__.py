@@ -5,6 +5,7 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 
 from .bucket import BucketPair, TokenBucket
 from .config import Config, Secret, load_config
+from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -29,7 +30,9 @@ from .errors import (
     UnsupportedImage,
     VschedError,
 )
+from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
+from .profiles import ModelProfile, ProfileTable
 
 __version__ = "0.1.0"
 
@@ -40,10 +43,14 @@ __all__ = [
     "Config",
     "ConfigError",
     "CorruptImage",
+    "CostModel",
     "FatalError",
+    "ImageCost",
     "ImageError",
     "ImageFetchError",
+    "ImageInfo",
     "ImageNotFound",
+    "ImageProber",
     "ImageTooLarge",
     "InputError",
     "JobFailed",
@@ -51,9 +58,12 @@ __all__ = [
     "LimiterReservation",
     "LimiterStats",
     "MalformedResponse",
+    "ModelProfile",
+    "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
+    "RequestCost",
     "RequestTooLarge",
     "Reservation",
     "RetryableError",
@@ -65,5 +75,10 @@ __all__ = [
     "UnsupportedContent",
     "UnsupportedImage",
     "VschedError",
+    "estimate_cost",
+    "image_tokens",
     "load_config",
+    "probe_image",
+    "read_image_bytes",
+    "working_size",
 ]
