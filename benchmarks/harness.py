@@ -110,7 +110,7 @@ def ideal_tokens(spec: RunSpec) -> int:
 
     pricer = Pricer(spec.sim_settings())
     bodies = make_bodies(spec.requests, seed=spec.scenario.seed)
-    return sum(pricer.price(body, endpoint="/v1/chat/completions").charge for body in bodies)
+    return sum(pricer.charge(body, endpoint="/v1/chat/completions").tokens for body in bodies)
 
 
 def _record(
