@@ -61,7 +61,7 @@ async def measure(
     limiter = RedisLimiter(url, tpm=HUGE, rpm=RPM, key=key, lease_seconds=lease)
     async with limiter:
         await limiter.acquire(tokens=1)  # connect and load the script outside the clock
-        before = limiter.stats()
+        before = (limiter.stats().admitted_requests, limiter.round_trips)
         deadline = time.perf_counter() + seconds
 
         async def client() -> None:
@@ -74,9 +74,8 @@ async def measure(
             for _ in range(tasks):
                 tg.start_soon(client)
         elapsed = time.perf_counter() - start
-        after = limiter.stats()
-    acquired = after.acquired - before.acquired
-    trips = after.round_trips - before.round_trips
+        acquired = limiter.stats().admitted_requests - before[0]
+        trips = limiter.round_trips - before[1]
     return acquired / elapsed, trips / max(acquired, 1)
 
 
