@@ -3,6 +3,7 @@
 The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
+from .bucket import BucketPair, TokenBucket
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
 from .errors import (
@@ -30,6 +31,7 @@ from .errors import (
     VschedError,
 )
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
+from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .profiles import ModelProfile, ProfileTable
 
 __version__ = "0.1.0"
@@ -37,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APIError",
     "AuthenticationFailed",
+    "BucketPair",
     "Config",
     "ConfigError",
     "CorruptImage",
@@ -51,16 +54,22 @@ __all__ = [
     "ImageTooLarge",
     "InputError",
     "JobFailed",
+    "Limiter",
+    "LimiterReservation",
+    "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
+    "RateLimiter",
     "RequestCost",
     "RequestTooLarge",
+    "Reservation",
     "RetryableError",
     "Secret",
     "ServerError",
+    "TokenBucket",
     "TransportError",
     "UnknownModel",
     "UnsupportedContent",
