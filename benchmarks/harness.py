@@ -53,6 +53,7 @@ class RunRecord:
     statuses: dict[str, int]  # HTTP answers the server gave, by status (or "dropped")
     rejected: dict[str, int]  # the simulator's 429s by kind (tokens, requests, ...)
     series: list[int]  # tokens the server charged, per second from the first request
+    rejected_series: list[int]  # 429s the server gave, per second from the first request
     drain_seconds: float
     cpu_seconds: float
     peak_rss_mb: float | None = None
@@ -138,6 +139,7 @@ def _record(
         statuses=dict(sorted(statuses.items())),
         rejected=dict(snapshot.get("rejected", {})),
         series=[row["charged_tokens"] for row in snapshot.get("series", [])],
+        rejected_series=[row["rejected"] for row in snapshot.get("series", [])],
         drain_seconds=drain,
         cpu_seconds=cpu,
         peak_rss_mb=peak_rss_mb,
