@@ -3,8 +3,18 @@
 The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
+from .client import ImagePreparer
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
+from .dispatch import (
+    ErrorInfo,
+    Request,
+    Result,
+    ResultStream,
+    Scheduler,
+    SchedulerStats,
+    run_batch,
+)
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -41,12 +51,14 @@ __all__ = [
     "ConfigError",
     "CorruptImage",
     "CostModel",
+    "ErrorInfo",
     "FatalError",
     "ImageCost",
     "ImageError",
     "ImageFetchError",
     "ImageInfo",
     "ImageNotFound",
+    "ImagePreparer",
     "ImageProber",
     "ImageTooLarge",
     "InputError",
@@ -56,9 +68,14 @@ __all__ = [
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
+    "Request",
     "RequestCost",
     "RequestTooLarge",
+    "Result",
+    "ResultStream",
     "RetryableError",
+    "Scheduler",
+    "SchedulerStats",
     "Secret",
     "ServerError",
     "TransportError",
@@ -71,5 +88,6 @@ __all__ = [
     "load_config",
     "probe_image",
     "read_image_bytes",
+    "run_batch",
     "working_size",
 ]

@@ -42,8 +42,8 @@ __all__ = [
     "OpenAIClient",
     "Reply",
     "classify",
+    "has_images",
     "inline_local_images",
-    "needs_io",
     "request_was_sent",
     "server_hint",
 ]
@@ -318,9 +318,10 @@ def _is_local(url: str) -> bool:
     return url.startswith("file://") or ("://" not in url and not url.startswith("data:"))
 
 
-def needs_io(body: Mapping[str, Any]) -> bool:
-    """True when pricing the body reads files or URLs (so it belongs in a worker thread)."""
-    return any(not ref.url.startswith("data:") for ref in _image_refs(body))
+def has_images(body: Mapping[str, Any]) -> bool:
+    """True when the body references images, so pricing it may read files or URLs or decode
+    base64: work for a worker thread, not the event loop."""
+    return any(True for _ in _image_refs(body))
 
 
 def _data_url(data: bytes, mime: str) -> str:

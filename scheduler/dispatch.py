@@ -28,13 +28,14 @@ from .client import (
     OpenAIClient,
     Reply,
     classify,
+    has_images,
     inline_local_images,
-    needs_io,
     request_was_sent,
 )
 from .config import Config, load_config
 from .cost import CostModel, RequestCost
 from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
+from .images import ImageProber
 from .limiter import Limiter, RateLimiter
 from .retry import retrying
 
@@ -193,7 +194,12 @@ class Scheduler:
         self._limiter: RateLimiter = (
             limiter if limiter is not None else Limiter.from_config(self._config.limits)
         )
-        self._cost_model = cost_model if cost_model is not None else CostModel(self._config)
+        self._prober: ImageProber | None = None
+        if cost_model is None:
+            # Probing images (header bytes only) prices them exactly instead of at the maximum.
+            self._prober = ImageProber(self._config.images)
+            cost_model = CostModel(self._config, probe=self._prober)
+        self._cost_model = cost_model
         self._preparer = preparer
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
         self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
@@ -261,6 +267,8 @@ class Scheduler:
                 await self._client.aclose()
                 if self._owns_limiter:
                     await self._limiter.aclose()
+                if self._prober is not None:
+                    self._prober.close()
         if exc_type is None and self._fatal is not None and not self._fatal_reported:
             self._fatal_reported = True
             raise self._fatal
@@ -368,7 +376,7 @@ class Scheduler:
         estimate = functools.partial(
             self._cost_model.estimate, request.body, endpoint=request.endpoint
         )
-        if needs_io(request.body):
+        if has_images(request.body):
             return await anyio.to_thread.run_sync(estimate)
         return estimate()
 

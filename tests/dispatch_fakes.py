@@ -1,4 +1,4 @@
-"""Test doubles for the dispatch tests: a recording limiter, a fixed cost model, a scripted server."""
+"""Test doubles for dispatch: a recording limiter, a fixed cost model, a scripted server."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 
 class ScriptedServer:
-    """An httpx.MockTransport whose answers come from ``answer(request_body, n)``; logs each call."""
+    """A MockTransport answering with ``answer(request_body, n)``; it logs each call."""
 
     def __init__(self, answer: Callable[[dict[str, Any], int], httpx.Response]) -> None:
         self.answer = answer

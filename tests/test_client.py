@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from dispatch_fakes import API_KEY, anyio_backend, make_config  # noqa: F401
 from PIL import Image
 
-from dispatch_fakes import API_KEY, anyio_backend, make_config  # noqa: F401
 from scheduler.client import OpenAIClient, Reply, classify, inline_local_images, server_hint
 from scheduler.errors import (
     APIError,
@@ -331,7 +331,7 @@ def png_bytes(width: int = 4, height: int = 3) -> bytes:
 
 
 async def test_local_images_become_data_urls(tmp_path: Any) -> None:
-    """Paths and file:// URLs are read and inlined; http and data URLs and the caller's body stay."""
+    """Paths and file:// URLs are inlined; http URLs and the caller's body are left alone."""
     data = png_bytes()
     path = tmp_path / "cat.png"
     path.write_bytes(data)

@@ -9,7 +9,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-
 from dispatch_fakes import (  # noqa: F401
     API_KEY,
     FakeCostModel,
@@ -22,6 +21,7 @@ from dispatch_fakes import (  # noqa: F401
     ok_response,
     virtual_time,
 )
+
 from scheduler.dispatch import Request, Result, Scheduler, run_batch
 from scheduler.errors import AuthenticationFailed, QuotaExceeded
 
@@ -256,10 +256,12 @@ async def test_quota_error_stops_everything_and_sends_nothing_more() -> None:
     limiter = FakeLimiter(interval=0.001)
     got: list[Result] = []
     with pytest.raises(QuotaExceeded, match="insufficient_quota"):
-        async with scheduler(server, limiter, **{"concurrency.max_in_flight": 1}) as s:
-            async with s.map(chat(job=i) for i in range(100)) as results:
-                async for result in results:
-                    got.append(result)
+        async with (
+            scheduler(server, limiter, **{"concurrency.max_in_flight": 1}) as s,
+            s.map(chat(job=i) for i in range(100)) as results,
+        ):
+            async for result in results:
+                got.append(result)  # noqa: PERF401 - keep what came before the error
     assert len(server.calls) == 3
     assert len(got) == 2
     with pytest.raises(QuotaExceeded):
@@ -282,7 +284,7 @@ async def test_fatal_error_raised_from_submit_and_later_submits() -> None:
 @virtual_time()
 @pytest.mark.parametrize(("grace", "finished"), [(10.0, True), (0.5, False)])
 async def test_requests_on_the_wire_get_the_grace_period(grace: float, finished: bool) -> None:
-    """After a fatal error, a slow request already sent finishes within the grace, else is cancelled."""
+    """After a fatal error, a request on the wire finishes within the grace, else is cancelled."""
 
     async def handle(request: httpx.Request) -> httpx.Response:
         if b'"slow"' in request.content:
@@ -293,15 +295,17 @@ async def test_requests_on_the_wire_get_the_grace_period(grace: float, finished:
 
     got: list[Result] = []
     with pytest.raises(QuotaExceeded):
-        async with Scheduler(
-            make_config(**{"concurrency.shutdown_grace": grace}),
-            transport=httpx.MockTransport(handle),
-            limiter=FakeLimiter(),
-            cost_model=FakeCostModel(),  # type: ignore[arg-type]
-        ) as s:
-            async with s.map([chat("slow"), chat("fast"), chat("never")]) as results:
-                async for result in results:
-                    got.append(result)
+        async with (
+            Scheduler(
+                make_config(**{"concurrency.shutdown_grace": grace}),
+                transport=httpx.MockTransport(handle),
+                limiter=FakeLimiter(),
+                cost_model=FakeCostModel(),  # type: ignore[arg-type]
+            ) as s,
+            s.map([chat("slow"), chat("fast"), chat("never")]) as results,
+        ):
+            async for result in results:
+                got.append(result)  # noqa: PERF401 - keep what came before the error
     assert [r.ok for r in got] == ([True] if finished else [])
 
 
@@ -343,7 +347,7 @@ async def test_map_accepts_async_iterables_and_requests() -> None:
 
 
 async def test_map_surfaces_an_error_of_the_input_after_finishing_in_flight_work() -> None:
-    """An input that raises midway: the results read so far are yielded, then the error is raised."""
+    """An input that raises midway: results so far are yielded, then the error is raised."""
 
     def source() -> Any:
         yield chat()
@@ -356,7 +360,7 @@ async def test_map_surfaces_an_error_of_the_input_after_finishing_in_flight_work
         with pytest.raises(ValueError, match="bad line 3"):
             async with s.map(source()) as results:
                 async for result in results:
-                    got.append(result)
+                    got.append(result)  # noqa: PERF401 - keep what came before the error
     assert len(got) == 2
 
 
@@ -470,3 +474,30 @@ async def test_api_key_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None
     assert len(caplog.records) >= 3
     leaks = [t for t in texts if API_KEY in t or API_KEY[8:20] in t]
     assert leaks == []
+
+
+async def test_local_image_is_priced_by_its_size_and_inlined_at_dispatch(tmp_path: Any) -> None:
+    """With the default cost model, a local 1024x1024 image costs 765 tokens and is sent inline."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (1024, 1024), (0, 90, 200)).save(out, format="PNG")
+    path = tmp_path / "square.png"
+    path.write_bytes(out.getvalue())
+    body = {
+        "model": "gpt-4o",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(path)}}]}
+        ],
+    }
+    server = ScriptedServer(script(ok_response()))
+    async with Scheduler(make_config(), transport=server.transport, limiter=FakeLimiter()) as s:
+        result = await s.submit(body)
+    assert result.ok and result.cost is not None
+    assert result.cost.image_tokens == 765 and result.cost.completion_tokens == 10
+    sent = server.calls[0][2]["messages"][0]["content"][0]["image_url"]["url"]
+    assert sent.startswith("data:image/png;base64,")
+    assert result.request.body is body

@@ -1,12 +1,12 @@
-"""The tenacity retry policy: server hint first, capped; backoff otherwise; stop by count or time."""
+"""The tenacity retry policy: server hint first (capped), else backoff; stop by count or time."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
+from dispatch_fakes import anyio_backend, virtual_time  # noqa: F401
 from tenacity import RetryCallState, wait_fixed
 
-from dispatch_fakes import anyio_backend, virtual_time  # noqa: F401
 from scheduler.config import RetryConfig
 from scheduler.errors import JobFailed, RateLimited, ServerError
 from scheduler.retry import retrying, stop_after_elapsed, wait_server_hint
@@ -26,7 +26,7 @@ def failed_state(error: BaseException) -> RetryCallState:
     [(0.25, 0.25), (7.188, 7.188), (500.0, 120.0), (None, 3.0), (0.0, 0.0)],
 )
 def test_wait_server_hint(hint: float | None, expected: float) -> None:
-    """The server's hint is waited exactly (capped at max_server_wait); no hint means the fallback."""
+    """The server's hint is waited exactly (capped at max_server_wait); else the fallback."""
     wait = wait_server_hint(wait_fixed(3.0), cap=120.0)
     assert wait(failed_state(RateLimited("slow", status_code=429, retry_after=hint))) == expected
 
