@@ -501,3 +501,58 @@ async def test_local_image_is_priced_by_its_size_and_inlined_at_dispatch(tmp_pat
     sent = server.calls[0][2]["messages"][0]["content"][0]["image_url"]["url"]
     assert sent.startswith("data:image/png;base64,")
     assert result.request.body is body
+
+
+@virtual_time()
+async def test_endless_generator_with_the_real_limiter() -> None:
+    """At 60 RPM the real Limiter admits ~1 request/s; the input is read no faster than that."""
+    from scheduler.limiter import Limiter
+
+    read = 0
+
+    def endless() -> Any:
+        nonlocal read
+        while True:
+            read += 1
+            yield chat()
+
+    server = ScriptedServer(script(ok_response()))
+    config = {"concurrency.max_in_flight": 4, "concurrency.read_ahead": 8}
+    async with scheduler(server, Limiter(tpm=1_000_000, rpm=60), **config) as s:  # type: ignore[arg-type]
+        with anyio.move_on_after(30.5):
+            async with s.map(endless()) as results:
+                async for _ in results:
+                    pass
+    assert 30 <= len(server.calls) <= 35
+    assert read <= len(server.calls) + 4 + 8 + 2
+
+
+@virtual_time()
+async def test_a_429_pauses_everyone_through_the_real_limiter() -> None:
+    """After a 429 with retry-after-ms 5000, no request at all is sent for the next 5 s."""
+    from scheduler.limiter import Limiter
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        server.calls.append((anyio.current_time(), request, {}))
+        n = len(server.calls)
+        await anyio.sleep(0.1)
+        if n == 6:
+            return error_response(429, "slow", "rate_limit_exceeded", **{"retry-after-ms": "5000"})
+        return ok_response()
+
+    server = ScriptedServer(script(ok_response()))
+    limiter = Limiter(tpm=1_000_000, rpm=100_000)
+    async with (
+        Scheduler(
+            make_config(),
+            transport=httpx.MockTransport(handle),
+            limiter=limiter,
+            cost_model=FakeCostModel(),  # type: ignore[arg-type]
+        ) as s,
+        s.map(chat() for _ in range(20)) as results,
+    ):
+        done = [r async for r in results]
+    assert all(r.ok for r in done) and len(server.calls) == 21
+    refused_at = server.calls[5][0] + 0.1
+    later = [t for t in server.times() if t > server.calls[5][0]]
+    assert min(later) >= refused_at + 5.0 - 1e-6
