@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import math
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -419,3 +421,46 @@ async def test_flat_image_charge() -> None:
     (used_0, billed_0), (used_1000, billed_1000) = seen
     assert used_1000 - used_0 == 2000
     assert billed_0 == billed_1000 > 2 * 85
+
+
+def outcome(result: httpx.Response | Exception) -> str:
+    """What the client saw, named like the fault kinds ("ok" for a good completion)."""
+    if isinstance(result, httpx.ReadTimeout):
+        return "timeout"
+    if isinstance(result, httpx.RemoteProtocolError):
+        return "drop"
+    assert isinstance(result, httpx.Response)
+    if result.status_code != 200:
+        return str(result.status_code)
+    try:
+        result.json()
+    except ValueError:
+        return "malformed"
+    return "ok"
+
+
+async def test_each_fault_kind_reaches_the_client_at_its_rate() -> None:
+    """Over 600 requests of a fixed seed each kind the client sees is within 4 sigma of its rate."""
+    rate = 0.05
+    faults = FaultRates.from_kinds(
+        {kind: rate for kind in ("500", "502", "503", "timeout", "drop", "malformed")}
+    )
+    settings = SimSettings(
+        tpm=10**9, rpm=10**8, faults=faults, hang=30.0, seed=11, latency=NO_LATENCY
+    )
+    n = 600
+    async with simulator(settings) as (app, client):
+        seen: Counter[str] = Counter()
+        for _ in range(n):
+            try:
+                result: httpx.Response | Exception = await client.post(
+                    "/chat/completions", json=chat()
+                )
+            except (httpx.ReadTimeout, httpx.RemoteProtocolError) as exc:
+                result = exc
+            seen[outcome(result)] += 1
+    bound = 4 * math.sqrt(n * rate * (1 - rate))
+    for kind in faults.by_kind():
+        assert abs(seen[kind] - n * rate) <= bound, (kind, seen)
+        assert app.stats.faults[kind] == seen[kind]
+    assert seen["ok"] == app.stats.completed

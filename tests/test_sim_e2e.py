@@ -94,3 +94,16 @@ async def test_dropped_connection_closes_the_socket_without_an_answer() -> None:
                 )
             stats = (await client.get(sim.base_url.removesuffix("/v1") + "/sim/stats")).json()
     assert stats["faults"] == {"drop": 1}
+
+
+async def test_sdk_times_out_on_a_timeout_fault() -> None:
+    """A timeout fault never answers in time: the SDK's own timeout fires, and shutdown is quick."""
+    settings = SimSettings(faults=FaultRates(timeout=1.0), hang=60.0, latency=FAST)
+    start = time.monotonic()
+    with running(settings) as sim:
+        async with openai.AsyncOpenAI(
+            api_key="sk-test", base_url=sim.base_url, max_retries=0, timeout=0.3
+        ) as client:
+            with pytest.raises(openai.APITimeoutError):
+                await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert time.monotonic() - start < 10

@@ -243,6 +243,8 @@ class SimApp:
         settings = self.settings
         kind = draw.fault
         assert kind is not None
+        self.stats.faults[kind] += 1
+        self.stats.second(self._clock()).faults += 1
         if kind == "timeout":
             await anyio.sleep(settings.hang)
         elif kind == "malformed":
@@ -250,9 +252,6 @@ class SimApp:
             await anyio.sleep(draw.latency(settings.latency, completion))
         else:
             await anyio.sleep(draw.latency(settings.latency, 0))
-        now = self._clock()
-        self.stats.faults[kind] += 1
-        self.stats.second(now).faults += 1
         if kind == "timeout":
             return _Silence(ResponseTimedOut("the simulator never answered (timeout fault)"))
         if kind == "drop":

@@ -51,6 +51,8 @@ def _server(app: SimApp, *, log_level: str) -> uvicorn.Server:
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=30,
+        # A "timeout" fault sleeps for ``hang`` seconds; do not let it hold up a shutdown.
+        timeout_graceful_shutdown=1,
     )
     return uvicorn.Server(config)
 
