@@ -96,8 +96,8 @@ class Result:
     """The outcome of one job.
 
     ``latency`` runs from dispatch (the job got an in-flight slot) to the outcome, limiter waits
-    and retries included; ``attempts`` counts requests actually sent; ``cost`` is the estimate
-    the limiter was charged and ``usage`` what the server reported.
+    and retries included; ``attempts`` counts the tries (0 when the job failed before sending);
+    ``cost`` is the estimate the limiter was charged and ``usage`` what the server reported.
     """
 
     status: Literal["ok", "failed"]
@@ -188,30 +188,28 @@ class Scheduler:
         preparer: ImagePreparer | None = None,
         grace: float | None = None,
     ) -> None:
+        # Only plain objects here: the connection pool and the rest are made on entry.
         self._config = config if config is not None else load_config()
         self._transport = transport
         self._owns_limiter = limiter is None
         self._limiter: RateLimiter = (
             limiter if limiter is not None else Limiter.from_config(self._config.limits)
         )
-        self._prober: ImageProber | None = None
-        if cost_model is None:
-            # Probing images (header bytes only) prices them exactly instead of at the maximum.
-            self._prober = ImageProber(self._config.images)
-            cost_model = CostModel(self._config, probe=self._prober)
         self._cost_model = cost_model
+        self._prober: ImageProber | None = None
         self._preparer = preparer
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
-        self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
         self._client: OpenAIClient | None = None
         self._tg: TaskGroup | None = None
+        # Made on entry: anyio primitives bind to the event loop that first uses them.
+        self._slots: anyio.Semaphore
+        self._drained: anyio.Event
         self._closing = False
         self._jobs: set[_Job] = set()
         self._intakes: set[anyio.CancelScope] = set()
         self._streams: set[ResultStream] = set()
         self._fatal: FatalError | None = None
         self._fatal_reported = False
-        self._drained = anyio.Event()
         self._ids = itertools.count(1)
         self._counts = dict.fromkeys(
             (
@@ -238,6 +236,12 @@ class Scheduler:
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("a Scheduler can be entered only once")
+        if self._cost_model is None:
+            # Probing images (header bytes only) prices them exactly instead of at the maximum.
+            self._prober = ImageProber(self._config.images)
+            self._cost_model = CostModel(self._config, probe=self._prober)
+        self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
+        self._drained = anyio.Event()
         self._client = OpenAIClient(
             self._config.api,
             max_connections=self._config.concurrency.max_in_flight,
@@ -276,7 +280,9 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         """A snapshot of the counters."""
-        in_flight = self._config.concurrency.max_in_flight - self._slots.value
+        in_flight = 0
+        if self._tg is not None:
+            in_flight = self._config.concurrency.max_in_flight - self._slots.value
         return SchedulerStats(in_flight=in_flight, **self._counts)
 
     async def submit(
@@ -373,6 +379,7 @@ class Scheduler:
         self._cancel_everything()
 
     async def _estimate(self, request: Request) -> RequestCost:
+        assert self._cost_model is not None
         estimate = functools.partial(
             self._cost_model.estimate, request.body, endpoint=request.endpoint
         )

@@ -556,3 +556,17 @@ async def test_a_429_pauses_everyone_through_the_real_limiter() -> None:
     refused_at = server.calls[5][0] + 0.1
     later = [t for t in server.times() if t > server.calls[5][0]]
     assert min(later) >= refused_at + 5.0 - 1e-6
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_scheduler_built_outside_an_event_loop(backend: str) -> None:
+    """A Scheduler made in sync code has stats at once and runs on whichever loop enters it."""
+    server = ScriptedServer(script(ok_response()))
+    s = scheduler(server)
+    assert s.stats().in_flight == 0 and s.stats().started == 0
+
+    async def main() -> Result:
+        async with s:
+            return await s.submit(chat())
+
+    assert anyio.run(main, backend=backend).ok
