@@ -3,6 +3,7 @@
 The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
+from .bucket import BucketPair, TokenBucket
 from .client import ImagePreparer
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
@@ -40,6 +41,7 @@ from .errors import (
     VschedError,
 )
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
+from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .profiles import ModelProfile, ProfileTable
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APIError",
     "AuthenticationFailed",
+    "BucketPair",
     "Config",
     "ConfigError",
     "CorruptImage",
@@ -63,14 +66,19 @@ __all__ = [
     "ImageTooLarge",
     "InputError",
     "JobFailed",
+    "Limiter",
+    "LimiterReservation",
+    "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
+    "RateLimiter",
     "Request",
     "RequestCost",
     "RequestTooLarge",
+    "Reservation",
     "Result",
     "ResultStream",
     "RetryableError",
@@ -78,6 +86,7 @@ __all__ = [
     "SchedulerStats",
     "Secret",
     "ServerError",
+    "TokenBucket",
     "TransportError",
     "UnknownModel",
     "UnsupportedContent",
