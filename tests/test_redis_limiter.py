@@ -5,11 +5,12 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from scheduler.errors import RequestTooLarge
+from scheduler.config import load_config
+from scheduler.errors import ConfigError, RequestTooLarge
 from scheduler.headers import RateLimitHeaders
-from scheduler.limiter import RateLimiter
+from scheduler.limiter import Limiter, RateLimiter
 from scheduler.redis_client import RedisClient
-from scheduler.redis_limiter import RedisLimiter
+from scheduler.redis_limiter import RedisLimiter, limiter_from_config
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.anyio]
 
@@ -293,3 +294,16 @@ async def test_close_ends_waits_with_closed_resource_error(redis_url: str) -> No
     assert len(errors) == 1
     with pytest.raises(anyio.ClosedResourceError):
         await limiter.acquire(tokens=1)
+
+
+def test_config_picks_the_shared_limiter(redis_url: str) -> None:
+    """With queue.redis_url set the configured limiter is the Redis one, with the lease setting."""
+    shared = load_config(
+        env={}, overrides={"queue.redis_url": redis_url, "limits.lease_seconds": 0.5}
+    )
+    limiter = limiter_from_config(shared)
+    assert isinstance(limiter, RedisLimiter)
+    assert limiter.lease_seconds == 0.5
+    assert isinstance(limiter_from_config(load_config(env={})), Limiter)
+    with pytest.raises(ConfigError):
+        load_config(env={}, overrides={"limits.lease_seconds": -1.0})
