@@ -4,8 +4,18 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .bucket import BucketPair, TokenBucket
+from .client import PrepareHook
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
+from .dispatch import (
+    ErrorInfo,
+    Request,
+    Result,
+    ResultStream,
+    Scheduler,
+    SchedulerStats,
+    run_batch,
+)
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -45,6 +55,7 @@ __all__ = [
     "ConfigError",
     "CorruptImage",
     "CostModel",
+    "ErrorInfo",
     "FatalError",
     "ImageCost",
     "ImageError",
@@ -60,15 +71,21 @@ __all__ = [
     "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
+    "PrepareHook",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
     "RedisLimiter",
+    "Request",
     "RequestCost",
     "RequestTooLarge",
     "Reservation",
+    "Result",
+    "ResultStream",
     "RetryableError",
+    "Scheduler",
+    "SchedulerStats",
     "Secret",
     "ServerError",
     "TokenBucket",
@@ -82,5 +99,6 @@ __all__ = [
     "load_config",
     "probe_image",
     "read_image_bytes",
+    "run_batch",
     "working_size",
 ]
