@@ -47,7 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the selected benchmarks and write the table, the JSON and the plot."""
     args = parse_args(argv)
     # vsched logs every retried 429 as a warning; the table counts them.
-    logging.getLogger("scheduler").setLevel(logging.ERROR)
+    log = logging.getLogger("scheduler")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return _run(args)
+    finally:
+        log.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The benchmarks the parsed command line selects."""
     names = args.scenario or list(SCENARIOS)
     clocks: list[Mode] = ["virtual", "loopback"] if args.clock == "both" else [args.clock]
     records: list[RunRecord] = []
