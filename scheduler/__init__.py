@@ -4,8 +4,18 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .bucket import BucketPair, TokenBucket
+from .client import ImagePreparer
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
+from .dispatch import (
+    ErrorInfo,
+    Request,
+    Result,
+    ResultStream,
+    Scheduler,
+    SchedulerStats,
+    run_batch,
+)
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -44,12 +54,14 @@ __all__ = [
     "ConfigError",
     "CorruptImage",
     "CostModel",
+    "ErrorInfo",
     "FatalError",
     "ImageCost",
     "ImageError",
     "ImageFetchError",
     "ImageInfo",
     "ImageNotFound",
+    "ImagePreparer",
     "ImageProber",
     "ImageTooLarge",
     "InputError",
@@ -63,10 +75,15 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
+    "Request",
     "RequestCost",
     "RequestTooLarge",
     "Reservation",
+    "Result",
+    "ResultStream",
     "RetryableError",
+    "Scheduler",
+    "SchedulerStats",
     "Secret",
     "ServerError",
     "TokenBucket",
@@ -80,5 +97,6 @@ __all__ = [
     "load_config",
     "probe_image",
     "read_image_bytes",
+    "run_batch",
     "working_size",
 ]
