@@ -4,7 +4,7 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .bucket import BucketPair, TokenBucket
-from .client import ImagePreparer
+from .client import PrepareHook
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
 from .dispatch import (
@@ -61,7 +61,6 @@ __all__ = [
     "ImageFetchError",
     "ImageInfo",
     "ImageNotFound",
-    "ImagePreparer",
     "ImageProber",
     "ImageTooLarge",
     "InputError",
@@ -71,6 +70,7 @@ __all__ = [
     "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
+    "PrepareHook",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
