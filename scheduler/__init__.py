@@ -4,8 +4,18 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .bucket import BucketPair, TokenBucket
+from .client import PrepareHook
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
+from .dispatch import (
+    ErrorInfo,
+    Request,
+    Result,
+    ResultStream,
+    Scheduler,
+    SchedulerStats,
+    run_batch,
+)
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -33,6 +43,7 @@ from .errors import (
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .profiles import ModelProfile, ProfileTable
+from .redis_limiter import RedisLimiter
 
 __version__ = "0.1.0"
 
@@ -44,6 +55,7 @@ __all__ = [
     "ConfigError",
     "CorruptImage",
     "CostModel",
+    "ErrorInfo",
     "FatalError",
     "ImageCost",
     "ImageError",
@@ -59,14 +71,21 @@ __all__ = [
     "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
+    "PrepareHook",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
+    "RedisLimiter",
+    "Request",
     "RequestCost",
     "RequestTooLarge",
     "Reservation",
+    "Result",
+    "ResultStream",
     "RetryableError",
+    "Scheduler",
+    "SchedulerStats",
     "Secret",
     "ServerError",
     "TokenBucket",
@@ -80,5 +99,6 @@ __all__ = [
     "load_config",
     "probe_image",
     "read_image_bytes",
+    "run_batch",
     "working_size",
 ]
