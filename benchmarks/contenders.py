@@ -23,8 +23,8 @@ their run so its CPU counts for them as it does for vsched.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -82,16 +82,21 @@ async def _run_vsched(
     *,
     settle: Literal["none", "actual"] | None = None,
 ) -> list[JobOutcome]:
-    from scheduler.config import ApiConfig, ConcurrencyConfig, Config, LimitsConfig, Secret
+    from scheduler.config import Secret, load_config
     from scheduler.dispatch import Scheduler
 
-    limits = LimitsConfig(tpm=target.tpm, rpm=target.rpm)
-    if settle is not None:
-        limits = dataclasses.replace(limits, settle=settle)
-    config = Config(
-        api=ApiConfig(base_url=target.base_url, api_key=Secret(_API_KEY), timeout=target.timeout),
-        limits=limits,
-        concurrency=ConcurrencyConfig(max_in_flight=MAX_IN_FLIGHT),
+    # Like the CLI, VSCHED_<SECTION>_<KEY> variables apply (try a setting without editing code).
+    config = load_config(
+        env={k: v for k, v in os.environ.items() if k.startswith("VSCHED_")},
+        overrides={
+            "api.base_url": target.base_url,
+            "api.api_key": Secret(_API_KEY),
+            "api.timeout": target.timeout,
+            "limits.tpm": target.tpm,
+            "limits.rpm": target.rpm,
+            "limits.settle": settle,
+            "concurrency.max_in_flight": MAX_IN_FLIGHT,
+        },
     )
     transport = None if target.app is None else httpx.ASGITransport(app=target.app)
     async with (
