@@ -21,6 +21,8 @@ __all__ = ["VirtualTimeLoop", "run_virtual"]
 
 _T = TypeVar("_T")
 
+RESOLUTION = 1e-6  # the smallest step the virtual clock takes when a timer is due
+
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A selector loop with a virtual clock that starts at 0 and advances only when idle."""
@@ -32,12 +34,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
         def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
             ready = real_select(0)
-            if ready or timeout == 0:
+            if ready:
                 return ready
             if timeout is None:
                 # Nothing scheduled: only another thread can wake us (self-pipe); wait for it.
                 return real_select(None)
-            self._virtual_now += timeout
+            if timeout > 0 or not self._ready:  # type: ignore[attr-defined]
+                # A timer is next. Move at least one resolution step, as a real clock would:
+                # code that reschedules itself a float rounding error ahead (aiolimiter does)
+                # would otherwise spin forever at one instant.
+                self._virtual_now += max(timeout, RESOLUTION)
             return []
 
         self._selector.select = select  # type: ignore[attr-defined]
