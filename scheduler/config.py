@@ -25,6 +25,7 @@ __all__ = [
     "ConcurrencyConfig",
     "Config",
     "CostConfig",
+    "DrainConfig",
     "ImagesConfig",
     "LimitsConfig",
     "QueueConfig",
@@ -175,6 +176,28 @@ class QueueConfig:
     redis_url: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainConfig:
+    """How ``vsched drain`` builds requests from a folder, shows progress, stops and writes."""
+
+    output: str = ""
+    grace: float = 30.0
+    progress: Literal["auto", "bar", "log", "json", "quiet"] = "auto"
+    log_interval: float = 10.0
+    prompt: str = ""
+    model: str = ""
+    detail: Literal["low", "high", "auto"] = "auto"
+    max_tokens: int = 300
+
+    def __post_init__(self) -> None:
+        if self.grace < 0:
+            raise ConfigError(f"drain.grace: expected >= 0, got {self.grace!r}")
+        _positive("drain.log_interval", self.log_interval)
+        _positive("drain.max_tokens", self.max_tokens)
+        _one_of("drain.progress", self.progress, ("auto", "bar", "log", "json", "quiet"))
+        _one_of("drain.detail", self.detail, ("low", "high", "auto"))
+
+
 _TABLES = ("models", "prices")
 
 
@@ -189,6 +212,7 @@ class Config:
     cost: CostConfig = field(default_factory=CostConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
     # Free-form tables validated by their owners: model profiles and prices per model.
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -1,0 +1,66 @@
+"""Where a drain keeps its results and its queue, shared by drain, status, export, retry-failed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import Config
+from ..errors import InputError
+
+__all__ = ["add_queue_flags", "default_output", "default_queue", "is_queue_file", "locate_queue"]
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def default_output(source: Path, config: Config) -> Path:
+    """The results file: ``drain.output``, else ``<input>.results.jsonl`` beside the input."""
+    if config.drain.output:
+        return Path(config.drain.output)
+    source = source.resolve()
+    stem = source.name if source.is_dir() else source.stem
+    return source.with_name(f"{stem}.results.jsonl")
+
+
+def default_queue(output: Path, config: Config) -> Path:
+    """The queue database: ``queue.path``, else ``<output>.queue.sqlite`` beside the output."""
+    if config.queue.path:
+        return Path(config.queue.path)
+    stem = output.name.removesuffix(".jsonl").removesuffix(".results")
+    return output.with_name(f"{stem}.queue.sqlite")
+
+
+def is_queue_file(path: Path) -> bool:
+    """True when ``path`` is an SQLite database (a queue), not a drain input."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def add_queue_flags(parser: argparse.ArgumentParser) -> None:
+    """``TARGET`` (a queue file, or the input given to drain), ``--queue`` and ``--output``."""
+    parser.add_argument(
+        "target",
+        nargs="?",
+        metavar="QUEUE_OR_INPUT",
+        help="the queue database, or the file or folder given to `vsched drain`",
+    )
+    parser.add_argument("--queue", metavar="PATH", help="queue database [queue.path]")
+    parser.add_argument("-o", "--output", metavar="PATH", help="results JSONL [drain.output]")
+
+
+def locate_queue(target: str | None, config: Config) -> Path:
+    """The queue database named by TARGET or the config; it must already exist."""
+    if target is not None and is_queue_file(Path(target)):
+        path = Path(target)
+    elif target is not None:
+        path = default_queue(default_output(Path(target), config), config)
+    elif config.queue.path:
+        path = Path(config.queue.path)
+    else:
+        raise InputError("name the queue: give QUEUE_OR_INPUT or --queue")
+    if not path.is_file():
+        raise InputError(f"queue {path} does not exist (run `vsched drain` first)")
+    return path

@@ -1,0 +1,36 @@
+"""``vsched retry-failed``: put a drain queue's failed jobs back to pending."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..queues.sqlite import SqliteQueue
+from .common import add_config_flag, config_from_args
+from .queue_paths import add_queue_flags, locate_queue
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``retry-failed`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "retry-failed",
+        help="re-queue the failed jobs of a drain queue (run `vsched drain` again to send them)",
+    )
+    add_queue_flags(parser)
+    add_config_flag(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Move failed jobs that have a request back to pending; malformed lines stay failed."""
+    config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
+    path = locate_queue(args.target, config)
+    with SqliteQueue(path) as queue:
+        requeued = queue.retry_failed()
+        left = queue.counts()["failed"]
+    note = f"; {left} malformed lines stay failed (fix the input)" if left else ""
+    print(f"Re-queued {requeued} failed jobs in {path}{note}", file=sys.stderr)
+    return 0

@@ -1,0 +1,68 @@
+"""``vsched status``: jobs per state in a drain's queue, the last run's figures, the failures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from ..progress import format_seconds
+from ..queues.sqlite import SqliteQueue
+from .common import add_config_flag, config_from_args
+from .queue_paths import add_queue_flags, locate_queue
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``status`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "status", help="show a drain queue: jobs per state, last run, failures"
+    )
+    add_queue_flags(parser)
+    add_config_flag(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--failures", type=int, default=20, help="failed jobs to list (20)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the queue's counts, the figures of its last run and its first failures."""
+    config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
+    path = locate_queue(args.target, config)
+    with SqliteQueue(path) as queue:
+        counts = queue.counts()
+        last = queue.last_run()
+        failures: list[dict[str, Any]] = []
+        for record in queue.records(["failed"]):
+            if len(failures) >= args.failures:
+                break
+            message = (record.error or {}).get("message", "failed")
+            failures.append({"custom_id": record.custom_id, "line": record.line, "reason": message})
+    if args.json:
+        report = {"queue": str(path), "counts": counts, "last_run": last, "failures": failures}
+        print(json.dumps(report))
+        return 0
+    print(f"Queue: {path}")
+    print("Jobs: " + ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items()))
+    if last is not None:
+        print(_last_run_line(last))
+    if failures:
+        print(f"Failed jobs ({counts['failed']}):")
+        for failure in failures:
+            print(f"  {failure['custom_id']} (line {failure['line']}): {failure['reason']}")
+    return 0
+
+
+def _last_run_line(last: dict[str, Any]) -> str:
+    when = datetime.fromtimestamp(last["finished"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    text = (
+        f"Last run: ended {when}, {last.get('tokens', 0):,} tokens,"
+        f" mean utilisation {last.get('utilisation', 0):.0%}, 429s {last.get('rate_limited', 0)},"
+        f" wall time {format_seconds(last.get('wall_time'))}"
+        f" (ideal {format_seconds(last.get('ideal_time'))})"
+    )
+    if last.get("stopped"):
+        text += f", stopped: {last['stopped']}"
+    return text

@@ -1,0 +1,222 @@
+"""The Redis limiter against a real redis-server: the in-memory contract, shared by processes."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from scheduler.errors import RequestTooLarge
+from scheduler.headers import RateLimitHeaders
+from scheduler.redis_client import RedisClient
+from scheduler.redis_limiter import RedisLimiter
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.anyio]
+
+# 600k TPM = 10,000 tokens/s and 6,000 RPM = 100 requests/s: waits are tens of milliseconds.
+TPM = 600_000
+RPM = 6_000
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run each test on both anyio backends (trio goes through the threaded client)."""
+    backend: str = request.param
+    return backend
+
+
+def make(url: str, **kw: object) -> RedisLimiter:
+    """A limiter on the test database with fast limits unless overridden."""
+    options: dict[str, object] = {"tpm": TPM, "rpm": RPM, "burst_seconds": 0.1} | kw
+    return RedisLimiter(url, **options)  # type: ignore[arg-type]
+
+
+async def test_burst_is_free_then_paced(redis_url: str) -> None:
+    """The burst (0.1 s = 1,000 tokens) is admitted at once; the next 1,000 tokens wait ~0.1 s."""
+    async with make(redis_url) as limiter:
+        await limiter.acquire(tokens=1_000)
+        assert limiter.stats().waited == 0
+        start = anyio.current_time()
+        await limiter.acquire(tokens=1_000)
+        elapsed = anyio.current_time() - start
+        assert 0.08 <= limiter.stats().waited <= 0.11
+        assert elapsed >= 0.08
+
+
+async def test_oversize_raises_at_once_without_a_round_trip(redis_url: str) -> None:
+    """More tokens than the per-minute limit raise RequestTooLarge before touching Redis."""
+    async with make(redis_url) as limiter:
+        with pytest.raises(RequestTooLarge) as info:
+            await limiter.acquire(tokens=TPM + 1)
+        assert info.value.limit == TPM
+        assert limiter.stats().round_trips == 0
+
+
+async def test_large_request_takes_a_full_bucket_and_leaves_a_debt(redis_url: str) -> None:
+    """A 2,000-token request (twice the burst) goes at once on a full bucket; then others wait."""
+    async with make(redis_url) as limiter:
+        await limiter.acquire(tokens=2_000)
+        assert limiter.stats().waited == 0
+        await limiter.acquire(tokens=1)
+        assert 0.09 <= limiter.stats().waited <= 0.11
+
+
+async def test_fifo_large_request_is_not_starved(redis_url: str) -> None:
+    """A large request queued behind small ones is admitted before the small ones that follow it."""
+    order: list[str] = []
+    async with make(redis_url) as limiter:
+
+        async def take(name: str, tokens: int) -> None:
+            await limiter.acquire(tokens=tokens)
+            order.append(name)
+
+        await limiter.acquire(tokens=1_000)  # empty the bucket
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, "small-1", 100)
+            await anyio.sleep(0.005)
+            tg.start_soon(take, "large", 1_500)
+            await anyio.sleep(0.005)
+            for i in range(2, 6):
+                tg.start_soon(take, f"small-{i}", 100)
+    assert order.index("large") < order.index("small-2")
+    assert order[0] == "small-1"
+
+
+async def test_two_processes_share_one_budget(redis_url: str) -> None:
+    """Two limiters on separate connections admit at most burst + rate x elapsed together."""
+    admitted: list[tuple[float, int]] = []
+    async with make(redis_url) as first, make(redis_url) as second:
+
+        async def worker(limiter: RedisLimiter) -> None:
+            for _ in range(20):
+                await limiter.acquire(tokens=250)
+                admitted.append((anyio.current_time(), 250))
+
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, first)
+            tg.start_soon(worker, second)
+    total = sum(tokens for _, tokens in admitted)
+    elapsed = max(when for when, _ in admitted) - start
+    # 10,000 tokens, 1,000 of them free in the burst: at 10,000/s that is at least 0.9 s.
+    assert total == 10_000
+    assert elapsed >= 0.85
+    for when, _ in admitted:
+        so_far = sum(tokens for at, tokens in admitted if at <= when)
+        assert so_far <= 1_000 + 10_000 * (when - start) + 250
+
+
+async def test_release_gives_the_place_back(redis_url: str) -> None:
+    """A released reservation's tokens are available again at once."""
+    async with make(redis_url) as limiter:
+        reservation = await limiter.acquire(tokens=1_000)
+        await reservation.release()
+        await reservation.release()  # a second release is a no-op
+        await limiter.acquire(tokens=1_000)
+        assert limiter.stats().waited == 0
+
+
+async def test_settle_charges_actual_usage(redis_url: str) -> None:
+    """Settling above the estimate pushes the next acquire out by the difference."""
+    async with make(redis_url) as limiter:
+        reservation = await limiter.acquire(tokens=100)
+        await reservation.settle(1_900)
+        await limiter.acquire(tokens=1)
+        assert 0.08 <= limiter.stats().waited <= 0.11
+
+
+async def test_settle_none_ignores_usage(redis_url: str) -> None:
+    """With settle="none" the estimate stands whatever the usage."""
+    async with make(redis_url, settle="none") as limiter:
+        reservation = await limiter.acquire(tokens=100)
+        await reservation.settle(1_900)
+        await limiter.acquire(tokens=800)
+        assert limiter.stats().waited == 0
+
+
+async def test_cooldown_pauses_every_process(redis_url: str) -> None:
+    """A 429 cooldown from one process delays another process's next acquire."""
+    async with make(redis_url) as first, make(redis_url) as second:
+        await first.cooldown(0.15)
+        await second.acquire(tokens=1)
+        assert 0.13 <= second.stats().waited <= 0.16
+
+
+async def test_observe_learns_little_remaining(redis_url: str) -> None:
+    """Headers saying nothing is left empty the shared bucket."""
+    async with make(redis_url) as limiter:
+        await limiter.observe(RateLimitHeaders(remaining_tokens=0, limit_tokens=TPM))
+        await limiter.acquire(tokens=500)
+        assert 0.04 <= limiter.stats().waited <= 0.06
+
+
+async def test_observe_learns_a_lower_limit(redis_url: str) -> None:
+    """A lower x-ratelimit-limit-tokens makes a request above it RequestTooLarge."""
+    async with make(redis_url) as limiter:
+        await limiter.observe(RateLimitHeaders(limit_tokens=5_000))
+        with pytest.raises(RequestTooLarge) as info:
+            await limiter.acquire(tokens=6_000)
+        assert info.value.limit == 5_000
+
+
+async def test_observe_disabled_learns_nothing(redis_url: str) -> None:
+    """With learn_from_headers off, headers do not touch the schedule."""
+    async with make(redis_url, learn_from_headers=False) as limiter:
+        await limiter.observe(RateLimitHeaders(remaining_tokens=0))
+        await limiter.acquire(tokens=500)
+        assert limiter.stats().waited == 0
+        assert limiter.stats().round_trips == 1
+
+
+async def test_cancelled_waiter_gives_its_place_back(redis_url: str) -> None:
+    """An acquire cancelled while it waits frees its slot for the next request."""
+    async with make(redis_url) as limiter:
+        await limiter.acquire(tokens=1_000)
+        with anyio.move_on_after(0.01):
+            await limiter.acquire(tokens=900)  # would wait 0.09 s
+        start = anyio.current_time()
+        await limiter.acquire(tokens=100)
+        assert anyio.current_time() - start < 0.05
+
+
+async def test_concurrent_acquires_share_round_trips(redis_url: str) -> None:
+    """Many concurrent acquires of one process go to Redis in fewer calls than requests."""
+    async with make(redis_url, tpm=60_000_000, rpm=6_000_000) as limiter:
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(lambda: limiter.acquire(tokens=10))
+        stats = limiter.stats()
+    assert stats.acquired == 64
+    assert stats.round_trips < 64
+
+
+async def test_leasing_cuts_round_trips_and_keeps_the_limit(redis_url: str) -> None:
+    """With leases, 200 small acquires take a handful of round trips and stay within the rate."""
+    admitted: list[float] = []
+    async with make(redis_url, rpm=600_000, lease_seconds=0.05) as limiter:
+        start = anyio.current_time()
+        for _ in range(200):
+            await limiter.acquire(tokens=50)
+            admitted.append(anyio.current_time())
+        stats = limiter.stats()
+    # 10,000 tokens at 10,000/s with a 1,000-token burst: at least 0.9 s, minus one lease.
+    assert admitted[-1] - start >= 0.85
+    assert stats.round_trips <= 30
+    assert stats.leases >= 1
+
+
+async def test_lease_leftover_goes_back_on_close(redis_url: str) -> None:
+    """Closing a leasing limiter returns its unused slice to the shared schedule."""
+    async with make(redis_url, lease_seconds=0.1) as limiter:
+        await limiter.acquire(tokens=10)  # leases 1,000 tokens, uses 10
+    async with make(redis_url) as other:
+        await other.acquire(tokens=990)
+        assert other.stats().waited == 0
+
+
+async def test_shared_client_is_not_closed_by_the_limiter(redis_url: str) -> None:
+    """A limiter given a client leaves it open for its owner."""
+    client = RedisClient(redis_url)
+    async with RedisLimiter(client, tpm=TPM, rpm=RPM) as limiter:
+        await limiter.acquire(tokens=1)
+    assert await client.execute("PING") is True
+    await client.aclose()
