@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -310,7 +311,7 @@ def _prepare(
         picture.save(out, format=out_format, **options)
     else:
         out_format = "JPEG"
-        picture.save(out, format="JPEG", quality=config.jpeg_quality, optimize=True, **options)
+        picture.save(out, format="JPEG", quality=config.jpeg_quality, **options)
     encoded = out.getvalue()
     if original_valid and len(encoded) >= len(data):
         return unchanged()  # never make a file bigger when the original is just as good
@@ -364,7 +365,10 @@ class ImagePreparer:
         config = config or Config()
         self._config = config.images
         self._profiles = profiles or ProfileTable.from_config(config)
-        self._threads = anyio.CapacityLimiter(threads or config.images.prepare_threads)
+        # One CPU is left to the event loop by default: decoding threads that take every core
+        # make the loop wait for a CPU, and its heartbeat stalls.
+        threads = threads or config.images.prepare_threads or max(1, (os.cpu_count() or 1) - 1)
+        self._threads = anyio.CapacityLimiter(threads)
         self._stats = PrepareStats()
 
     @property

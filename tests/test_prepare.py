@@ -50,6 +50,11 @@ def _quadrants(width: int, height: int) -> Image.Image:
     return image
 
 
+def _photo(size: tuple[int, int]) -> Image.Image:
+    """Quadrants with sensor-like noise: compresses like a photo, not like flat colour."""
+    return Image.blend(_quadrants(*size), Image.effect_noise(size, 40).convert("RGB"), 0.2)
+
+
 def _with_orientation(upright: Image.Image, orientation: int) -> bytes:
     """The JPEG a camera stores for ``upright`` when it tags it with EXIF ``orientation``."""
     # Each stored image is what a viewer turns back upright by the EXIF 2.3 definition.
@@ -102,9 +107,7 @@ def _info(data: bytes, *, animated: bool = False) -> ImageInfo:
 
 
 def _profile_details() -> list[tuple[str, str]]:
-    return [
-        (name, detail) for name in PROFILES.names() for detail in PROFILES.resolve(name).details
-    ]
+    return [(name, detail) for name in PROFILES.names for detail in PROFILES.resolve(name).details]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -138,39 +141,38 @@ def test_shrink_off_only_turns_the_image() -> None:
     _assert_upright(image)
 
 
-@pytest.mark.parametrize(
-    "size",
-    [
-        (4032, 3024),  # phone photo
-        (3024, 4032),  # the same, portrait
-        (500, 1000),  # under every limit
-        (5000, 700),  # panorama
-        (1800, 2400),  # the documented patch example
-        (2049, 769),  # one pixel over both tile steps
-        (33, 4000),  # thin strip
-        (1, 1),
-    ],
-)
+SIZES = [
+    (4032, 3024),  # phone photo
+    (3024, 4032),  # the same, portrait
+    (500, 1000),  # under every limit
+    (5000, 700),  # panorama
+    (1800, 2400),  # the documented patch example
+    (2049, 769),  # one pixel over both tile steps
+    (33, 4000),  # thin strip
+    (1, 1),
+]
+
+
 @pytest.mark.parametrize(("model", "detail"), _profile_details())
-def test_working_size_choice_keeps_the_token_cost(
-    size: tuple[int, int], model: str, detail: str
-) -> None:
+def test_working_size_choice_keeps_the_token_cost(model: str, detail: str) -> None:
     """Without a budget the chosen size never enlarges and costs exactly the original tokens."""
-    choice = choose_detail(*size, detail=detail, profile=PROFILES.resolve(model))
-    assert choice.detail == detail
-    assert choice.width <= size[0] and choice.height <= size[1]
-    original = image_tokens(*size, detail=detail, model=model, profiles=PROFILES)
-    assert choice.tokens == original
-    assert (
-        image_tokens(choice.width, choice.height, detail=detail, model=model, profiles=PROFILES)
-        == original
-    )
+    profile = PROFILES.resolve(model)
+    for size in SIZES:
+        choice = choose_detail(*size, detail=detail, profile=profile)
+        assert choice.detail == detail
+        assert choice.width <= size[0] and choice.height <= size[1], size
+        original = image_tokens(*size, detail=detail, model=model, profiles=PROFILES)
+        assert choice.tokens == original, size
+        after = image_tokens(
+            choice.width, choice.height, detail=detail, model=model, profiles=PROFILES
+        )
+        assert after == original, size
 
 
 @pytest.fixture(scope="module")
 def sideways_photo() -> bytes:
-    """A 2400x1800 photo stored sideways (EXIF orientation 6), big enough for every shrink."""
-    return _with_orientation(_quadrants(2400, 1800), 6)
+    """A 2100x1575 photo stored sideways (EXIF orientation 6), big enough for every shrink."""
+    return _with_orientation(_photo((2100, 1575)), 6)
 
 
 @pytest.mark.parametrize(("model", "detail"), _profile_details())
@@ -181,17 +183,16 @@ def test_prepared_image_costs_the_same_tokens(
     prepared = prepare_image(sideways_photo, model=model, detail=detail, profiles=PROFILES)
     image = _decode(prepared.data)
     assert image.size == (prepared.width, prepared.height)
-    before = image_tokens(1800, 2400, detail=detail, model=model, profiles=PROFILES)
+    before = image_tokens(1575, 2100, detail=detail, model=model, profiles=PROFILES)
     after = image_tokens(*image.size, detail=detail, model=model, profiles=PROFILES)
     assert after == before == prepared.tokens == prepared.original_tokens
-    assert image.width <= 1800 and image.height <= 2400
+    assert image.width <= 1575 and image.height <= 2100
     assert prepared.bytes_saved > 0
 
 
 def _transparent(size: tuple[int, int]) -> Image.Image:
     """Noisy quadrants (so a shrink saves bytes) with a clear band and a half-clear half."""
-    noise = Image.effect_noise(size, 40).convert("RGB")
-    image = Image.blend(_quadrants(*size), noise, 0.15).convert("RGBA")
+    image = _photo(size).convert("RGBA")
     draw = ImageDraw.Draw(image)
     draw.rectangle((0, 0, size[0] - 1, size[1] // 4), fill=(0, 0, 0, 0))  # a clear top band
     draw.rectangle((0, size[1] // 2, size[0] - 1, size[1] - 1), fill=(0, 0, 255, 128))
@@ -228,7 +229,7 @@ def test_transparency_survives(
 
 def test_opaque_alpha_channel_becomes_jpeg() -> None:
     """An RGBA PNG whose alpha is all opaque is not treated as transparent."""
-    data = _encode(_quadrants(3000, 1500).convert("RGBA"), "PNG")
+    data = _encode(_photo((2200, 1100)).convert("RGBA"), "PNG")
     prepared = prepare_image(data, model="gpt-4o")
     assert prepared.mime == "image/jpeg"
     _assert_upright(_decode(prepared.data))
@@ -247,8 +248,7 @@ def test_nothing_to_do_keeps_the_original_bytes() -> None:
 @pytest.mark.parametrize(("detail", "size"), [("low", (600, 400)), ("high", (1000, 800))])
 def test_smaller_original_is_kept(detail: str, size: tuple[int, int]) -> None:
     """When a shrink only makes the file bigger and the original costs the same, it is kept."""
-    noisy = Image.blend(_quadrants(*size), Image.effect_noise(size, 40).convert("RGB"), 0.2)
-    data = _encode(noisy, "JPEG", quality=5)
+    data = _encode(_photo(size), "JPEG", quality=5)
     prepared = prepare_image(
         data, model="gpt-4o", detail=detail, config=ImagesConfig(jpeg_quality=100)
     )
@@ -397,7 +397,7 @@ async def test_preparer_runs_in_threads_and_counts_bytes(sideways_photo: bytes) 
 @pytest.mark.anyio
 async def test_event_loop_stays_responsive_while_preparing() -> None:
     """A heartbeat never stalls more than 50 ms while 100 large photos are prepared."""
-    photo = _encode(Image.effect_noise((2400, 1800), 64).convert("RGB"), "JPEG", quality=90)
+    photo = _with_orientation(_photo((2048, 1536)), 6)  # 3 megapixels, turned and re-encoded
     info = _info(photo)
     preparer = ImagePreparer()
     gaps: list[float] = []
