@@ -42,6 +42,14 @@ from .errors import (
 )
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
+from .prepare import (
+    DetailChoice,
+    PreparedImage,
+    Preparer,
+    PrepareStats,
+    choose_detail,
+    prepare_image,
+)
 from .profiles import ModelProfile, ProfileTable
 
 __version__ = "0.1.0"
@@ -54,6 +62,7 @@ __all__ = [
     "ConfigError",
     "CorruptImage",
     "CostModel",
+    "DetailChoice",
     "ErrorInfo",
     "FatalError",
     "ImageCost",
@@ -71,6 +80,9 @@ __all__ = [
     "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
+    "PrepareStats",
+    "PreparedImage",
+    "Preparer",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
@@ -92,9 +104,11 @@ __all__ = [
     "UnsupportedContent",
     "UnsupportedImage",
     "VschedError",
+    "choose_detail",
     "estimate_cost",
     "image_tokens",
     "load_config",
+    "prepare_image",
     "probe_image",
     "read_image_bytes",
     "run_batch",

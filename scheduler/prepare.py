@@ -14,7 +14,7 @@ Before dispatch, each local or inline image is:
    still valid.
 
 ``prepare_image`` is the synchronous core (it decodes pixels, so it belongs in a worker thread);
-``ImagePreparer`` is the async hook the scheduler calls, running that core through
+``Preparer`` is the async hook the scheduler calls, running that core through
 ``anyio.to_thread`` with a bounded number of threads so that memory stays bounded.
 """
 
@@ -34,16 +34,16 @@ from PIL import Image, ImageOps
 
 from .config import Config, ImagesConfig
 from .cost import profile_image_tokens, working_size
-from .errors import CorruptImage, UnsupportedImage
+from .errors import CorruptImage, InputError, UnsupportedImage
 from .images import ImageInfo
 from .profiles import ModelProfile, ProfileTable
 
 __all__ = [
     "BUDGET_METADATA_KEY",
     "DetailChoice",
-    "ImagePreparer",
     "PrepareStats",
     "PreparedImage",
+    "Preparer",
     "choose_detail",
     "job_token_budget",
     "prepare_image",
@@ -101,7 +101,7 @@ class PreparedImage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrepareStats:
-    """Totals over every image an ``ImagePreparer`` has handled."""
+    """Totals over every image a ``Preparer`` has handled."""
 
     images: int = 0
     reencoded: int = 0
@@ -119,7 +119,7 @@ def job_token_budget(metadata: Any, default: int) -> int:
     if isinstance(metadata, Mapping) and BUDGET_METADATA_KEY in metadata:
         value = metadata[BUDGET_METADATA_KEY]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{BUDGET_METADATA_KEY}: expected an integer >= 0, got {value!r}")
+            raise InputError(f"{BUDGET_METADATA_KEY}: expected an integer >= 0, got {value!r}")
         return value
     return default
 
@@ -347,7 +347,7 @@ def _opaque_mode(image: Image.Image) -> str:
     return "L" if image.mode in ("L", "LA") else "RGB"
 
 
-class ImagePreparer:
+class Preparer:
     """The scheduler's preparation hook: runs ``prepare_image`` in bounded worker threads.
 
     One instance per scheduler. Images are prepared at dispatch time, so only in-flight images

@@ -12,11 +12,11 @@ from PIL import Image, ImageDraw
 
 from scheduler.config import Config, ImagesConfig
 from scheduler.cost import image_tokens
-from scheduler.errors import CorruptImage, UnsupportedImage
+from scheduler.errors import CorruptImage, InputError, UnsupportedImage
 from scheduler.images import ImageInfo
 from scheduler.prepare import (
     DetailChoice,
-    ImagePreparer,
+    Preparer,
     PrepareStats,
     choose_detail,
     job_token_budget,
@@ -335,7 +335,7 @@ def test_job_token_budget(metadata: Any, expected: int) -> None:
 @pytest.mark.parametrize("value", [-1, "500", True, 2.5])
 def test_job_token_budget_rejects_bad_values(value: Any) -> None:
     """A budget that is not a non-negative integer is an error, not silently ignored."""
-    with pytest.raises(ValueError, match="image_token_budget"):
+    with pytest.raises(InputError, match="image_token_budget"):
         job_token_budget({"image_token_budget": value}, 0)
 
 
@@ -367,7 +367,7 @@ def test_unreadable_images_raise_image_errors(data: bytes, error: type[Exception
 @pytest.mark.anyio
 async def test_animated_gif_refused_before_any_work() -> None:
     """An animated image is refused at once, without waiting for (or using) a worker thread."""
-    preparer = ImagePreparer(threads=1)
+    preparer = Preparer(threads=1)
     data = _animated_gif()
     await preparer.threads.acquire()  # every worker thread is busy: any work would block
     try:
@@ -382,7 +382,7 @@ async def test_animated_gif_refused_before_any_work() -> None:
 @pytest.mark.anyio
 async def test_preparer_runs_in_threads_and_counts_bytes(sideways_photo: bytes) -> None:
     """The async hook prepares in a worker thread and totals the bytes it saved."""
-    preparer = ImagePreparer(Config(images=ImagesConfig(token_budget=300)))
+    preparer = Preparer(Config(images=ImagesConfig(token_budget=300)))
     info = _info(sideways_photo)
     prepared = await preparer(sideways_photo, info, detail="high", model="gpt-4o")
     assert prepared.detail == "low"  # the global budget applies
@@ -399,7 +399,7 @@ async def test_event_loop_stays_responsive_while_preparing() -> None:
     """A heartbeat never stalls more than 50 ms while 100 large photos are prepared."""
     photo = _with_orientation(_photo((2048, 1536)), 6)  # 3 megapixels, turned and re-encoded
     info = _info(photo)
-    preparer = ImagePreparer()
+    preparer = Preparer()
     gaps: list[float] = []
     done = anyio.Event()
 
