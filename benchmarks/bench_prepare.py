@@ -5,7 +5,7 @@ EXIF orientations a phone writes (1, 6, 8, 3), then prepares every one for ``--m
 ``--detail``:
 
 - ``sequential``: ``prepare_image`` in one thread, one after another (the per-image cost);
-- ``preparer``: ``Preparer`` with ``--threads`` worker threads under anyio (what dispatch
+- ``preparer``: ``ImagePreparer`` with ``--threads`` worker threads under anyio (what dispatch
   uses), all images submitted at once;
 - ``naive`` (with ``--naive``): a full-size decode, ``exif_transpose``, LANCZOS resize and JPEG
   save, without libjpeg's DCT scaling, for comparison.
@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 
 from scheduler.config import Config, ImagesConfig
 from scheduler.images import ImageInfo
-from scheduler.prepare import PreparedImage, Preparer, prepare_image
+from scheduler.prepare import ImagePreparer, PreparedImage, prepare_image
 
 PHONE_SIZE = (4032, 3024)
 ORIENTATIONS = (1, 6, 8, 3)
@@ -114,7 +114,7 @@ def main() -> None:
         ]
 
     def threaded() -> list[PreparedImage]:
-        preparer = Preparer(config, threads=args.threads)
+        preparer = ImagePreparer(config, threads=args.threads)
         results: list[PreparedImage] = []
 
         async def one(data: bytes, info: ImageInfo) -> None:

@@ -4,7 +4,7 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .bucket import BucketPair, TokenBucket
-from .client import ImagePreparer
+from .client import PrepareHook
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
 from .dispatch import (
@@ -44,8 +44,8 @@ from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .prepare import (
     DetailChoice,
+    ImagePreparer,
     PreparedImage,
-    Preparer,
     PrepareStats,
     choose_detail,
     prepare_image,
@@ -80,9 +80,9 @@ __all__ = [
     "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
+    "PrepareHook",
     "PrepareStats",
     "PreparedImage",
-    "Preparer",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",

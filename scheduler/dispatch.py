@@ -24,8 +24,8 @@ import httpx
 from anyio.abc import ObjectSendStream, TaskGroup
 
 from .client import (
-    ImagePreparer,
     OpenAIClient,
+    PrepareHook,
     Reply,
     classify,
     has_images,
@@ -37,6 +37,7 @@ from .cost import CostModel, RequestCost
 from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
 from .images import ImageProber
 from .limiter import Limiter, RateLimiter
+from .prepare import ImagePreparer, job_token_budget
 from .retry import retrying
 
 __all__ = [
@@ -185,7 +186,7 @@ class Scheduler:
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: RateLimiter | None = None,
         cost_model: CostModel | None = None,
-        preparer: ImagePreparer | None = None,
+        preparer: PrepareHook | None = None,
         grace: float | None = None,
     ) -> None:
         # Only plain objects here: the connection pool and the rest are made on entry.
@@ -197,7 +198,10 @@ class Scheduler:
         )
         self._cost_model = cost_model
         self._prober: ImageProber | None = None
-        self._preparer = preparer
+        # Image preparation is on by default; images.orient/shrink/token_budget configure it.
+        self._preparer: PrepareHook = (
+            preparer if preparer is not None else ImagePreparer(self._config)
+        )
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
         self._client: OpenAIClient | None = None
         self._tg: TaskGroup | None = None
@@ -455,7 +459,10 @@ class Scheduler:
         try:
             if state.body is None:
                 state.body = await inline_local_images(
-                    request.body, images=self._config.images, preparer=self._preparer
+                    request.body,
+                    images=self._config.images,
+                    preparer=self._preparer,
+                    token_budget=job_token_budget(request.metadata),
                 )
             if self._fatal is not None:
                 raise _Stopped
@@ -652,7 +659,7 @@ def run_batch(
     transport: httpx.AsyncBaseTransport | None = None,
     limiter: RateLimiter | None = None,
     cost_model: CostModel | None = None,
-    preparer: ImagePreparer | None = None,
+    preparer: PrepareHook | None = None,
 ) -> list[Result]:
     """Send every body and return the Results in input order (a synchronous helper for scripts).
 

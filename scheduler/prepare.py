@@ -14,7 +14,7 @@ Before dispatch, each local or inline image is:
    still valid.
 
 ``prepare_image`` is the synchronous core (it decodes pixels, so it belongs in a worker thread);
-``Preparer`` is the async hook the scheduler calls, running that core through
+``ImagePreparer`` is the async hook the scheduler calls, running that core through
 ``anyio.to_thread`` with a bounded number of threads so that memory stays bounded.
 """
 
@@ -41,9 +41,9 @@ from .profiles import ModelProfile, ProfileTable
 __all__ = [
     "BUDGET_METADATA_KEY",
     "DetailChoice",
+    "ImagePreparer",
     "PrepareStats",
     "PreparedImage",
-    "Preparer",
     "choose_detail",
     "job_token_budget",
     "prepare_image",
@@ -101,7 +101,7 @@ class PreparedImage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrepareStats:
-    """Totals over every image a ``Preparer`` has handled."""
+    """Totals over every image an ``ImagePreparer`` has handled."""
 
     images: int = 0
     reencoded: int = 0
@@ -114,14 +114,14 @@ class PrepareStats:
         return self.bytes_in - self.bytes_out
 
 
-def job_token_budget(metadata: Any, default: int) -> int:
-    """The per-image token budget of a job: its metadata's ``image_token_budget``, else default."""
-    if isinstance(metadata, Mapping) and BUDGET_METADATA_KEY in metadata:
-        value = metadata[BUDGET_METADATA_KEY]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InputError(f"{BUDGET_METADATA_KEY}: expected an integer >= 0, got {value!r}")
-        return value
-    return default
+def job_token_budget(metadata: Any) -> int | None:
+    """A job's own per-image token budget (its metadata's ``image_token_budget``), if it has one."""
+    if not isinstance(metadata, Mapping) or BUDGET_METADATA_KEY not in metadata:
+        return None
+    value = metadata[BUDGET_METADATA_KEY]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{BUDGET_METADATA_KEY}: expected an integer >= 0, got {value!r}")
+    return value
 
 
 def choose_detail(
@@ -347,7 +347,7 @@ def _opaque_mode(image: Image.Image) -> str:
     return "L" if image.mode in ("L", "LA") else "RGB"
 
 
-class Preparer:
+class ImagePreparer:
     """The scheduler's preparation hook: runs ``prepare_image`` in bounded worker threads.
 
     One instance per scheduler. Images are prepared at dispatch time, so only in-flight images
@@ -364,6 +364,7 @@ class Preparer:
     ) -> None:
         config = config or Config()
         self._config = config.images
+        self._default_model = config.cost.default_model
         self._profiles = profiles or ProfileTable.from_config(config)
         # One CPU is left to the event loop by default: decoding threads that take every core
         # make the loop wait for a CPU, and its heartbeat stalls.
@@ -390,22 +391,28 @@ class Preparer:
         token_budget: int | None = None,
         source: str = "<image>",
     ) -> PreparedImage:
-        """Prepare one image in a worker thread; refuse animated images before any work."""
+        """Prepare one image in a worker thread; refuse animated images before any work.
+
+        ``token_budget`` is the job's own budget (None: ``images.token_budget``); an empty
+        ``model`` means ``cost.default_model``, as in the cost model.
+        """
         if info.animated:
             raise UnsupportedImage(source, f"animated {info.format.upper()} is not accepted")
-        prepared = await anyio.to_thread.run_sync(
-            partial(
-                prepare_image,
-                data,
-                model=model,
-                detail=detail,
-                profiles=self._profiles,
-                config=self._config,
-                token_budget=token_budget,
-                source=source,
-            ),
-            limiter=self._threads,
+        budget = self._config.token_budget if token_budget is None else token_budget
+        work = partial(
+            prepare_image,
+            data,
+            model=model or self._default_model,
+            detail=detail,
+            profiles=self._profiles,
+            config=self._config,
+            token_budget=budget,
+            source=source,
         )
+        if self._config.orient or self._config.shrink or budget:
+            prepared = await anyio.to_thread.run_sync(work, limiter=self._threads)
+        else:
+            prepared = work()  # everything off: a header read, no decode, no thread needed
         old = self._stats
         self._stats = PrepareStats(
             images=old.images + 1,

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from scheduler.config import Config, ImagesConfig
+from scheduler.config import Config, ImagesConfig, load_config
 from scheduler.cost import image_tokens
+from scheduler.dispatch import Scheduler
 from scheduler.errors import CorruptImage, InputError, UnsupportedImage
 from scheduler.images import ImageInfo
 from scheduler.prepare import (
     DetailChoice,
-    Preparer,
+    ImagePreparer,
     PrepareStats,
     choose_detail,
     job_token_budget,
@@ -320,23 +325,23 @@ def test_budget_shrinks_the_pixels() -> None:
 @pytest.mark.parametrize(
     ("metadata", "expected"),
     [
-        (None, 300),
-        ("job-7", 300),
-        ({"other": 1}, 300),
+        (None, None),
+        ("job-7", None),
+        ({"other": 1}, None),
         ({"image_token_budget": 500}, 500),
         ({"image_token_budget": 0}, 0),  # a job can switch the global budget off
     ],
 )
-def test_job_token_budget(metadata: Any, expected: int) -> None:
-    """A job's metadata mapping may set its own per-image budget; otherwise the global one holds."""
-    assert job_token_budget(metadata, 300) == expected
+def test_job_token_budget(metadata: Any, expected: int | None) -> None:
+    """A job's metadata mapping may set its own per-image budget; otherwise there is none."""
+    assert job_token_budget(metadata) == expected
 
 
 @pytest.mark.parametrize("value", [-1, "500", True, 2.5])
 def test_job_token_budget_rejects_bad_values(value: Any) -> None:
     """A budget that is not a non-negative integer is an error, not silently ignored."""
     with pytest.raises(InputError, match="image_token_budget"):
-        job_token_budget({"image_token_budget": value}, 0)
+        job_token_budget({"image_token_budget": value})
 
 
 def _animated_gif() -> bytes:
@@ -367,7 +372,7 @@ def test_unreadable_images_raise_image_errors(data: bytes, error: type[Exception
 @pytest.mark.anyio
 async def test_animated_gif_refused_before_any_work() -> None:
     """An animated image is refused at once, without waiting for (or using) a worker thread."""
-    preparer = Preparer(threads=1)
+    preparer = ImagePreparer(threads=1)
     data = _animated_gif()
     await preparer.threads.acquire()  # every worker thread is busy: any work would block
     try:
@@ -382,7 +387,7 @@ async def test_animated_gif_refused_before_any_work() -> None:
 @pytest.mark.anyio
 async def test_preparer_runs_in_threads_and_counts_bytes(sideways_photo: bytes) -> None:
     """The async hook prepares in a worker thread and totals the bytes it saved."""
-    preparer = Preparer(Config(images=ImagesConfig(token_budget=300)))
+    preparer = ImagePreparer(Config(images=ImagesConfig(token_budget=300)))
     info = _info(sideways_photo)
     prepared = await preparer(sideways_photo, info, detail="high", model="gpt-4o")
     assert prepared.detail == "low"  # the global budget applies
@@ -399,7 +404,7 @@ async def test_event_loop_stays_responsive_while_preparing() -> None:
     """A heartbeat never stalls more than 50 ms while 100 large photos are prepared."""
     photo = _with_orientation(_photo((2048, 1536)), 6)  # 3 megapixels, turned and re-encoded
     info = _info(photo)
-    preparer = Preparer()
+    preparer = ImagePreparer()
     gaps: list[float] = []
     done = anyio.Event()
 
@@ -432,3 +437,52 @@ def test_detail_choice_rejects_empty_sizes() -> None:
     """A DetailChoice with a zero dimension is a bug, caught at construction."""
     with pytest.raises(ValueError, match="positive"):
         DetailChoice(detail="high", width=0, height=10, tokens=85)
+
+
+def _server_sees(captured: list[dict[str, Any]]) -> httpx.MockTransport:
+    """A fake OpenAI server that records every request body and answers with a success."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        captured.append(json.loads(request.content))
+        usage = {"prompt_tokens": 800, "completion_tokens": 2, "total_tokens": 802}
+        message = {"role": "assistant", "content": "a cat"}
+        return httpx.Response(200, json={"choices": [{"message": message}], "usage": usage})
+
+    return httpx.MockTransport(handle)
+
+
+def _sent_image(body: dict[str, Any]) -> tuple[Image.Image, str]:
+    """The image and detail of the one image part of a sent Chat Completions body."""
+    part = body["messages"][0]["content"][1]["image_url"]
+    header, _, payload = part["url"].partition(",")
+    assert header == "data:image/jpeg;base64"
+    return _decode(base64.b64decode(payload)), part["detail"]
+
+
+@pytest.mark.anyio
+async def test_rotated_photo_arrives_upright_at_the_server(tmp_path: Path) -> None:
+    """Through the Scheduler, a sideways local photo reaches the server upright and shrunk."""
+    path = tmp_path / "IMG_0001.jpg"
+    path.write_bytes(_with_orientation(_photo((1600, 1200)), 6))
+    inline = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+    captured: list[dict[str, Any]] = []
+    config = load_config(env={"OPENAI_API_KEY": "sk-test"}, overrides={"limits.tpm": 1_000_000})
+
+    def body(url: str) -> dict[str, Any]:
+        image = {"type": "image_url", "image_url": {"url": url, "detail": "high"}}
+        content = [{"type": "text", "text": "what is this?"}, image]
+        return {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
+
+    async with Scheduler(config, transport=_server_sees(captured)) as scheduler:
+        local = await scheduler.submit(body(str(path)))
+        data_url = await scheduler.submit(body(inline))
+        budget = await scheduler.submit(body(str(path)), metadata={"image_token_budget": 300})
+    assert local.ok and data_url.ok and budget.ok
+    for sent in captured[:2]:
+        image, detail = _sent_image(sent)
+        assert image.size == (1024, 768) and detail == "high"
+        _assert_upright(image)
+        assert not image.getexif()
+    image, detail = _sent_image(captured[2])
+    assert image.size == (512, 384) and detail == "low"  # the job's budget chose low
+    _assert_upright(image)
