@@ -51,6 +51,7 @@ from .prepare import (
     prepare_image,
 )
 from .profiles import ModelProfile, ProfileTable
+from .redis_limiter import RedisLimiter
 
 __version__ = "0.1.0"
 
@@ -87,6 +88,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
+    "RedisLimiter",
     "Request",
     "RequestCost",
     "RequestTooLarge",
