@@ -43,6 +43,7 @@ from .errors import (
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .profiles import ModelProfile, ProfileTable
+from .redis_limiter import RedisLimiter
 
 __version__ = "0.1.0"
 
@@ -75,6 +76,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
+    "RedisLimiter",
     "Request",
     "RequestCost",
     "RequestTooLarge",
