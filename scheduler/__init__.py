@@ -4,6 +4,7 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .config import Config, Secret, load_config
+from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -28,6 +29,8 @@ from .errors import (
     UnsupportedImage,
     VschedError,
 )
+from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
+from .profiles import ModelProfile, ProfileTable
 
 __version__ = "0.1.0"
 
@@ -37,16 +40,23 @@ __all__ = [
     "Config",
     "ConfigError",
     "CorruptImage",
+    "CostModel",
     "FatalError",
+    "ImageCost",
     "ImageError",
     "ImageFetchError",
+    "ImageInfo",
     "ImageNotFound",
+    "ImageProber",
     "ImageTooLarge",
     "InputError",
     "JobFailed",
     "MalformedResponse",
+    "ModelProfile",
+    "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
+    "RequestCost",
     "RequestTooLarge",
     "RetryableError",
     "Secret",
@@ -56,5 +66,10 @@ __all__ = [
     "UnsupportedContent",
     "UnsupportedImage",
     "VschedError",
+    "estimate_cost",
+    "image_tokens",
     "load_config",
+    "probe_image",
+    "read_image_bytes",
+    "working_size",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 from ..queues.jsonl import write_results
 from ..queues.sqlite import SqliteQueue
 from .common import add_config_flag, config_from_args
+from .enqueue import add_redis_flags, redis_url
 from .queue_paths import add_queue_flags, default_output, is_queue_file, locate_queue
 
 __all__ = ["register", "run"]
@@ -21,12 +22,15 @@ def register(subparsers: Any) -> None:
         "export", help="write the finished jobs of a drain queue as Batch API output JSONL"
     )
     add_queue_flags(parser)
+    add_redis_flags(parser)
     add_config_flag(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write one line per finished job (done or failed) to the output file."""
+    if args.redis:
+        return _run_redis(args)
     # -o is where this export goes; the queue is found as the drain found it.
     config = config_from_args(args, {"queue.path": args.queue})
     path = locate_queue(args.target, config)
@@ -40,6 +44,22 @@ def run(args: argparse.Namespace) -> int:
         stem = path.name.removesuffix(".sqlite").removesuffix(".queue")
         output = path.with_name(f"{stem}.results.jsonl")
     with SqliteQueue(path) as queue:
+        report = write_results(queue.records(), output)
+        counts = queue.counts()
+    pending = counts["pending"] + counts["in_flight"]
+    note = f"; {pending} jobs not finished yet" if pending else ""
+    written = f"{report.total} results ({report.done} done, {report.failed} failed)"
+    print(f"Wrote {written} to {output}{note}", file=sys.stderr)
+    return 0
+
+
+def _run_redis(args: argparse.Namespace) -> int:
+    """Export a shared Redis queue (``--redis URL``): the same lines as from an SQLite queue."""
+    from ..queues.redis_streams import RedisStreamsQueue
+
+    config = config_from_args(args, {})
+    output = Path(args.output or config.drain.output or f"{args.queue_name}.results.jsonl")
+    with RedisStreamsQueue(redis_url(args), name=args.queue_name) as queue:
         report = write_results(queue.records(), output)
         counts = queue.counts()
     pending = counts["pending"] + counts["in_flight"]

@@ -1,0 +1,72 @@
+"""``vsched enqueue``: add the jobs of a JSONL file to a shared Redis queue for many drains."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..jobs import iter_jsonl_jobs
+from ..queues.redis_streams import RedisStreamsQueue
+from .common import add_config_flag, config_from_args
+
+__all__ = ["add_redis_flags", "redis_url", "register", "run"]
+
+
+def add_redis_flags(parser: argparse.ArgumentParser) -> None:
+    """``--redis URL`` and ``--queue-name NAME``, shared by enqueue, drain and export."""
+    parser.add_argument(
+        "--redis", metavar="URL", help="shared Redis queue, redis://host:port/db [queue.redis_url]"
+    )
+    parser.add_argument(
+        "--queue-name",
+        default="vsched",
+        metavar="NAME",
+        help="name of the queue in Redis, to keep several apart (default: vsched)",
+    )
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    """The Redis URL from ``--redis`` or ``queue.redis_url``; a usage error when neither is set."""
+    config = config_from_args(args, {"queue.redis_url": args.redis})
+    if not config.queue.redis_url:
+        raise InputError("name the Redis server: give --redis URL or set queue.redis_url")
+    return config.queue.redis_url
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``enqueue`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "enqueue",
+        help="add a JSONL file's jobs to a shared Redis queue (drain it with `drain --redis`)",
+    )
+    parser.add_argument("input", metavar="FILE", help="requests, Batch API or one body per line")
+    add_redis_flags(parser)
+    add_config_flag(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the file into the queue; jobs already there (same id and line) are not added again."""
+    source = Path(args.input)
+    if not source.is_file():
+        raise InputError(f"{source}: no such file (enqueue takes a JSONL file)")
+    with RedisStreamsQueue(redis_url(args), name=args.queue_name) as queue:
+        queue.bind_source(str(source.resolve()))
+        report = queue.load(iter_jsonl_jobs(source))
+        counts = queue.counts()
+    notes = []
+    if report.malformed:
+        notes.append(f"{report.malformed} malformed")
+    if report.duplicates:
+        notes.append(f"{report.duplicates} duplicate ids")
+    extra = f" ({', '.join(notes)}: recorded as failed)" if notes else ""
+    waiting = counts["pending"] + counts["in_flight"]
+    print(
+        f"Added {report.added} jobs to Redis queue {args.queue_name!r}{extra}; "
+        f"{waiting} waiting, {counts['done']} done, {counts['failed']} failed",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,576 @@
+"""Reading an image's format and size from its header, without decoding a pixel.
+
+Sources: raw bytes, a local path or ``file://`` URL, a ``data:`` URL, or an ``http(s)`` URL
+(streamed only as far as the header, with a timeout, a size cap and an optional per-URL cache).
+The format comes from the bytes, never the name. Accepted: PNG, JPEG, WEBP and non-animated GIF,
+at most ``images.max_bytes``, with both sides between 1 and ``images.max_dimension`` pixels.
+Every failure is an ImageError subclass whose message names a short form of the source and
+the cause.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import os
+import struct
+import urllib.parse
+import urllib.request
+from collections.abc import Generator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import httpx
+
+from .config import ImagesConfig
+from .errors import (
+    CorruptImage,
+    ImageError,
+    ImageFetchError,
+    ImageNotFound,
+    ImageTooLarge,
+    UnsupportedImage,
+)
+
+__all__ = [
+    "ImageInfo",
+    "ImageProber",
+    "ImageSource",
+    "probe_image",
+    "read_image_bytes",
+    "short_source",
+]
+
+ImageSource = str | bytes | bytearray | memoryview | os.PathLike[str]
+ImageFormat = Literal["png", "jpeg", "webp", "gif"]
+
+_FORMATS = frozenset({"png", "jpeg", "webp", "gif"})
+_DEFAULT_CONFIG = ImagesConfig()
+_FIRST_READ = 64 * 1024
+_SOURCE_CHARS = 48
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageInfo:
+    """What the header says: pixel size, format (from the bytes), byte size, animation."""
+
+    width: int
+    height: int
+    format: str
+    byte_size: int
+    animated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in _FORMATS:
+            raise ValueError(f"format must be one of {sorted(_FORMATS)}, got {self.format!r}")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"width and height must be positive, got {self.width}x{self.height}")
+        if self.byte_size < 0:
+            raise ValueError(f"byte_size must be >= 0, got {self.byte_size}")
+
+
+def short_source(source: ImageSource) -> str:
+    """A short, log-safe name for a source: paths whole, URLs and data URLs cut, bytes counted."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)} bytes>"
+    text = os.fspath(source)
+    if text[:5].lower() == "data:":
+        comma = text.find(",")
+        head = text[: min(comma + 9, _SOURCE_CHARS)] if comma >= 0 else text[:24]
+        return f"{head}... ({len(text)} chars)"
+    if "://" in text[:12] and len(text) > _SOURCE_CHARS * 2:
+        return text[: _SOURCE_CHARS * 2] + "..."
+    return text
+
+
+# --- header parsing ----------------------------------------------------------------------------
+
+
+class _NeedMore(Exception):
+    """The header goes on past the bytes read so far."""
+
+
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_UNSUPPORTED: tuple[tuple[bytes, str], ...] = (
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"%PDF", "PDF"),
+    (b"8BPS", "PSD"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "SVG/XML"),
+)
+
+
+def _need(data: bytes, end: int) -> None:
+    if len(data) < end:
+        raise _NeedMore
+
+
+def _parse_png(data: bytes) -> tuple[int, int, bool]:
+    _need(data, 24)
+    if data[12:16] != b"IHDR":
+        raise ValueError("PNG without an IHDR chunk")
+    width, height = struct.unpack_from(">II", data, 16)
+    # APNG: an acTL chunk anywhere before the first IDAT.
+    pos = 8
+    while True:
+        _need(data, pos + 8)
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"acTL":
+            return width, height, True
+        if kind in (b"IDAT", b"IEND"):
+            return width, height, False
+        pos += 12 + length
+
+
+def _parse_jpeg(data: bytes) -> tuple[int, int, bool]:
+    pos = 2
+    while True:
+        _need(data, pos + 2)
+        if data[pos] != 0xFF:
+            raise ValueError(f"bad JPEG marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        pos += 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ValueError("JPEG without a frame header (SOF) before its scan")
+        _need(data, pos + 2)
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2:
+            raise ValueError(f"bad JPEG segment length at byte {pos}")
+        if marker in _SOF:
+            _need(data, pos + 7)
+            height, width = struct.unpack_from(">HH", data, pos + 3)
+            return width, height, False
+        pos += length
+
+
+def _parse_webp(data: bytes) -> tuple[int, int, bool]:
+    _need(data, 30)
+    kind = data[12:16]
+    if kind == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise ValueError("VP8 frame without its start code")
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF, False
+    if kind == b"VP8L":
+        if data[20] != 0x2F:
+            raise ValueError("VP8L stream without its signature")
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, False
+    if kind == b"VP8X":
+        animated = bool(data[20] & 0x02)
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height, animated
+    raise ValueError(f"unknown WEBP chunk {kind!r}")
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    while True:
+        _need(data, pos + 1)
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            return pos
+
+
+def _parse_gif(data: bytes) -> tuple[int, int, bool]:
+    _need(data, 13)
+    width, height = struct.unpack_from("<HH", data, 6)
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    frames = 0
+    while True:
+        _need(data, pos + 1)
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            return width, height, False
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos = _skip_sub_blocks(data, pos + 2)
+        elif block == 0x2C:  # image descriptor
+            frames += 1
+            if frames > 1:
+                return width, height, True
+            _need(data, pos + 10)
+            packed = data[pos + 9]
+            pos += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+            pos = _skip_sub_blocks(data, pos + 1)  # LZW code size, then image data
+        else:
+            raise ValueError(f"bad GIF block 0x{block:02x} at byte {pos}")
+
+
+def _sniff(data: bytes) -> str:
+    """The format named by the leading bytes, or a ValueError naming what it is instead."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "webp"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if len(data) < 12:
+        raise _NeedMore
+    for magic, name in _UNSUPPORTED:
+        if data.lstrip().startswith(magic):
+            raise _Unsupported(f"{name} is not accepted (PNG, JPEG, WEBP or non-animated GIF)")
+    if data[4:8] == b"ftyp":
+        brand = data[8:12].decode("latin-1").strip()
+        raise _Unsupported(f"{brand or 'ISO media'} (HEIF/AVIF/MP4) is not accepted")
+    raise _Unsupported("unrecognised format (not PNG, JPEG, WEBP or GIF)")
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_PARSERS = {"png": _parse_png, "jpeg": _parse_jpeg, "webp": _parse_webp, "gif": _parse_gif}
+
+
+def _parse(data: bytes, source: str, *, complete: bool) -> tuple[str, int, int, bool]:
+    """(format, width, height, animated) from leading bytes; _NeedMore if more could help."""
+    if complete and not data:
+        raise CorruptImage(source, "empty (0 bytes)")
+    try:
+        fmt = _sniff(data)
+        width, height, animated = _PARSERS[fmt](data)
+    except _NeedMore:
+        if not complete:
+            raise
+        if len(data) < 12:
+            raise CorruptImage(source, f"too short to be an image ({len(data)} bytes)") from None
+        raise CorruptImage(source, f"truncated {_sniff(data).upper()} header") from None
+    except _Unsupported as exc:
+        raise UnsupportedImage(source, str(exc)) from None
+    except (ValueError, struct.error) as exc:
+        raise CorruptImage(source, f"undecodable {fmt.upper()} header: {exc}") from None
+    return fmt, width, height, animated
+
+
+def _validate(
+    parsed: tuple[str, int, int, bool], size: int, source: str, config: ImagesConfig
+) -> ImageInfo:
+    fmt, width, height, animated = parsed
+    if width < 1 or height < 1:
+        raise CorruptImage(source, f"zero width or height ({width}x{height})")
+    if max(width, height) > config.max_dimension:
+        raise CorruptImage(
+            source,
+            f"absurd dimensions {width}x{height} "
+            f"(over images.max_dimension = {config.max_dimension})",
+        )
+    if fmt == "gif" and animated:
+        raise UnsupportedImage(source, "animated GIF is not accepted (only non-animated GIFs)")
+    return ImageInfo(width=width, height=height, format=fmt, byte_size=size, animated=animated)
+
+
+def _too_large(source: str, size: int, config: ImagesConfig) -> ImageTooLarge:
+    return ImageTooLarge(
+        source, f"{size} bytes is over images.max_bytes = {config.max_bytes} bytes"
+    )
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+def _local_path(text: str, source: str, config: ImagesConfig) -> Path:
+    if text[:7].lower() == "file://":
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise ImageError(source, f"file URL on another host ({parsed.netloc!r})")
+        text = urllib.request.url2pathname(parsed.path)
+    if not config.allow_local:
+        raise ImageError(source, "local files are not allowed (images.allow_local = false)")
+    return Path(text)
+
+
+def _classify(source: ImageSource) -> tuple[str, str]:
+    """(kind, text) where kind is data, http, file or unknown-scheme."""
+    text = os.fspath(source)  # type: ignore[arg-type]
+    head = text[:8].lower()
+    if head.startswith("data:"):
+        return "data", text
+    if head.startswith(("http://", "https://")):
+        return "http", text
+    scheme = text.partition("://")[0]
+    if "://" in text[:16] and scheme.lower() != "file":
+        return "scheme", scheme
+    return "file", text
+
+
+def _data_url_bytes(url: str, source: str, config: ImagesConfig) -> bytes:
+    header, comma, payload = url.partition(",")
+    if not comma:
+        raise CorruptImage(source, "malformed data URL (no comma)")
+    if header.lower().endswith(";base64"):
+        if len(payload) // 4 * 3 > config.max_bytes + 2:
+            raise _too_large(source, len(payload) // 4 * 3, config)
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error as exc:
+            raise CorruptImage(source, f"bad base64 in data URL ({exc})") from None
+    return urllib.parse.unquote_to_bytes(payload)
+
+
+def _probe_file(path: Path, source: str, config: ImagesConfig) -> ImageInfo:
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > config.max_bytes:
+                raise _too_large(source, size, config)
+            data = fh.read(_FIRST_READ)
+            while True:
+                try:
+                    parsed = _parse(data, source, complete=len(data) >= size)
+                    break
+                except _NeedMore:
+                    more = fh.read(max(len(data), _FIRST_READ))
+                    if not more:  # the file shrank under us
+                        size = len(data)
+                    data += more
+    except FileNotFoundError:
+        raise ImageNotFound(source, "no such file") from None
+    except IsADirectoryError:
+        raise ImageNotFound(source, "is a directory, not a file") from None
+    except OSError as exc:
+        raise ImageError(source, f"cannot read: {exc.strerror or exc}") from None
+    return _validate(parsed, size, source, config)
+
+
+def _read_file(path: Path, source: str, config: ImagesConfig) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > config.max_bytes:
+                raise _too_large(source, size, config)
+            return fh.read(config.max_bytes + 1)
+    except FileNotFoundError:
+        raise ImageNotFound(source, "no such file") from None
+    except IsADirectoryError:
+        raise ImageNotFound(source, "is a directory, not a file") from None
+    except OSError as exc:
+        raise ImageError(source, f"cannot read: {exc.strerror or exc}") from None
+
+
+class _Fetch:
+    """One streamed GET, turning httpx failures into ImageErrors that name the URL."""
+
+    def __init__(self, url: str, source: str, config: ImagesConfig, client: httpx.Client | None):
+        self.url = url
+        self.source = source
+        self.config = config
+        self.client = client
+
+    def chunks(self) -> Generator[tuple[bytes, int | None], None, None]:
+        """Yield (chunk, content_length) for each chunk of the body."""
+        own = self.client is None
+        client = self.client or httpx.Client(follow_redirects=True)
+        try:
+            with client.stream("GET", self.url, timeout=self.config.fetch_timeout) as response:
+                if response.status_code in (404, 410):
+                    raise ImageNotFound(self.source, f"HTTP {response.status_code}")
+                if response.status_code >= 400:
+                    raise ImageFetchError(self.source, f"HTTP {response.status_code}")
+                length = _content_length(response)
+                if length is not None and length > self.config.max_bytes:
+                    raise _too_large(self.source, length, self.config)
+                for chunk in response.iter_bytes():
+                    yield chunk, length
+        except httpx.TimeoutException:
+            raise ImageFetchError(
+                self.source, f"timed out after {self.config.fetch_timeout:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ImageFetchError(
+                self.source, f"unreachable ({type(exc).__name__}: {exc})"
+            ) from None
+        finally:
+            if own:
+                client.close()
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    if value is None or response.headers.get("content-encoding", "identity") != "identity":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _probe_http(
+    url: str, source: str, config: ImagesConfig, client: httpx.Client | None
+) -> ImageInfo:
+    data = b""
+    parsed: tuple[str, int, int, bool] | None = None
+    length: int | None = None
+    next_try = 0
+    fetch = _Fetch(url, source, config, client)
+    stream = fetch.chunks()
+    try:
+        for chunk, length in stream:
+            data += chunk
+            if len(data) > config.max_bytes:
+                raise _too_large(source, len(data), config)
+            if parsed is None and len(data) >= next_try:
+                try:
+                    parsed = _parse(data, source, complete=False)
+                except _NeedMore:
+                    next_try = len(data) * 2
+            if parsed is not None and length is not None:
+                break  # the header and the size are known: stop downloading
+    finally:
+        stream.close()
+    if parsed is None:
+        parsed = _parse(data, source, complete=True)
+    return _validate(parsed, length if length is not None else len(data), source, config)
+
+
+def _read_http(url: str, source: str, config: ImagesConfig, client: httpx.Client | None) -> bytes:
+    data = bytearray()
+    for chunk, _ in _Fetch(url, source, config, client).chunks():
+        data += chunk
+        if len(data) > config.max_bytes:
+            raise _too_large(source, len(data), config)
+    return bytes(data)
+
+
+# --- public entry points -------------------------------------------------------------------------
+
+
+def probe_image(
+    source: ImageSource,
+    *,
+    config: ImagesConfig | None = None,
+    client: httpx.Client | None = None,
+    cache: MutableMapping[str, ImageInfo] | None = None,
+) -> ImageInfo:
+    """Format, size and byte size of an image, read from its header alone; validated.
+
+    ``client`` is used for http(s) URLs (a short-lived one is made otherwise); ``cache`` maps
+    http(s) URLs already probed to their ImageInfo.
+    """
+    config = config or _DEFAULT_CONFIG
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        label = short_source(source)
+        if len(data) > config.max_bytes:
+            raise _too_large(label, len(data), config)
+        return _validate(_parse(data, label, complete=True), len(data), label, config)
+    kind, text = _classify(source)
+    label = short_source(source)
+    if kind == "data":
+        data = _data_url_bytes(text, label, config)
+        if len(data) > config.max_bytes:
+            raise _too_large(label, len(data), config)
+        return _validate(_parse(data, label, complete=True), len(data), label, config)
+    if kind == "http":
+        if cache is not None:
+            hit = cache.get(text)
+            if hit is not None:
+                return hit
+        info = _probe_http(text, label, config, client)
+        if cache is not None:
+            cache[text] = info
+        return info
+    if kind == "scheme":
+        raise ImageError(label, f"unsupported URL scheme {text!r}")
+    return _probe_file(_local_path(text, label, config), label, config)
+
+
+def read_image_bytes(
+    source: ImageSource,
+    *,
+    config: ImagesConfig | None = None,
+    client: httpx.Client | None = None,
+) -> tuple[bytes, ImageInfo]:
+    """The whole image and its validated ImageInfo (what dispatch and preparation send)."""
+    config = config or _DEFAULT_CONFIG
+    label = short_source(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    else:
+        kind, text = _classify(source)
+        if kind == "data":
+            data = _data_url_bytes(text, label, config)
+        elif kind == "http":
+            data = _read_http(text, label, config, client)
+        elif kind == "scheme":
+            raise ImageError(label, f"unsupported URL scheme {text!r}")
+        else:
+            data = _read_file(_local_path(text, label, config), label, config)
+    if len(data) > config.max_bytes:
+        raise _too_large(label, len(data), config)
+    info = _validate(_parse(data, label, complete=True), len(data), label, config)
+    return data, info
+
+
+class ImageProber:
+    """A reusable ``probe(source) -> ImageInfo`` with one HTTP client and a per-URL LRU cache.
+
+    Pass it as ``CostModel(probe=...)``; close it (or use ``with``) to close its client.
+    """
+
+    def __init__(
+        self,
+        config: ImagesConfig | None = None,
+        *,
+        client: httpx.Client | None = None,
+        cache_size: int = 4096,
+    ) -> None:
+        self._config = config or _DEFAULT_CONFIG
+        self._own_client = client is None
+        self._client = client or httpx.Client(follow_redirects=True)
+        self._cache: _LRU = _LRU(cache_size)
+
+    def __call__(self, source: str) -> ImageInfo:
+        """Probe one source, reusing the answer for an http(s) URL already seen."""
+        return probe_image(source, config=self._config, client=self._client, cache=self._cache)
+
+    def close(self) -> None:
+        """Close the HTTP client this prober made (a client passed in stays open)."""
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> ImageProber:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _LRU(collections.OrderedDict[str, ImageInfo]):
+    """A bounded mapping that forgets the least recently used URL."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get(self, key: str, default: ImageInfo | None = None) -> ImageInfo | None:  # type: ignore[override]
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key: str, value: ImageInfo) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.size:
+            self.popitem(last=False)
