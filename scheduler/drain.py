@@ -33,7 +33,7 @@ from .dispatch import Request, Scheduler
 from .errors import FatalError
 from .jobs import FolderPrompt, iter_jobs
 from .progress import DrainProgress, DrainSummary, Failure, ProgressRenderer, QuietRenderer
-from .queues import ClaimedJob, LoadReport, Outcome
+from .queues import ClaimedJob, JobQueue, LoadReport, Outcome
 from .queues.jsonl import write_results
 from .queues.sqlite import SqliteQueue
 
@@ -197,7 +197,7 @@ async def _watch_signals(control: StopControl) -> None:
 
 
 async def drain_queue(
-    queue: SqliteQueue,
+    queue: JobQueue,
     mapper: Mapper,
     settings: DrainSettings,
     *,
@@ -285,7 +285,7 @@ async def drain_queue(
     return DrainReport(summary=summary, fatal=fatal)
 
 
-def _record(queue: SqliteQueue, progress: DrainProgress, result: ResultLike) -> None:
+def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> None:
     job = result.metadata
     if not isinstance(job, ClaimedJob):
         raise TypeError("the mapper must keep the ClaimedJob as the result's metadata")
@@ -302,7 +302,7 @@ def _record(queue: SqliteQueue, progress: DrainProgress, result: ResultLike) -> 
 
 
 def _summarise(
-    queue: SqliteQueue,
+    queue: JobQueue,
     progress: DrainProgress,
     settings: DrainSettings,
     *,
@@ -362,7 +362,7 @@ def price_of(config: Config) -> Pricer:
 
 
 def load_source(
-    queue: SqliteQueue, source: Path, *, folder: FolderPrompt | None = None
+    queue: JobQueue, source: Path, *, folder: FolderPrompt | None = None
 ) -> LoadReport | None:
     """Queue the jobs of ``source``; None when this exact file was loaded already (a resume).
 
