@@ -7,7 +7,8 @@ Image sizing during ``CostModel.estimate``:
 * ``data:`` URLs are sized from their own header (in memory, no I/O) and validated.
 * http(s) URLs, ``file://`` URLs and paths are sized by the ``probe`` given to ``CostModel``
   (for example an ``ImageProber``, which streams only the header and caches per URL).
-* With no probe, or an image whose size cannot be known (a Responses ``file_id``), the image is
+* With no probe, a probe answering None (e.g. ``ImageProber(fetch=False)`` for http URLs), or
+  an image whose size cannot be known (a Responses ``file_id``), the image is
   charged the most that detail can cost on that model (``max_image_tokens``): never under the
   real figure, so the limiter errs on the safe side. Such images have ``exact=False`` and a
   size of 0x0 in the breakdown.
@@ -26,16 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError, UnsupportedContent
+from .errors import UnsupportedContent
 from .images import ImageInfo, probe_image, short_source
-from .profiles import DETAILS, ModelProfile, ProfileTable, match_family
+from .profiles import DETAILS, ModelProfile, ProfileTable
 from .text_tokens import TextCounter, load_text_counter
 
 __all__ = [
     "CostModel",
     "ImageCost",
-    "Price",
-    "PriceTable",
     "RequestCost",
     "estimate_cost",
     "image_tokens",
@@ -251,80 +250,10 @@ class RequestCost:
         return self.text_tokens + self.image_tokens + self.completion_tokens
 
 
-# --- prices --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Price:
-    """US dollars per million tokens."""
-
-    input: float
-    output: float
-
-    def __post_init__(self) -> None:
-        if self.input < 0 or self.output < 0:
-            raise ValueError("prices must be >= 0")
-
-    def of(self, cost: RequestCost) -> float:
-        """Dollars for a request: prompt at the input price, the reserve at the output price."""
-        return (cost.prompt_tokens * self.input + cost.completion_tokens * self.output) / 1e6
-
-
-# List prices in USD per million tokens when this table was written; override with [prices].
-_BUILTIN_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "o3": (2.00, 8.00),
-    "o4-mini": (1.10, 4.40),
-    "gpt-5": (1.25, 10.00),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5-nano": (0.05, 0.40),
-}
-
-
-class PriceTable:
-    """Model -> Price: the built-in list prices overridden by ``[prices.<model>]``."""
-
-    __slots__ = ("_families", "_prices")
-
-    def __init__(self, prices: Mapping[str, Price]) -> None:
-        self._prices = dict(prices)
-        self._families = sorted(self._prices, key=len, reverse=True)
-
-    @classmethod
-    def from_config(cls, config: Config | None = None) -> PriceTable:
-        """Built-in prices plus the config's ``[prices]`` tables (keys ``input``, ``output``)."""
-        prices = {name: Price(input=i, output=o) for name, (i, o) in _BUILTIN_PRICES.items()}
-        for name, values in (config.prices if config is not None else {}).items():
-            fields: dict[str, float] = {}
-            for key, value in values.items():
-                if key not in ("input", "output"):
-                    raise ConfigError(f"prices.{name}.{key}: unknown key (known: input, output)")
-                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                    raise ConfigError(f"prices.{name}.{key}: expected a number >= 0, got {value!r}")
-                fields[key] = float(value)
-            old = prices.get(name)
-            if old is None and len(fields) < 2:
-                raise ConfigError(f"prices.{name}: needs both input and output")
-            merged = {"input": old.input, "output": old.output} if old else {}
-            prices[name] = Price(**(merged | fields))
-        return cls(prices)
-
-    def get(self, model: str) -> Price | None:
-        """The price of ``model`` or of its family (dated snapshots), if known."""
-        price = self._prices.get(model)
-        if price is None:
-            family = match_family(model, self._families)
-            price = self._prices.get(family) if family else None
-        return price
-
-
 # --- the cost model ------------------------------------------------------------------------------
 
-Probe = Callable[[str], ImageInfo]
+#: Sizes an image from its URL or path; None means "unknown" (charged the detail's maximum).
+Probe = Callable[[str], ImageInfo | None]
 
 
 def _endpoint_kind(endpoint: str) -> str:

@@ -522,6 +522,8 @@ class ImageProber:
     """A reusable ``probe(source) -> ImageInfo`` with one HTTP client and a per-URL LRU cache.
 
     Pass it as ``CostModel(probe=...)``; close it (or use ``with``) to close its client.
+    With ``fetch=False`` it answers None for http(s) URLs instead of downloading anything
+    (the cost model then charges the detail's maximum).
     """
 
     def __init__(
@@ -530,14 +532,18 @@ class ImageProber:
         *,
         client: httpx.Client | None = None,
         cache_size: int = 4096,
+        fetch: bool = True,
     ) -> None:
         self._config = config or _DEFAULT_CONFIG
+        self._fetch = fetch
         self._own_client = client is None
         self._client = client or httpx.Client(follow_redirects=True)
         self._cache: _LRU = _LRU(cache_size)
 
-    def __call__(self, source: str) -> ImageInfo:
+    def __call__(self, source: str) -> ImageInfo | None:
         """Probe one source, reusing the answer for an http(s) URL already seen."""
+        if not self._fetch and source[:8].lower().startswith(("http://", "https://")):
+            return None
         return probe_image(source, config=self._config, client=self._client, cache=self._cache)
 
     def close(self) -> None:

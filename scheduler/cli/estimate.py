@@ -1,0 +1,77 @@
+"""``vsched estimate FILE``: tokens, price and the shortest drain time of a JSONL job file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..cost import CostModel
+from ..estimate import EstimateReport, PriceTable, estimate_jobs
+from ..images import ImageProber
+from ..jobs import iter_jobs
+from ..progress import format_seconds
+from . import EXIT_FAILED, EXIT_OK
+from .common import add_config_flag, config_from_args
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``estimate`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "estimate",
+        help="price a JSONL job file: tokens, images, price, minimum drain time",
+        description=(
+            "Read a JSONL file (one request body per line, or OpenAI Batch API lines) and print "
+            "its requests, images, text / image / completion-reserve tokens, an estimated price "
+            "and the shortest time it can drain at the given limits. Exit 1 if any line failed."
+        ),
+    )
+    parser.add_argument("file", metavar="FILE", help="JSONL file of requests")
+    parser.add_argument("--tpm", type=int, help="tokens per minute (default: limits.tpm)")
+    parser.add_argument("--rpm", type=int, help="requests per minute (default: limits.rpm)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--no-fetch",
+        action="store_true",
+        help="do not read http(s) image headers; charge such images their detail's maximum",
+    )
+    add_config_flag(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Estimate the file and print the report; 1 when any line could not be priced."""
+    config = config_from_args(args, {"limits.tpm": args.tpm, "limits.rpm": args.rpm})
+    tpm, rpm = config.limits.tpm, config.limits.rpm
+    with ImageProber(config.images, fetch=not args.no_fetch) as probe:
+        model = CostModel(config, probe=probe)
+        report = estimate_jobs(iter_jobs(args.file), model, PriceTable.from_config(config), tpm=tpm)
+    if args.json:
+        print(json.dumps({"file": args.file, **report.to_dict(tpm=tpm, rpm=rpm)}))
+    else:
+        print(_text(args.file, report, tpm=tpm, rpm=rpm, counter=model.counter.name))
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _text(path: str, report: EstimateReport, *, tpm: int, rpm: int, counter: str) -> str:
+    lines = [f"{path}: {report.requests:,} requests, {len(report.failed):,} failed lines"]
+    images = f"Images: {report.images:,}"
+    if report.unsized_images:
+        images += f" ({report.unsized_images:,} of unknown size, charged their detail's maximum)"
+    lines.append(images)
+    lines.append(
+        f"Tokens: text {report.text_tokens:,} ({counter}) + images {report.image_tokens:,}"
+        f" + completion reserve {report.completion_tokens:,} = {report.total_tokens:,}"
+    )
+    price = f"Price: ~${report.price_usd:,.4f} (prompt at input price, reserve at output price)"
+    if report.unpriced_models:
+        price += f"; no price for {', '.join(sorted(report.unpriced_models))} (add [prices.*])"
+    lines.append(price)
+    drain = format_seconds(report.drain_seconds(tpm=tpm, rpm=rpm))
+    lines.append(f"Minimum drain time at {tpm:,} TPM / {rpm:,} RPM: {drain}")
+    if report.failed:
+        lines.append(f"Failed lines ({len(report.failed):,}):")
+        lines.extend(f"  {failed.reason}" for failed in report.failed)
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""``vsched sim``: serve the OpenAI-compatible simulator on loopback (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from ..config import Config
+from ..errors import ConfigError
+from . import EXIT_OK
+from .common import add_config_flag, config_from_args
+
+if TYPE_CHECKING:  # the simulator needs the sim extra; import it only when the command runs
+    from ..sim import SimSettings
+
+__all__ = ["register", "run", "settings_from_args"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``sim`` subcommand."""
+    parser = subparsers.add_parser(
+        "sim",
+        help="serve an OpenAI-compatible simulator that enforces TPM/RPM",
+        description="Serve an OpenAI-compatible simulator that enforces TPM and RPM limits "
+        "like the real service, with seeded latency and fault injection.",
+    )
+    add_config_flag(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
+    parser.add_argument("--tpm", type=int, help="tokens per minute per model (limits.tpm)")
+    parser.add_argument("--rpm", type=int, help="requests per minute per model (limits.rpm)")
+    parser.add_argument(
+        "--model-limit",
+        action="append",
+        default=[],
+        metavar="MODEL=TPM:RPM",
+        help="limits of one model (repeatable)",
+    )
+    parser.add_argument(
+        "--quantum", type=float, default=1.0, help="seconds the per-minute limit is enforced over"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of latency and faults")
+    parser.add_argument("--latency-base", type=float, default=0.2, help="seconds per answer")
+    parser.add_argument(
+        "--latency-per-token", type=float, default=0.005, help="seconds per completion token"
+    )
+    parser.add_argument("--jitter", type=float, default=0.2, help="latency jitter, +/- fraction")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help="fault rate; KIND is 500, 502, 503, timeout, drop or malformed (repeatable)",
+    )
+    parser.add_argument(
+        "--hang", type=float, default=120.0, help="seconds a timeout fault waits before dropping"
+    )
+    parser.add_argument("--budget", type=int, help="billed tokens before insufficient_quota")
+    parser.add_argument(
+        "--correct-to-usage",
+        action="store_true",
+        help="give back the unused completion reserve once the answer is known",
+    )
+    parser.add_argument(
+        "--no-count-rejected",
+        dest="count_rejected",
+        action="store_false",
+        help="do not count 429'd requests against RPM",
+    )
+    parser.add_argument(
+        "--image-charge",
+        default="formula",
+        metavar="formula|TOKENS",
+        help="TPM charge per image: the cost formula, or a flat number of tokens",
+    )
+    parser.add_argument("--api-key", help="the only key accepted (default: any Bearer key)")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.set_defaults(run=run)
+
+
+def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
+    """Turn the flags (and the config's limits and cost profiles) into SimSettings."""
+    from ..sim import FaultRates, LatencyModel, ModelLimits, SimSettings
+
+    model_limits: dict[str, ModelLimits] = {}
+    for item in args.model_limit:
+        model, _, limits = item.partition("=")
+        tpm, _, rpm = limits.partition(":")
+        try:
+            model_limits[model] = ModelLimits(tpm=int(tpm), rpm=int(rpm))
+        except ValueError:
+            raise ConfigError(f"--model-limit {item!r}: expected MODEL=TPM:RPM") from None
+    rates: dict[str, float] = {}
+    for item in args.fault:
+        kind, _, rate = item.partition("=")
+        try:
+            rates[kind] = float(rate)
+        except ValueError:
+            raise ConfigError(f"--fault {item!r}: expected KIND=RATE") from None
+    flat = args.image_charge != "formula"
+    try:
+        flat_tokens = int(args.image_charge) if flat else 765
+    except ValueError:
+        message = f"--image-charge: expected formula or a number, got {args.image_charge!r}"
+        raise ConfigError(message) from None
+    return SimSettings(
+        tpm=config.limits.tpm,
+        rpm=config.limits.rpm,
+        quantum=args.quantum,
+        seed=args.seed,
+        model_limits=model_limits,
+        latency=LatencyModel(
+            base=args.latency_base, per_token=args.latency_per_token, jitter=args.jitter
+        ),
+        faults=FaultRates.from_kinds(rates),
+        hang=args.hang,
+        budget=args.budget,
+        correct_to_usage=args.correct_to_usage,
+        count_rejected=args.count_rejected,
+        image_charge="flat" if flat else "formula",
+        image_flat_tokens=flat_tokens,
+        api_key=args.api_key,
+        config=config,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted, then print the run's counters as JSON."""
+    try:
+        from ..sim.server import bind, serve
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        message = f"the simulator needs the sim extra (pip install 'vsched[sim]'): {exc}"
+        raise ConfigError(message) from exc
+    config = config_from_args(args, {"limits.tpm": args.tpm, "limits.rpm": args.rpm})
+    settings = settings_from_args(args, config)
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    print(
+        f"vsched sim: serving http://{host}:{port}/v1 TPM {settings.tpm} RPM {settings.rpm} "
+        f"quantum {settings.quantum:g}s seed {settings.seed}",
+        file=sys.stderr,
+        flush=True,
+    )
+    app = serve(settings, sock, log_level=args.log_level)
+    print(json.dumps({k: v for k, v in app.stats.snapshot().items() if k != "series"}))
+    return EXIT_OK

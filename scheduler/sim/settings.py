@@ -1,0 +1,166 @@
+"""What the simulator is told: limits, quantum, seed, latency, faults and the charging policy.
+
+Frozen values, validated once; the CLI and tests build them, the app only reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import Config
+from ..errors import ConfigError
+
+__all__ = ["FaultRates", "LatencyModel", "ModelLimits", "SimSettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelLimits:
+    """One model's tokens-per-minute and requests-per-minute limits."""
+
+    tpm: int
+    rpm: int
+
+    def __post_init__(self) -> None:
+        _positive("tpm", self.tpm)
+        _positive("rpm", self.rpm)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencyModel:
+    """Seconds a success takes: ``(base + per_token * completion_tokens) * U(1 - j, 1 + j)``.
+
+    Error answers (5xx, dropped connections) take ``base`` with the same jitter; 429s and other
+    refusals are immediate, as the real service refuses before any model work.
+    """
+
+    base: float = 0.2
+    per_token: float = 0.005
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("base", "per_token"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"latency.{name}: expected >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError(f"latency.jitter: expected 0 <= jitter < 1, got {self.jitter!r}")
+
+
+FaultKind = Literal["500", "502", "503", "timeout", "drop", "malformed"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("500", "502", "503", "timeout", "drop", "malformed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultRates:
+    """Probability that an admitted request ends in each fault instead of a completion.
+
+    ``timeout``: the answer never comes in time (the server waits ``SimSettings.hang`` seconds,
+    then drops the connection); ``drop``: the connection closes with no response; ``malformed``:
+    a 200 whose body is cut-off JSON.
+    """
+
+    server_error: float = 0.0  # 500
+    bad_gateway: float = 0.0  # 502
+    unavailable: float = 0.0  # 503
+    timeout: float = 0.0
+    drop: float = 0.0
+    malformed: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"faults.{f.name}: expected a probability, got {value!r}")
+        if sum(self.by_kind().values()) > 1.0 + 1e-9:
+            raise ConfigError("faults: the rates add up to more than 1")
+
+    def by_kind(self) -> dict[FaultKind, float]:
+        """The rates keyed by fault kind, in the order they are drawn."""
+        return {
+            "500": self.server_error,
+            "502": self.bad_gateway,
+            "503": self.unavailable,
+            "timeout": self.timeout,
+            "drop": self.drop,
+            "malformed": self.malformed,
+        }
+
+    @classmethod
+    def from_kinds(cls, rates: Mapping[str, float]) -> FaultRates:
+        """Build from ``{"503": 0.02, "drop": 0.01}`` as the CLI's ``--fault KIND=RATE`` gives."""
+        names = dict(zip(FAULT_KINDS, (f.name for f in dataclasses.fields(cls)), strict=True))
+        kwargs: dict[str, float] = {}
+        for kind, rate in rates.items():
+            if kind not in names:
+                raise ConfigError(f"fault {kind!r}: expected one of {', '.join(FAULT_KINDS)}")
+            kwargs[names[kind]] = rate
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimSettings:
+    """Everything the simulator does differently from one run to the next.
+
+    Limits are enforced per model over ``quantum`` seconds (see ``scheduler.sim.limits``);
+    ``config`` supplies the cost model's profiles and default completion reserve.
+    """
+
+    tpm: int = 30_000
+    rpm: int = 500
+    quantum: float = 1.0
+    seed: int = 0
+    model_limits: Mapping[str, ModelLimits] = field(default_factory=dict)
+    latency: LatencyModel = field(default_factory=LatencyModel)
+    faults: FaultRates = field(default_factory=FaultRates)
+    # How long a "timeout" fault keeps the client waiting before the connection is dropped.
+    hang: float = 120.0
+    # Total billed tokens after which every request gets insufficient_quota (None: no budget).
+    budget: int | None = None
+    # Give back the unused part of the admission charge when the completion is known.
+    correct_to_usage: bool = False
+    # Refused (429) requests still count against the requests-per-minute limit.
+    count_rejected: bool = True
+    # How an image is charged against TPM: by the cost formula, or a flat figure per image.
+    image_charge: Literal["formula", "flat"] = "formula"
+    image_flat_tokens: int = 765
+    # http(s) images are never fetched: they are priced as an image of this size.
+    url_image_size: tuple[int, int] = (1024, 1024)
+    # Completion tokens drawn uniformly in this fraction of the request's max tokens.
+    completion_ratio: tuple[float, float] = (0.1, 0.6)
+    # The only key accepted; None accepts any Bearer key.
+    api_key: str | None = field(default=None, repr=False)
+    organization: str = "org-sim"
+    config: Config = field(default_factory=Config)
+
+    def __post_init__(self) -> None:
+        _positive("tpm", self.tpm)
+        _positive("rpm", self.rpm)
+        _positive("quantum", self.quantum)
+        if self.quantum > 60:
+            raise ConfigError(f"quantum: expected at most 60 seconds, got {self.quantum!r}")
+        if self.hang < 0:
+            raise ConfigError(f"hang: expected >= 0, got {self.hang!r}")
+        if self.budget is not None and self.budget < 0:
+            raise ConfigError(f"budget: expected >= 0, got {self.budget!r}")
+        if self.image_charge not in ("formula", "flat"):
+            raise ConfigError(f"image_charge: expected formula or flat, got {self.image_charge!r}")
+        if self.image_flat_tokens < 0:
+            raise ConfigError(f"image_flat_tokens: expected >= 0, got {self.image_flat_tokens!r}")
+        if min(self.url_image_size) <= 0:
+            raise ConfigError(f"url_image_size: expected positive, got {self.url_image_size!r}")
+        low, high = self.completion_ratio
+        if not 0 <= low <= high <= 1:
+            raise ConfigError(
+                f"completion_ratio: expected 0 <= low <= high <= 1, got {self.completion_ratio!r}"
+            )
+
+    def limits_for(self, model: str) -> ModelLimits:
+        """The limits of one model: its own entry, else the default ``tpm`` and ``rpm``."""
+        return self.model_limits.get(model) or ModelLimits(tpm=self.tpm, rpm=self.rpm)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: expected a positive number, got {value!r}")

@@ -1,0 +1,88 @@
+"""``vsched sim``: flags into settings, and the served process end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from scheduler.cli import build_parser
+from scheduler.cli.sim import settings_from_args
+from scheduler.config import load_config
+from scheduler.errors import ConfigError
+from scheduler.sim import FaultRates, ModelLimits
+
+
+def test_flags_become_settings() -> None:
+    """Every knob on the command line lands in SimSettings."""
+    args = build_parser().parse_args(
+        [
+            "sim",
+            "--quantum=2",
+            "--seed=9",
+            "--fault=503=0.1",
+            "--fault=drop=0.05",
+            "--model-limit=gpt-4o-mini=2000:20",
+            "--image-charge=300",
+            "--budget=5000",
+            "--correct-to-usage",
+            "--no-count-rejected",
+            "--jitter=0",
+        ]
+    )
+    settings = settings_from_args(args, load_config(env={}, overrides={"limits.tpm": 1234}))
+    assert settings.tpm == 1234
+    assert settings.quantum == 2.0
+    assert settings.seed == 9
+    assert settings.faults == FaultRates(unavailable=0.1, drop=0.05)
+    assert settings.limits_for("gpt-4o-mini") == ModelLimits(tpm=2000, rpm=20)
+    assert (settings.image_charge, settings.image_flat_tokens) == ("flat", 300)
+    assert settings.budget == 5000
+    assert settings.correct_to_usage
+    assert not settings.count_rejected
+    assert settings.latency.jitter == 0.0
+
+
+@pytest.mark.parametrize(
+    "flag", ["--fault=nope=0.1", "--fault=drop=x", "--model-limit=m=1", "--image-charge=lots"]
+)
+def test_bad_flags_are_config_errors(flag: str) -> None:
+    """A malformed flag is a ConfigError naming it, not a traceback."""
+    args = build_parser().parse_args(["sim", flag])
+    with pytest.raises(ConfigError):
+        settings_from_args(args, load_config(env={}))
+
+
+@pytest.mark.e2e
+def test_vsched_sim_serves_until_interrupted() -> None:
+    """The command serves on a free port, answers, and prints its counters on Ctrl-C."""
+    command = [sys.executable, "-m", "scheduler", "sim", "--port=0", "--tpm=5000", "--rpm=50"]
+    process = subprocess.Popen(
+        [*command, "--latency-base=0", "--latency-per-token=0", "--log-level=warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline()
+        match = re.search(r"(http://\S+/v1)", banner)
+        assert match, banner
+        response = httpx.post(
+            f"{match.group(1)}/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": "Bearer sk-test"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+        assert response.headers["x-ratelimit-limit-tokens"] == "5000"
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert json.loads(out)["completed"] == 1
