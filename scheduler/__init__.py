@@ -3,8 +3,19 @@
 The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
+from .bucket import BucketPair, TokenBucket
+from .client import ImagePreparer
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
+from .dispatch import (
+    ErrorInfo,
+    Request,
+    Result,
+    ResultStream,
+    Scheduler,
+    SchedulerStats,
+    run_batch,
+)
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -30,6 +41,7 @@ from .errors import (
     VschedError,
 )
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
+from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .profiles import ModelProfile, ProfileTable
 
 __version__ = "0.1.0"
@@ -37,30 +49,44 @@ __version__ = "0.1.0"
 __all__ = [
     "APIError",
     "AuthenticationFailed",
+    "BucketPair",
     "Config",
     "ConfigError",
     "CorruptImage",
     "CostModel",
+    "ErrorInfo",
     "FatalError",
     "ImageCost",
     "ImageError",
     "ImageFetchError",
     "ImageInfo",
     "ImageNotFound",
+    "ImagePreparer",
     "ImageProber",
     "ImageTooLarge",
     "InputError",
     "JobFailed",
+    "Limiter",
+    "LimiterReservation",
+    "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
+    "RateLimiter",
+    "Request",
     "RequestCost",
     "RequestTooLarge",
+    "Reservation",
+    "Result",
+    "ResultStream",
     "RetryableError",
+    "Scheduler",
+    "SchedulerStats",
     "Secret",
     "ServerError",
+    "TokenBucket",
     "TransportError",
     "UnknownModel",
     "UnsupportedContent",
@@ -71,5 +97,6 @@ __all__ = [
     "load_config",
     "probe_image",
     "read_image_bytes",
+    "run_batch",
     "working_size",
 ]

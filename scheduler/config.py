@@ -105,10 +105,15 @@ class ConcurrencyConfig:
 
     max_in_flight: int = 64
     read_ahead: int = 256
+    shutdown_grace: float = 10.0
 
     def __post_init__(self) -> None:
         _positive("concurrency.max_in_flight", self.max_in_flight)
         _positive("concurrency.read_ahead", self.read_ahead)
+        if self.shutdown_grace < 0:
+            raise ConfigError(
+                f"concurrency.shutdown_grace: expected >= 0, got {self.shutdown_grace!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,7 +4,8 @@ Pure arithmetic on the hot path: the only I/O is the injectable ``probe`` that s
 
 Image sizing during ``CostModel.estimate``:
 
-* ``data:`` URLs are sized from their own header (in memory, no I/O) and validated.
+* ``data:`` URLs are sized from their own header (in memory, no I/O): only the base64 needed
+  for the header is decoded (and the length checked), unless ``check_base64=True``.
 * http(s) URLs, ``file://`` URLs and paths are sized by the ``probe`` given to ``CostModel``
   (for example an ``ImageProber``, which streams only the header and caches per URL).
 * With no probe, a probe answering None (e.g. ``ImageProber(fetch=False)`` for http URLs), or
@@ -294,10 +295,12 @@ class CostModel:
         probe: Probe | None = None,
         counter: TextCounter | None = None,
         profiles: ProfileTable | None = None,
+        check_base64: bool = False,
     ) -> None:
         config = config or Config()
         self._config = config
         self._probe = probe
+        self._check_base64 = check_base64
         self._profiles = profiles if profiles is not None else ProfileTable.from_config(config)
         self._counter = counter or load_text_counter(config.cost.text_counter)
         self._count = self._counter.count
@@ -478,10 +481,10 @@ class CostModel:
         _check_detail(profile, detail)
         info: ImageInfo | None = None
         if url is not None:
-            if self._probe is not None:
+            if url[:5].lower() == "data:":
+                info = probe_image(url, config=self._config.images, check_base64=self._check_base64)
+            elif self._probe is not None:
                 info = self._probe(url)
-            elif url[:5].lower() == "data:":
-                info = probe_image(url, config=self._config.images)
         source = short_source(url) if url is not None else f"{where} (file_id)"
         if info is None:
             tokens = max_image_tokens(profile, detail)

@@ -1,28 +1,36 @@
 """One TPM/RPM limit shared by many processes and machines, kept in Redis.
 
-The same contract as the in-memory ``Limiter`` (FIFO weighted acquire, pacing with a burst of a
-few seconds, debt for requests larger than the burst, oversize raises at once, settle, header
-feedback, a shared cooldown after a 429), built as *reservation scheduling* in virtual time:
+The same contract as the in-memory :class:`~scheduler.limiter.Limiter` (FIFO weighted acquire,
+pacing with a burst of a few seconds, debt for requests larger than the burst, oversize raises at
+once, settle, header feedback, a shared cooldown after a 429), built as *reservation scheduling*:
 
-- The shared state is two theoretical arrival times (GCRA), one for tokens and one for requests,
-  plus a cooldown deadline, in one Redis hash. Each operation is one Lua script that reads the
-  Redis server's clock (``TIME``), never a client's.
-- ``acquire`` asks the script for a slot: in arrival order at Redis, the script computes when this
-  request's tokens and request are available (the bucket holds ``burst_seconds`` of capacity; a
-  request larger than that waits for a full bucket and leaves a debt), advances the shared
-  schedule, and answers how long to wait. The client sleeps exactly that long: no polling, and a
-  large request cannot be starved by small ones because every request holds its place.
-- Concurrent acquires of one process are sent together (one script call for all of them, in
-  order), so local FIFO holds and round trips per request fall below one under load.
-- ``release``, ``settle`` and cancellation move the schedule back (or forward); those adjustments
-  ride along with the next script call, or go at once when nothing else is in flight.
+- The shared state is one Redis hash: for tokens and for requests a theoretical arrival time
+  (GCRA: the bucket is full at that time; ``level = capacity - (tat - now) * rate``), the
+  cooldown deadline, limits learned from headers, and admitted totals. Every operation is one
+  Lua script that reads the Redis server's clock (``TIME``), never a client's.
+- ``acquire`` asks the script for a slot. In arrival order at Redis the script computes when the
+  request's tokens and request are available (a request above the burst waits for a full bucket
+  and leaves a debt), advances the shared schedule, and answers how long to wait. The client
+  sleeps exactly that long: no polling, and a large request cannot be starved by small ones,
+  since every request holds its place from the moment it is scheduled.
+- The concurrent acquires of one process go in one script call, in order (whoever finds no call
+  in flight sends everything queued), so local FIFO holds and round trips per request fall below
+  one under load. ``release``, ``settle`` and cancellation move the schedule back (or forward);
+  the adjustment rides with the call in flight, or goes at once when there is none.
 - With ``lease_seconds > 0`` a process takes a slice of the shared capacity (``lease_seconds``
-  worth of tokens and requests, at least the head request) in one call and hands it out locally;
-  what is left when the slice expires is given back with the next call (or on ``aclose``).
+  of the limit, at least the head request) in one call and hands it out locally, in order. The
+  slice is charged to the shared schedule when taken, so the shared limit holds; what is left
+  when it expires goes back with the next call (or on ``aclose``). Settles and releases adjust
+  the slice locally. A cooldown another process starts reaches this one at its next lease, so
+  keep leases short (tens of milliseconds to a second).
+
+``stats()`` is local and synchronous: levels and limits are those the last script answered,
+projected to now; counters are this process's. ``round_trips`` and ``leases`` count calls.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -30,107 +38,129 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from .errors import RequestTooLarge
+from .bucket import BucketPair
 from .headers import RateLimitHeaders
+from .limiter import LimiterStats, Reservation
 from .redis_client import LuaScript, RedisClient
 
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["RedisLimiter", "RedisLimiterStats", "RedisReservation"]
+__all__ = ["RedisLimiter", "RedisReservation"]
 
-# KEYS[1] = state hash. ARGV: tpm, rpm, burst_seconds, give_tokens, give_requests, n,
-# then n pairs (tokens, requests). Answers per pair: "w:<seconds>" or "x:<tokens|requests>:<limit>".
-_ACQUIRE = LuaScript("""
+logger = logging.getLogger(__name__)
+
+# Shared by every script. KEYS[1] = state hash; ARGV[1..3] = configured tpm, rpm, burst_seconds.
+# A limit learned from headers replaces the configured one, as in the in-memory limiter.
+_PRELUDE = """
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tpm, rpm, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local s = redis.call('HMGET', key, 'tat_t', 'tat_r', 'cool', 'tpm', 'rpm')
-local learned_t, learned_r = tonumber(s[4]), tonumber(s[5])
-if learned_t and learned_t < tpm then tpm = learned_t end
-if learned_r and learned_r < rpm then rpm = learned_r end
-local rt, rr = tpm / 60, rpm / 60
-local cap_t, cap_r = burst * rt, burst * rr
-local tat_t = math.max(now, (tonumber(s[1]) or now) - tonumber(ARGV[4]) / rt)
-local tat_r = math.max(now, (tonumber(s[2]) or now) - tonumber(ARGV[5]) / rr)
+local s = redis.call('HMGET', key, 'tat_t', 'tat_r', 'cool', 'tpm', 'rpm', 'adm_t', 'adm_r')
+local tpm = tonumber(s[4]) or tonumber(ARGV[1])
+local rpm = tonumber(s[5]) or tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local rt, rr, cap_t, cap_r
+local function shape()
+  rt, rr = tpm / 60, rpm / 60
+  cap_t, cap_r = math.min(tpm, burst * rt), math.min(rpm, burst * rr)
+end
+shape()
+local tat_t = math.max(now, tonumber(s[1]) or now)
+local tat_r = math.max(now, tonumber(s[2]) or now)
 local cool = tonumber(s[3]) or 0
+local adm_t, adm_r = tonumber(s[6]) or 0, tonumber(s[7]) or 0
+local function fmt(x) return string.format('%.6f', x) end
+local function save()
+  redis.call('HSET', key, 'tat_t', fmt(tat_t), 'tat_r', fmt(tat_r), 'cool', fmt(cool),
+    'adm_t', string.format('%d', adm_t), 'adm_r', string.format('%d', adm_r))
+  redis.call('EXPIRE', key, 3600)
+end
+local function state()
+  return {fmt(cap_t - (tat_t - now) * rt), fmt(cap_r - (tat_r - now) * rr),
+    string.format('%d', tpm), string.format('%d', rpm), fmt(math.max(0, cool - now))}
+end
+"""
+
+# ARGV[4..5] = tokens and requests to give back (negative: charge), ARGV[6] = n, then n pairs
+# (tokens, requests). Answers {slots, state}; a slot is "w:<wait>:<at>:<admitted tokens>:
+# <admitted requests>" (server time, totals including this one) or "x" when over a learned limit.
+_ACQUIRE = LuaScript(
+    _PRELUDE
+    + """
+tat_t = math.max(now, tat_t - tonumber(ARGV[4]) / rt)
+tat_r = math.max(now, tat_r - tonumber(ARGV[5]) / rr)
 local out = {}
 for i = 1, tonumber(ARGV[6]) do
   local c, q = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
-  if c > tpm then
-    out[i] = 'x:tokens:' .. tpm
-  elseif q > rpm then
-    out[i] = 'x:requests:' .. rpm
+  if c > tpm or q > rpm then
+    out[i] = 'x'
   else
     local at = math.max(now, cool,
       tat_t - (cap_t - math.min(c, cap_t)) / rt,
       tat_r - (cap_r - math.min(q, cap_r)) / rr)
     tat_t = math.max(tat_t, at) + c / rt
     tat_r = math.max(tat_r, at) + q / rr
-    out[i] = string.format('w:%.6f', at - now)
+    adm_t, adm_r = adm_t + c, adm_r + q
+    out[i] = 'w:' .. fmt(at - now) .. ':' .. fmt(at) .. ':' .. string.format('%d', adm_t)
+      .. ':' .. string.format('%d', adm_r)
   end
 end
-redis.call('HSET', key, 'tat_t', string.format('%.6f', tat_t),
-  'tat_r', string.format('%.6f', tat_r))
-redis.call('EXPIRE', key, 3600)
-return out
-""")
+save()
+return {out, state()}
+"""
+)
 
-# KEYS[1] = state hash. ARGV: seconds. Answers the seconds until the shared cooldown ends.
-_COOLDOWN = LuaScript("""
-local key = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cool = math.max(tonumber(redis.call('HGET', key, 'cool')) or 0, now + tonumber(ARGV[1]))
-redis.call('HSET', key, 'cool', string.format('%.6f', cool))
-redis.call('EXPIRE', key, 3600)
-return string.format('%.6f', cool - now)
-""")
+# ARGV[4] = seconds. Holds everyone until then; the server said there is no room, so both levels
+# drop to at most zero and refill during the pause.
+_COOLDOWN = LuaScript(
+    _PRELUDE
+    + """
+cool = math.max(cool, now + tonumber(ARGV[4]))
+tat_t = math.max(tat_t, now + cap_t / rt)
+tat_r = math.max(tat_r, now + cap_r / rr)
+save()
+return state()
+"""
+)
 
-# KEYS[1] = state hash. ARGV: tpm, rpm, burst_seconds, limit_tokens, remaining_tokens,
-# limit_requests, remaining_requests ("" when the header was absent). Learns a lower limit, and
-# pushes the schedule out when the server has less left than the shared bucket believes.
-_OBSERVE = LuaScript("""
-local key = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tpm, rpm, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if ARGV[4] ~= '' then
+# ARGV[4..7] = limit and remaining tokens, limit and remaining requests ("" when absent);
+# ARGV[8..10] = the server time and admitted totals of the request the headers answer ("" when
+# the headers are taken as fresh). Adopts a changed limit; lowers a level to the server's room.
+_OBSERVE = LuaScript(
+    _PRELUDE
+    + """
+if ARGV[4] ~= '' and tonumber(ARGV[4]) > 0 and tonumber(ARGV[4]) ~= tpm then
+  tpm = tonumber(ARGV[4])
   redis.call('HSET', key, 'tpm', ARGV[4])
-  tpm = math.min(tpm, tonumber(ARGV[4]))
 end
-if ARGV[6] ~= '' then
+if ARGV[6] ~= '' and tonumber(ARGV[6]) > 0 and tonumber(ARGV[6]) ~= rpm then
+  rpm = tonumber(ARGV[6])
   redis.call('HSET', key, 'rpm', ARGV[6])
-  rpm = math.min(rpm, tonumber(ARGV[6]))
 end
-local function tighten(field, rate, remaining)
-  if remaining == '' or rate <= 0 then return end
-  local cap = burst * rate
-  local tat = math.max(now, tonumber(redis.call('HGET', key, field)) or now)
-  local level = cap - (tat - now) * rate
-  local left = tonumber(remaining)
-  if left < level then
-    redis.call('HSET', key, field, string.format('%.6f', now + (cap - left) / rate))
+shape()
+tat_t = math.min(tat_t, now + 60)
+tat_r = math.min(tat_r, now + 60)
+local function room(remaining, limit, rate, admitted, mark)
+  local r = tonumber(remaining)
+  if ARGV[8] ~= '' then
+    local elapsed = math.max(0, now - tonumber(ARGV[8]))
+    r = math.min(limit, r + rate * elapsed) - (admitted - tonumber(mark))
   end
+  return r
 end
-tighten('tat_t', tpm / 60, ARGV[5])
-tighten('tat_r', rpm / 60, ARGV[7])
-redis.call('EXPIRE', key, 3600)
-return 1
-""")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RedisLimiterStats:
-    """What one process's Redis limiter has done so far."""
-
-    acquired: int
-    tokens: int
-    waited: float
-    round_trips: int
-    leases: int
-    cooldowns: int
+if ARGV[5] ~= '' then
+  local r = math.max(room(ARGV[5], tpm, rt, adm_t, ARGV[9]), cap_t - tpm)
+  if r < cap_t - (tat_t - now) * rt then tat_t = now + (cap_t - r) / rt end
+end
+if ARGV[7] ~= '' then
+  local r = math.max(room(ARGV[7], rpm, rr, adm_r, ARGV[10]), cap_r - rpm)
+  if r < cap_r - (tat_r - now) * rr then tat_r = now + (cap_r - r) / rr end
+end
+save()
+return state()
+"""
+)
 
 
 @dataclass(slots=True)
@@ -145,43 +175,58 @@ class _Ask:
     abandoned: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Where the shared schedule put one ask: wait, server time, admitted totals after it."""
+
+    wait: float
+    at: float
+    mark_tokens: int
+    mark_requests: int
+
+
 @dataclass(slots=True)
 class _Lease:
-    """The local slice of shared capacity (leasing mode); may run negative after a settle."""
+    """The local slice of shared capacity (leasing); may run negative after a settle."""
 
     tokens: int = 0
     requests: int = 0
     start: float = 0.0
     expires: float = 0.0
+    slot: _Slot | None = None
 
 
 class RedisReservation:
-    """Tokens and a request admitted by the shared limit; settle or release it once."""
+    """Tokens and a request admitted by the shared limit; ``settle`` or ``release`` acts once."""
 
-    __slots__ = ("_charged", "_done", "_limiter", "requests", "tokens")
+    __slots__ = ("_limiter", "_open", "_slot", "requests", "tokens", "waited")
 
-    def __init__(self, limiter: RedisLimiter, tokens: int, requests: int) -> None:
-        self._limiter = limiter
+    def __init__(
+        self, limiter: RedisLimiter, *, tokens: int, requests: int, slot: _Slot, waited: float
+    ) -> None:
         self.tokens = tokens
         self.requests = requests
-        self._charged = tokens
-        self._done = False
+        self.waited = waited
+        self._limiter = limiter
+        self._slot = slot
+        self._open = True
 
     async def settle(self, actual_tokens: int) -> None:
-        """Charge the tokens really used instead of the estimate (when settle is "actual")."""
-        if self._done or self._limiter.settle_policy == "none":
-            return
-        delta = actual_tokens - self._charged
-        self._charged = actual_tokens
-        if delta:
-            await self._limiter._adjust(tokens=delta, requests=0)
+        """Reconcile the charge with ``actual_tokens`` (refund or extra) under the policy."""
+        if actual_tokens < 0:
+            raise ValueError(f"actual_tokens must be >= 0, got {actual_tokens!r}")
+        if self._open:
+            self._open = False
+            await self._limiter._settle(self, actual_tokens)
 
     async def release(self) -> None:
-        """Give back everything still charged: the request was never sent."""
-        if self._done:
-            return
-        self._done = True
-        await self._limiter._adjust(tokens=-self._charged, requests=-self.requests)
+        """Give back tokens and request: the request was never sent."""
+        if self._open:
+            self._open = False
+            await self._limiter._release(self)
+
+    def __repr__(self) -> str:
+        return f"RedisReservation(tokens={self.tokens}, requests={self.requests})"
 
 
 class RedisLimiter:
@@ -199,15 +244,18 @@ class RedisLimiter:
         key: str = "vsched:limiter",
         lease_seconds: float = 0.0,
     ) -> None:
-        if tpm <= 0 or rpm <= 0 or burst_seconds <= 0 or lease_seconds < 0:
-            raise ValueError("tpm, rpm and burst_seconds must be positive, lease_seconds >= 0")
+        if settle not in ("none", "actual"):
+            raise ValueError(f"settle must be 'none' or 'actual', got {settle!r}")
+        if not lease_seconds >= 0:
+            raise ValueError(f"lease_seconds must be >= 0, got {lease_seconds!r}")
+        # The in-memory limiter's buckets validate the limits and word the oversize error.
+        self._pair = BucketPair.per_minute(tpm=tpm, rpm=rpm, burst_seconds=burst_seconds)
         self._client = RedisClient(client) if isinstance(client, str) else client
         self._owns_client = isinstance(client, str)
-        self.tpm = tpm
-        self.rpm = rpm
-        self.burst_seconds = burst_seconds
-        self.settle_policy = settle
-        self.learn_from_headers = learn_from_headers
+        self._configured = (tpm, rpm)
+        self._burst_seconds = burst_seconds
+        self._settle_policy = settle
+        self._learn = learn_from_headers
         self.key = key
         self.lease_seconds = lease_seconds
         self._asks: deque[_Ask] = deque()
@@ -216,16 +264,32 @@ class RedisLimiter:
         self._give_requests = 0
         self._lease = _Lease()
         self._lease_lock = anyio.Lock()
-        self._acquired = 0
-        self._tokens = 0
-        self._waited = 0.0
-        self._round_trips = 0
-        self._leases = 0
+        self._sleepers: set[anyio.CancelScope] = set()
+        self._closed = False
+        # The shared state as the last script answered it, and when (local clock).
+        self._limits = (tpm, rpm)
+        self._levels = (self._pair.tokens.capacity, self._pair.requests.capacity)
+        self._cool_left = 0.0
+        self._seen_at: float | None = None
+        self._lowest_level = self._pair.tokens.capacity
+        self._announced: set[tuple[str, int]] = set()
+        # This process's counters.
+        self._admitted = [0, 0]
+        self._released = [0, 0]
+        self._refunded = 0
+        self._extra = 0
+        self._wait_time = 0.0
+        self._waiting = 0
         self._cooldowns = 0
+        self._rate_limited = 0
+        self._limit_changes = 0
+        self._wakeups = 0
+        self.round_trips = 0
+        self.leases = 0
 
     @classmethod
     def from_config(cls, config: Config, *, lease_seconds: float = 0.0) -> RedisLimiter:
-        """The shared limiter for ``config.queue.redis_url`` with the configured limits."""
+        """The shared limiter at ``queue.redis_url`` for the ``[limits]`` section."""
         limits = config.limits
         return cls(
             config.queue.redis_url,
@@ -248,27 +312,144 @@ class RedisLimiter:
     ) -> None:
         await self.aclose()
 
-    # -- the RateLimiter protocol -------------------------------------------------------------
+    # -- admission -----------------------------------------------------------------------------
 
     async def acquire(self, *, tokens: int, requests: int = 1) -> RedisReservation:
-        """Wait for this request's place in the shared schedule; FIFO across every process.
+        """Wait for this request's place in the shared schedule (FIFO across every process).
 
-        Raises RequestTooLarge at once for more tokens than the per-minute limit.
+        Raises ``RequestTooLarge`` at once when either amount exceeds its per-minute limit, and
+        ``anyio.ClosedResourceError`` once the limiter is closed.
         """
-        if tokens < 0 or requests < 0:
-            raise ValueError("tokens and requests must be >= 0")
-        _check_size(tokens, requests, tpm=self.tpm, rpm=self.rpm)
-        if self.lease_seconds > 0:
-            await self._acquire_leased(tokens, requests)
-        else:
-            await self._acquire_direct(tokens, requests)
-        self._acquired += 1
-        self._tokens += tokens
-        return RedisReservation(self, tokens, requests)
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._pair.check(tokens, requests)
+        self._waiting += 1
+        try:
+            if self.lease_seconds > 0:
+                slot, waited = await self._acquire_leased(tokens, requests)
+            else:
+                slot, waited = await self._acquire_direct(tokens, requests)
+        finally:
+            self._waiting -= 1
+        self._admitted[0] += tokens
+        self._admitted[1] += requests
+        self._wait_time += waited
+        return RedisReservation(self, tokens=tokens, requests=requests, slot=slot, waited=waited)
 
-    async def observe(self, headers: RateLimitHeaders) -> None:
-        """Learn from a response's x-ratelimit-* headers (a lower limit, less remaining)."""
-        if not self.learn_from_headers:
+    async def _acquire_direct(self, tokens: int, requests: int) -> tuple[_Slot, float]:
+        ask = _Ask(tokens, requests)
+        await self._exchange(ask)
+        if ask.error is not None:
+            raise ask.error
+        slot = self._slot(ask.answer, tokens, requests)
+        try:
+            await self._sleep(slot.wait)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._adjust(tokens=-tokens, requests=-requests)
+            raise
+        return slot, slot.wait
+
+    async def _acquire_leased(self, tokens: int, requests: int) -> tuple[_Slot, float]:
+        async with self._lease_lock:
+            start = now = anyio.current_time()
+            lease = self._lease
+            fits = lease.tokens >= tokens and lease.requests >= requests
+            if not (fits and now < lease.expires and lease.slot is not None):
+                # Hand back what is left (or owed) and take a new slice in the same call.
+                self._give_tokens += lease.tokens
+                self._give_requests += lease.requests
+                self._lease = _Lease()
+                while True:
+                    limit_tokens, limit_requests = self._limits
+                    want_tokens = max(tokens, round(limit_tokens / 60 * self.lease_seconds))
+                    want_requests = max(requests, round(limit_requests / 60 * self.lease_seconds))
+                    want_tokens = min(want_tokens, limit_tokens)
+                    want_requests = min(want_requests, limit_requests)
+                    ask = _Ask(want_tokens, want_requests)
+                    await self._exchange(ask)
+                    if ask.error is not None:
+                        raise ask.error
+                    if ask.answer != "x":
+                        break
+                    # The limits changed under us: the request may still fit a smaller slice.
+                    self._too_large(tokens, requests)
+                slot = self._slot(ask.answer, tokens, requests)
+                self.leases += 1
+                now = anyio.current_time()
+                self._lease = lease = _Lease(
+                    tokens=want_tokens,
+                    requests=want_requests,
+                    start=now + slot.wait,
+                    expires=now + slot.wait + self.lease_seconds,
+                    slot=slot,
+                )
+            assert lease.slot is not None
+            lease.tokens -= tokens
+            lease.requests -= requests
+            try:
+                await self._sleep(lease.start - now)
+            except BaseException:
+                lease.tokens += tokens
+                lease.requests += requests
+                raise
+            return lease.slot, anyio.current_time() - start
+
+    async def _sleep(self, wait: float) -> None:
+        """Sleep the script's answer; closing the limiter ends it with ClosedResourceError."""
+        if wait <= 0:
+            return
+        with anyio.CancelScope() as scope:
+            self._sleepers.add(scope)
+            try:
+                await anyio.sleep(wait)
+            finally:
+                self._sleepers.discard(scope)
+        if scope.cancelled_caught:
+            raise anyio.ClosedResourceError
+        self._wakeups += 1
+
+    # -- reconciliation ------------------------------------------------------------------------
+
+    async def _settle(self, reservation: RedisReservation, actual_tokens: int) -> None:
+        if self._settle_policy == "none" or actual_tokens == reservation.tokens:
+            return
+        extra = actual_tokens - reservation.tokens
+        if extra < 0:
+            self._refunded -= extra
+        else:
+            self._extra += extra
+        await self._adjust(tokens=extra, requests=0)
+
+    async def _release(self, reservation: RedisReservation) -> None:
+        self._released[0] += reservation.tokens
+        self._released[1] += reservation.requests
+        await self._adjust(tokens=-reservation.tokens, requests=-reservation.requests)
+
+    async def _adjust(self, *, tokens: int, requests: int) -> None:
+        """Charge this many more tokens and requests to the schedule (negative gives back)."""
+        if self.lease_seconds > 0:
+            self._lease.tokens -= tokens
+            self._lease.requests -= requests
+            return
+        self._give_tokens -= tokens
+        self._give_requests -= requests
+        if not self._closed:
+            await self._exchange(None)
+
+    # -- server feedback -----------------------------------------------------------------------
+
+    async def observe(
+        self, headers: RateLimitHeaders, *, reservation: Reservation | None = None
+    ) -> None:
+        """Learn from a response's ``x-ratelimit-*`` headers, for every process at once.
+
+        A changed limit is adopted; a level is lowered to the room the server reports, never
+        raised. With the ``reservation`` the response belongs to, the headers describe the
+        server when that request was admitted: room = ``min(limit, remaining + refill since)``
+        minus everything admitted (by any process) after it. Without it they are taken as fresh.
+        """
+        if not self._learn or self._closed or headers.empty:
             return
         fields = (
             headers.limit_tokens,
@@ -278,111 +459,134 @@ class RedisLimiter:
         )
         if all(value is None for value in fields):
             return
-        args = ["" if value is None else str(value) for value in fields]
-        await self._call(_OBSERVE, [self.tpm, self.rpm, self.burst_seconds, *args])
+        args: list[str | int | float] = ["" if v is None else v for v in fields]
+        linked = reservation if isinstance(reservation, RedisReservation) else None
+        if linked is not None and linked._limiter is self:
+            slot = linked._slot
+            args += [f"{slot.at:.6f}", slot.mark_tokens, slot.mark_requests]
+        else:
+            args += ["", "", ""]
+        self._remember(await self._call(_OBSERVE, args))
 
     async def cooldown(self, seconds: float) -> None:
-        """Pause every process sharing this limit for ``seconds`` (after a 429)."""
-        self._cooldowns += 1
-        await self._call(_COOLDOWN, [max(0.0, seconds)])
+        """Record a 429 and hold every process sharing this limit for ``seconds`` from now."""
+        self._rate_limited += 1
+        if not seconds > 0 or self._closed:
+            return
+        if self._cool_left <= 0:
+            self._cooldowns += 1
+        self._remember(await self._call(_COOLDOWN, [seconds]))
         self._lease.expires = min(self._lease.expires, anyio.current_time())
 
-    def stats(self) -> RedisLimiterStats:
-        """Counters for this process: acquires, tokens, time waited, round trips, leases."""
-        return RedisLimiterStats(
-            acquired=self._acquired,
-            tokens=self._tokens,
-            waited=self._waited,
-            round_trips=self._round_trips,
-            leases=self._leases,
+    # -- inspection and shutdown ---------------------------------------------------------------
+
+    def stats(self) -> LimiterStats:
+        """This process's counters, with the shared levels last seen projected to now."""
+        tpm, rpm = self._limits
+        token_level, request_level = self._levels
+        cool_left = self._cool_left
+        token_capacity = min(tpm, tpm * self._burst_seconds / 60)
+        request_capacity = min(rpm, rpm * self._burst_seconds / 60)
+        if self._seen_at is not None:
+            try:
+                elapsed = max(0.0, anyio.current_time() - self._seen_at)
+            except RuntimeError:
+                elapsed = 0.0
+            token_level = min(token_capacity, token_level + tpm / 60 * elapsed)
+            request_level = min(request_capacity, request_level + rpm / 60 * elapsed)
+            cool_left = max(0.0, cool_left - elapsed)
+        return LimiterStats(
+            tpm=tpm,
+            rpm=rpm,
+            configured_tpm=self._configured[0],
+            configured_rpm=self._configured[1],
+            admitted_tokens=self._admitted[0],
+            admitted_requests=self._admitted[1],
+            released_tokens=self._released[0],
+            released_requests=self._released[1],
+            refunded_tokens=self._refunded,
+            extra_tokens=self._extra,
+            wait_time=self._wait_time,
+            waiting=self._waiting,
+            token_level=token_level,
+            request_level=request_level,
+            token_capacity=token_capacity,
+            token_debt=tpm - token_capacity,
+            lowest_token_level=self._lowest_level,
             cooldowns=self._cooldowns,
+            rate_limited=self._rate_limited,
+            cooldown_remaining=cool_left,
+            limit_changes=self._limit_changes,
+            wakeups=self._wakeups,
         )
 
     async def aclose(self) -> None:
-        """Give back the unused lease and pending adjustments, then close an owned connection."""
+        """Stop admitting, give back the unused lease and pending adjustments, close the pool.
+
+        Waiters get ``anyio.ClosedResourceError`` (their places go back to the schedule).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for scope in list(self._sleepers):
+            scope.cancel()
         with anyio.CancelScope(shield=True):
-            lease = self._lease
+            lease, self._lease = self._lease, _Lease()
             self._give_tokens += lease.tokens
             self._give_requests += lease.requests
-            self._lease = _Lease()
-            if self._give_tokens or self._give_requests:
-                await self._exchange(None)
-            if self._owns_client:
-                await self._client.aclose()
+            try:
+                if self._give_tokens or self._give_requests:
+                    await self._exchange(None)
+            finally:
+                if self._owns_client:
+                    await self._client.aclose()
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- talking to Redis ----------------------------------------------------------------------
 
     async def _call(self, script: LuaScript, args: list[str | int | float]) -> object:
-        self._round_trips += 1
-        return await self._client.run(script, [self.key], args)
+        self.round_trips += 1
+        tpm, rpm = self._configured
+        return await self._client.run(script, [self.key], [tpm, rpm, self._burst_seconds, *args])
 
-    async def _sleep_until_admitted(self, wait: float, tokens: int, requests: int) -> None:
-        """Sleep the script's answer; a cancelled sleeper gives its place back."""
-        if wait <= 0:
-            return
-        self._waited += wait
-        try:
-            await anyio.sleep(wait)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._adjust(tokens=-tokens, requests=-requests)
-            raise
+    def _remember(self, state: object) -> None:
+        """Keep the shared state a script answered: levels, limits, cooldown left."""
+        assert isinstance(state, list)
+        token_level, request_level = float(state[0]), float(state[1])
+        limits = (int(state[2]), int(state[3]))
+        for index, kind in enumerate(("tokens", "requests")):
+            if limits[index] != self._limits[index]:
+                self._limit_changes += 1
+                if (kind, limits[index]) not in self._announced:
+                    self._announced.add((kind, limits[index]))
+                    logger.warning(
+                        "server reports a limit of %d %s per minute (was %d, configured %d); "
+                        "adopting it",
+                        limits[index],
+                        kind,
+                        self._limits[index],
+                        self._configured[index],
+                    )
+        self._limits = limits
+        self._levels = (token_level, request_level)
+        self._cool_left = float(state[4])
+        self._seen_at = anyio.current_time()
+        self._lowest_level = min(self._lowest_level, token_level)
 
-    async def _acquire_direct(self, tokens: int, requests: int) -> None:
-        ask = _Ask(tokens, requests)
-        await self._exchange(ask)
-        if ask.error is not None:
-            raise ask.error
-        assert ask.answer is not None
-        await self._sleep_until_admitted(_parse_answer(ask.answer, tokens), tokens, requests)
+    def _slot(self, answer: str | None, tokens: int, requests: int) -> _Slot:
+        """The place an answer gives, or RequestTooLarge against a limit learned meanwhile."""
+        assert answer is not None
+        if answer == "x":
+            self._too_large(tokens, requests)
+            raise AssertionError("the script refused a request within the limits")
+        _, wait, at, mark_tokens, mark_requests = answer.split(":")
+        return _Slot(float(wait), float(at), int(mark_tokens), int(mark_requests))
 
-    async def _acquire_leased(self, tokens: int, requests: int) -> None:
-        async with self._lease_lock:
-            now = anyio.current_time()
-            lease = self._lease
-            fits = lease.tokens >= tokens and lease.requests >= requests
-            if not (fits and now < lease.expires):
-                # Hand back what is left (or owed) and take a new slice in the same call.
-                self._give_tokens += lease.tokens
-                self._give_requests += lease.requests
-                want_tokens = max(tokens, round(self.tpm / 60 * self.lease_seconds))
-                want_requests = max(requests, round(self.rpm / 60 * self.lease_seconds))
-                ask = _Ask(want_tokens, want_requests)
-                self._lease = lease = _Lease()
-                await self._exchange(ask)
-                if ask.error is not None:
-                    raise ask.error
-                assert ask.answer is not None
-                wait = _parse_answer(ask.answer, want_tokens)
-                self._leases += 1
-                now = anyio.current_time()
-                self._lease = lease = _Lease(
-                    tokens=want_tokens,
-                    requests=want_requests,
-                    start=now + wait,
-                    expires=now + wait + self.lease_seconds,
-                )
-            lease.tokens -= tokens
-            lease.requests -= requests
-            wait = lease.start - now
-            if wait > 0:
-                self._waited += wait
-                try:
-                    await anyio.sleep(wait)
-                except BaseException:
-                    lease.tokens += tokens
-                    lease.requests += requests
-                    raise
-
-    async def _adjust(self, *, tokens: int, requests: int) -> None:
-        """Move the schedule by this many tokens and requests (negative gives them back)."""
-        if self.lease_seconds > 0:
-            self._lease.tokens -= tokens
-            self._lease.requests -= requests
-            return
-        self._give_tokens -= tokens
-        self._give_requests -= requests
-        await self._exchange(None)
+    def _too_large(self, tokens: int, requests: int) -> None:
+        """Raise RequestTooLarge if the request exceeds the limits last seen (learned ones)."""
+        tpm, rpm = self._limits
+        BucketPair.per_minute(tpm=tpm, rpm=rpm, burst_seconds=self._burst_seconds).check(
+            tokens, requests
+        )
 
     async def _exchange(self, ask: _Ask | None) -> None:
         """Send this ask (and pending adjustments) to Redis, batched with concurrent ones.
@@ -430,18 +634,11 @@ class RedisLimiter:
         self._asks.clear()
         give_tokens, give_requests = self._give_tokens, self._give_requests
         self._give_tokens = self._give_requests = 0
-        args: list[str | int | float] = [
-            self.tpm,
-            self.rpm,
-            self.burst_seconds,
-            give_tokens,
-            give_requests,
-            len(batch),
-        ]
+        args: list[str | int | float] = [give_tokens, give_requests, len(batch)]
         for item in batch:
             args += [item.tokens, item.requests]
         try:
-            answers = await self._call(_ACQUIRE, args)
+            reply = await self._call(_ACQUIRE, args)
         except Exception as exc:
             for item in batch:
                 item.error = exc
@@ -449,41 +646,12 @@ class RedisLimiter:
             if not batch:
                 raise
             return
-        assert isinstance(answers, list)
+        assert isinstance(reply, list)
+        answers, state = reply
+        self._remember(state)
         for item, answer in zip(batch, answers, strict=True):
             item.answer = str(answer)
             if item.abandoned and item.answer.startswith("w:"):
                 self._give_tokens += item.tokens
                 self._give_requests += item.requests
             item.wake.set()
-
-
-def _check_size(tokens: int, requests: int, *, tpm: int, rpm: int) -> None:
-    if tokens > tpm:
-        raise RequestTooLarge(
-            f"request needs {tokens} tokens, more than the limit of {tpm} tokens per minute; "
-            "it can never be admitted",
-            tokens=tokens,
-            limit=tpm,
-        )
-    if requests > rpm:
-        raise RequestTooLarge(
-            f"{requests} requests at once is more than the limit of {rpm} requests per minute",
-            tokens=tokens,
-            limit=tpm,
-        )
-
-
-def _parse_answer(answer: str, tokens: int) -> float:
-    """Seconds to wait from a script answer, or RequestTooLarge against a learned lower limit."""
-    kind, _, rest = answer.partition(":")
-    if kind == "w":
-        return float(rest)
-    what, _, limit = rest.partition(":")
-    limit_value = int(float(limit))
-    raise RequestTooLarge(
-        f"request needs more {what} than the learned limit of {limit_value} per minute; "
-        "it can never be admitted",
-        tokens=tokens,
-        limit=limit_value,
-    )

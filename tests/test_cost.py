@@ -291,7 +291,7 @@ def test_unknown_size_is_charged_the_maximum() -> None:
 
 
 def test_injected_probe_sizes_urls() -> None:
-    """With a probe, every image URL is sized by it (no I/O in the cost model itself)."""
+    """With a probe, every non-data image URL is sized by it (no I/O in the cost model itself)."""
     seen: list[str] = []
 
     def probe(source: str) -> ImageInfo:
@@ -335,6 +335,16 @@ def test_bad_data_url_names_a_short_source() -> None:
     with pytest.raises(CorruptImage, match="bad base64") as info:
         CostModel(CHARS).estimate(chat({"type": "image_url", "image_url": blob}))
     assert len(str(info.value)) < 200
+
+
+def test_data_urls_are_sized_from_their_header_only() -> None:
+    """By default only the header's base64 is decoded; check_base64=True checks every byte."""
+    url = png_data_url(1024, 1024)
+    broken = url[:-8] + "!!!!" + url[-4:]  # a bad character far past the header
+    body = chat({"type": "image_url", "image_url": broken})
+    assert CostModel(CHARS).estimate(body).image_tokens == 765
+    with pytest.raises(CorruptImage, match="bad base64"):
+        CostModel(CHARS, check_base64=True).estimate(body)
 
 
 def test_tools_and_schemas_count_as_text() -> None:

@@ -99,6 +99,41 @@ def test_sources_path_file_url_data_url_and_bytes(tmp_path: Path) -> None:
         assert probe_image(source) == expected
 
 
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_header_only_data_url(extra: int) -> None:
+    """check_base64=False decodes only the header yet reports the exact byte size."""
+    data = encode("JPEG", (64, 48), icc_profile=b"\0" * 50_000) + b"\0" * extra
+    info = probe_image(data_url(data, "image/jpeg"), check_base64=False)
+    assert (info.width, info.height, info.byte_size) == (64, 48, len(data))
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "cause"),
+    [
+        ("data:image/png;base64,AAAAA", CorruptImage, "not a multiple of 4"),
+        ("data:image/png;base64,AA*A", CorruptImage, "bad base64"),
+        (
+            "data:image/gif;base64," + base64.b64encode(animated_gif()).decode(),
+            UnsupportedImage,
+            "animated",
+        ),
+    ],
+)
+def test_header_only_data_url_still_validates(
+    url: str, error: type[ImageError], cause: str
+) -> None:
+    """The header-only path still checks the length, the header bytes and GIF animation."""
+    with pytest.raises(error, match=cause):
+        probe_image(url, check_base64=False)
+
+
+def test_prober_without_fetch_leaves_urls_unsized() -> None:
+    """ImageProber(fetch=False) answers None for http(s) URLs and still probes the rest."""
+    with ImageProber(fetch=False) as probe:
+        assert probe("https://img.example/a.png") is None
+        assert probe(data_url(encode("PNG"))) == probe_image(encode("PNG"))
+
+
 def test_header_past_the_first_read(tmp_path: Path) -> None:
     """A JPEG whose frame header sits after 200 KB of metadata is still found by reading on."""
     data = encode("JPEG", (64, 48), icc_profile=b"\0" * 200_000)

@@ -7,6 +7,7 @@ import pytest
 
 from scheduler.errors import RequestTooLarge
 from scheduler.headers import RateLimitHeaders
+from scheduler.limiter import RateLimiter
 from scheduler.redis_client import RedisClient
 from scheduler.redis_limiter import RedisLimiter
 
@@ -34,11 +35,11 @@ async def test_burst_is_free_then_paced(redis_url: str) -> None:
     """The burst (0.1 s = 1,000 tokens) is admitted at once; the next 1,000 tokens wait ~0.1 s."""
     async with make(redis_url) as limiter:
         await limiter.acquire(tokens=1_000)
-        assert limiter.stats().waited == 0
+        assert limiter.stats().wait_time == 0
         start = anyio.current_time()
         await limiter.acquire(tokens=1_000)
         elapsed = anyio.current_time() - start
-        assert 0.08 <= limiter.stats().waited <= 0.11
+        assert 0.08 <= limiter.stats().wait_time <= 0.11
         assert elapsed >= 0.08
 
 
@@ -48,16 +49,16 @@ async def test_oversize_raises_at_once_without_a_round_trip(redis_url: str) -> N
         with pytest.raises(RequestTooLarge) as info:
             await limiter.acquire(tokens=TPM + 1)
         assert info.value.limit == TPM
-        assert limiter.stats().round_trips == 0
+        assert limiter.round_trips == 0
 
 
 async def test_large_request_takes_a_full_bucket_and_leaves_a_debt(redis_url: str) -> None:
     """A 2,000-token request (twice the burst) goes at once on a full bucket; then others wait."""
     async with make(redis_url) as limiter:
         await limiter.acquire(tokens=2_000)
-        assert limiter.stats().waited == 0
+        assert limiter.stats().wait_time == 0
         await limiter.acquire(tokens=1)
-        assert 0.09 <= limiter.stats().waited <= 0.11
+        assert 0.09 <= limiter.stats().wait_time <= 0.11
 
 
 async def test_fifo_large_request_is_not_starved(redis_url: str) -> None:
@@ -112,7 +113,7 @@ async def test_release_gives_the_place_back(redis_url: str) -> None:
         await reservation.release()
         await reservation.release()  # a second release is a no-op
         await limiter.acquire(tokens=1_000)
-        assert limiter.stats().waited == 0
+        assert limiter.stats().wait_time == 0
 
 
 async def test_settle_charges_actual_usage(redis_url: str) -> None:
@@ -121,7 +122,7 @@ async def test_settle_charges_actual_usage(redis_url: str) -> None:
         reservation = await limiter.acquire(tokens=100)
         await reservation.settle(1_900)
         await limiter.acquire(tokens=1)
-        assert 0.08 <= limiter.stats().waited <= 0.11
+        assert 0.08 <= limiter.stats().wait_time <= 0.11
 
 
 async def test_settle_none_ignores_usage(redis_url: str) -> None:
@@ -130,7 +131,7 @@ async def test_settle_none_ignores_usage(redis_url: str) -> None:
         reservation = await limiter.acquire(tokens=100)
         await reservation.settle(1_900)
         await limiter.acquire(tokens=800)
-        assert limiter.stats().waited == 0
+        assert limiter.stats().wait_time == 0
 
 
 async def test_cooldown_pauses_every_process(redis_url: str) -> None:
@@ -138,7 +139,7 @@ async def test_cooldown_pauses_every_process(redis_url: str) -> None:
     async with make(redis_url) as first, make(redis_url) as second:
         await first.cooldown(0.15)
         await second.acquire(tokens=1)
-        assert 0.13 <= second.stats().waited <= 0.16
+        assert 0.13 <= second.stats().wait_time <= 0.16
 
 
 async def test_observe_learns_little_remaining(redis_url: str) -> None:
@@ -146,7 +147,7 @@ async def test_observe_learns_little_remaining(redis_url: str) -> None:
     async with make(redis_url) as limiter:
         await limiter.observe(RateLimitHeaders(remaining_tokens=0, limit_tokens=TPM))
         await limiter.acquire(tokens=500)
-        assert 0.04 <= limiter.stats().waited <= 0.06
+        assert 0.04 <= limiter.stats().wait_time <= 0.06
 
 
 async def test_observe_learns_a_lower_limit(redis_url: str) -> None:
@@ -163,8 +164,8 @@ async def test_observe_disabled_learns_nothing(redis_url: str) -> None:
     async with make(redis_url, learn_from_headers=False) as limiter:
         await limiter.observe(RateLimitHeaders(remaining_tokens=0))
         await limiter.acquire(tokens=500)
-        assert limiter.stats().waited == 0
-        assert limiter.stats().round_trips == 1
+        assert limiter.stats().wait_time == 0
+        assert limiter.round_trips == 1
 
 
 async def test_cancelled_waiter_gives_its_place_back(redis_url: str) -> None:
@@ -184,9 +185,8 @@ async def test_concurrent_acquires_share_round_trips(redis_url: str) -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(64):
                 tg.start_soon(lambda: limiter.acquire(tokens=10))
-        stats = limiter.stats()
-    assert stats.acquired == 64
-    assert stats.round_trips < 64
+        assert limiter.stats().admitted_requests == 64
+        assert limiter.round_trips < 64
 
 
 async def test_leasing_cuts_round_trips_and_keeps_the_limit(redis_url: str) -> None:
@@ -197,11 +197,11 @@ async def test_leasing_cuts_round_trips_and_keeps_the_limit(redis_url: str) -> N
         for _ in range(200):
             await limiter.acquire(tokens=50)
             admitted.append(anyio.current_time())
-        stats = limiter.stats()
+        round_trips, leases = limiter.round_trips, limiter.leases
     # 10,000 tokens at 10,000/s with a 1,000-token burst: at least 0.9 s, minus one lease.
     assert admitted[-1] - start >= 0.85
-    assert stats.round_trips <= 30
-    assert stats.leases >= 1
+    assert round_trips <= 30
+    assert leases >= 1
 
 
 async def test_lease_leftover_goes_back_on_close(redis_url: str) -> None:
@@ -210,7 +210,7 @@ async def test_lease_leftover_goes_back_on_close(redis_url: str) -> None:
         await limiter.acquire(tokens=10)  # leases 1,000 tokens, uses 10
     async with make(redis_url) as other:
         await other.acquire(tokens=990)
-        assert other.stats().waited == 0
+        assert other.stats().wait_time == 0
 
 
 async def test_shared_client_is_not_closed_by_the_limiter(redis_url: str) -> None:
@@ -220,3 +220,76 @@ async def test_shared_client_is_not_closed_by_the_limiter(redis_url: str) -> Non
         await limiter.acquire(tokens=1)
     assert await client.execute("PING") is True
     await client.aclose()
+
+
+async def test_satisfies_the_rate_limiter_protocol(redis_url: str) -> None:
+    """The Redis limiter is a RateLimiter, so dispatch takes it in place of the in-memory one."""
+    async with make(redis_url) as limiter:
+        assert isinstance(limiter, RateLimiter)
+        assert limiter.stats().configured_tpm == TPM
+
+
+async def test_cooldown_empties_the_bucket(redis_url: str) -> None:
+    """After a 429 the levels start from zero when the pause ends, as in the in-memory limiter."""
+    async with make(redis_url) as limiter:
+        await limiter.cooldown(0.05)
+        await limiter.acquire(tokens=1_000)  # 0.05 s pause, then 0.05 s more to refill 500
+        assert 0.09 <= limiter.stats().wait_time <= 0.12
+        stats = limiter.stats()
+        assert (stats.cooldowns, stats.rate_limited) == (1, 1)
+
+
+async def test_settle_acts_once_and_rejects_negative_usage(redis_url: str) -> None:
+    """A second settle, or a release after settle, changes nothing; negative usage is an error."""
+    async with make(redis_url) as limiter:
+        reservation = await limiter.acquire(tokens=500)
+        with pytest.raises(ValueError):
+            await reservation.settle(-1)
+        await reservation.settle(100)
+        await reservation.settle(5_000)
+        await reservation.release()
+        stats = limiter.stats()
+        assert (stats.refunded_tokens, stats.extra_tokens, stats.released_tokens) == (400, 0, 0)
+        await limiter.acquire(tokens=900)
+        assert limiter.stats().wait_time == 0
+
+
+async def test_observe_with_the_reservation_counts_later_admissions(redis_url: str) -> None:
+    """Headers tied to an earlier request subtract what every process admitted after it."""
+    async with make(redis_url) as limiter, make(redis_url) as other:
+        first = await limiter.acquire(tokens=100)
+        await other.acquire(tokens=800)
+        await limiter.observe(RateLimitHeaders(remaining_tokens=500), reservation=first)
+        await limiter.acquire(tokens=100)  # level ~ 500 - 800 = -300: wait ~0.04 s
+        assert 0.03 <= limiter.stats().wait_time <= 0.05
+
+
+async def test_observe_fresh_headers_above_the_level_change_nothing(redis_url: str) -> None:
+    """Headers without a reservation only lower the level to what remains, never raise it."""
+    async with make(redis_url) as limiter:
+        await limiter.acquire(tokens=100)
+        await limiter.acquire(tokens=800)
+        await limiter.observe(RateLimitHeaders(remaining_tokens=500))
+        await limiter.acquire(tokens=100)
+        assert limiter.stats().wait_time < 0.01
+
+
+async def test_close_ends_waits_with_closed_resource_error(redis_url: str) -> None:
+    """Closing the limiter wakes its waiters with ClosedResourceError and refuses newcomers."""
+    limiter = make(redis_url)
+    await limiter.acquire(tokens=1_000)
+    errors: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await limiter.acquire(tokens=1_000)
+        except anyio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.02)
+        await limiter.aclose()
+    assert len(errors) == 1
+    with pytest.raises(anyio.ClosedResourceError):
+        await limiter.acquire(tokens=1)

@@ -18,7 +18,7 @@ from trio.testing import MockClock
 
 from scheduler.cost import CostModel
 from scheduler.headers import RateLimitHeaders
-from scheduler.sim import FaultRates, LatencyModel, SimApp, SimSettings, create_app
+from scheduler.sim import FaultRates, LatencyModel, ModelLimits, SimApp, SimSettings, create_app
 
 pytestmark = pytest.mark.anyio
 
@@ -464,3 +464,35 @@ async def test_each_fault_kind_reaches_the_client_at_its_rate() -> None:
         assert abs(seen[kind] - n * rate) <= bound, (kind, seen)
         assert app.stats.faults[kind] == seen[kind]
     assert seen["ok"] == app.stats.completed
+
+
+async def test_models_have_their_own_limits() -> None:
+    """A model with its own limits is metered apart from the others."""
+    settings = SimSettings(
+        tpm=60_000,
+        quantum=60,
+        model_limits={"gpt-4o-mini": ModelLimits(tpm=5_000, rpm=10)},
+        latency=NO_LATENCY,
+    )
+    async with simulator(settings) as (_, client):
+        big = await client.post("/chat/completions", json=chat(max_tokens=1000))
+        small = await client.post(
+            "/chat/completions", json={**chat(max_tokens=1000), "model": "gpt-4o-mini"}
+        )
+    assert big.headers["x-ratelimit-limit-tokens"] == "60000"
+    assert small.headers["x-ratelimit-limit-tokens"] == "5000"
+    assert small.headers["x-ratelimit-remaining-requests"] == "9"
+    assert big.headers["x-ratelimit-remaining-requests"] == "499"
+
+
+async def test_error_answers_carry_rate_limit_headers() -> None:
+    """401 and 400 answers carry the x-ratelimit-* headers too."""
+    async with simulator(SimSettings()) as (_, client):
+        unauthorized = await client.post(
+            "/chat/completions", json=chat(), headers={"Authorization": ""}
+        )
+        bad = await client.post("/chat/completions", content=b"{")
+    for response in (unauthorized, bad):
+        headers = RateLimitHeaders.from_headers(response.headers)
+        assert headers.limit_tokens == 30_000
+        assert headers.remaining_requests == 500

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, {"limits.tpm": args.tpm, "limits.rpm": args.rpm})
     tpm, rpm = config.limits.tpm, config.limits.rpm
     with ImageProber(config.images, fetch=not args.no_fetch) as probe:
-        model = CostModel(config, probe=probe)
+        model = CostModel(config, probe=probe, check_base64=True)
         report = estimate_jobs(iter_jobs(args.file), model, PriceTable.from_config(config), tpm=tpm)
     if args.json:
         print(json.dumps({"file": args.file, **report.to_dict(tpm=tpm, rpm=rpm)}))

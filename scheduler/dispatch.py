@@ -1,0 +1,682 @@
+"""The ``Scheduler``: a worker pool on an anyio task group that prices, paces, sends and retries.
+
+Each job is priced by the cost model (in a worker thread when that reads images), admitted by
+the limiter on every attempt, sent by the client, classified, and retried by the tenacity policy.
+A job that fails for its own reason becomes a failed ``Result``; a ``FatalError`` (quota, auth)
+stops the whole run: intake stops, requests not yet on the wire are cancelled, requests on the
+wire get ``grace`` seconds to finish, then the error is raised from ``submit``, ``map`` or
+``__aexit__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import httpx
+from anyio.abc import ObjectSendStream, TaskGroup
+
+from .client import (
+    ImagePreparer,
+    OpenAIClient,
+    Reply,
+    classify,
+    has_images,
+    inline_local_images,
+    request_was_sent,
+)
+from .config import Config, load_config
+from .cost import CostModel, RequestCost
+from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
+from .images import ImageProber
+from .limiter import Limiter, RateLimiter
+from .retry import retrying
+
+__all__ = [
+    "ErrorInfo",
+    "Request",
+    "Result",
+    "ResultStream",
+    "Scheduler",
+    "SchedulerStats",
+    "run_batch",
+]
+
+log = logging.getLogger("scheduler.dispatch")
+
+CHAT_COMPLETIONS = "/v1/chat/completions"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """One job: a request body, its endpoint, and the caller's metadata (returned as is)."""
+
+    body: Mapping[str, Any]
+    endpoint: str = CHAT_COMPLETIONS
+    metadata: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.body, Mapping):
+            raise TypeError(f"Request.body: expected a mapping, got {type(self.body).__name__}")
+        if not self.endpoint.startswith("/"):
+            raise ValueError(f"Request.endpoint: expected a path such as {CHAT_COMPLETIONS}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorInfo:
+    """Why a job failed: the error class name, its message, and the server's status and code."""
+
+    type: str
+    message: str
+    status_code: int | None = None
+    code: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """Describe an exception from the hierarchy in ``errors.py``."""
+        if isinstance(exc, APIError):
+            return cls(
+                type=type(exc).__name__,
+                message=exc.message,
+                status_code=exc.status_code,
+                code=exc.code,
+            )
+        return cls(type=type(exc).__name__, message=str(exc))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """The outcome of one job.
+
+    ``latency`` runs from dispatch (the job got an in-flight slot) to the outcome, limiter waits
+    and retries included; ``attempts`` counts the tries (0 when the job failed before sending);
+    ``cost`` is the estimate the limiter was charged and ``usage`` what the server reported.
+    """
+
+    status: Literal["ok", "failed"]
+    status_code: int | None
+    body: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    attempts: int
+    latency: float
+    cost: RequestCost | None
+    error: ErrorInfo | None
+    metadata: Any
+    request: Request
+
+    @property
+    def ok(self) -> bool:
+        """True when the server answered with a usable success."""
+        return self.status == "ok"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerStats:
+    """Counters since the scheduler started; tokens are the estimate charged vs. reported usage."""
+
+    started: int
+    succeeded: int
+    failed: int
+    in_flight: int
+    attempts: int
+    retries: int
+    rate_limited: int
+    estimated_tokens: int
+    usage_tokens: int
+
+
+class _Stopped(Exception):
+    """Raised inside a job when the run was stopped by a fatal error elsewhere."""
+
+
+class _Job:
+    """One job's cancel scope, and whether its request is on the wire right now."""
+
+    __slots__ = ("on_wire", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.on_wire = False
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int = 0
+    status_code: int | None = None
+    body: Mapping[str, Any] | None = None
+
+
+def _usage_total(usage: Mapping[str, Any] | None) -> int | None:
+    """Total tokens in a Chat Completions or Responses ``usage`` object."""
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    if not any(isinstance(p, int) for p in parts):
+        parts = [usage.get(k) for k in ("input_tokens", "output_tokens")]
+    numbers = [p for p in parts if isinstance(p, int)]
+    return sum(numbers) if numbers else None
+
+
+class Scheduler:
+    """Sends requests as fast as the limits allow: ``submit`` one, or ``map`` over many.
+
+    Use it as an async context manager; it works on asyncio and trio. ``transport`` replaces
+    httpx's network transport (``httpx.MockTransport``, ``httpx.ASGITransport`` for the
+    simulator); ``limiter`` defaults to an in-memory ``Limiter`` from ``config.limits``;
+    ``preparer`` rewrites local and inline images before upload; ``grace`` (default
+    ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
+    a fatal error.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limiter: RateLimiter | None = None,
+        cost_model: CostModel | None = None,
+        preparer: ImagePreparer | None = None,
+        grace: float | None = None,
+    ) -> None:
+        # Only plain objects here: the connection pool and the rest are made on entry.
+        self._config = config if config is not None else load_config()
+        self._transport = transport
+        self._owns_limiter = limiter is None
+        self._limiter: RateLimiter = (
+            limiter if limiter is not None else Limiter.from_config(self._config.limits)
+        )
+        self._cost_model = cost_model
+        self._prober: ImageProber | None = None
+        self._preparer = preparer
+        self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
+        self._client: OpenAIClient | None = None
+        self._tg: TaskGroup | None = None
+        # Made on entry: anyio primitives bind to the event loop that first uses them.
+        self._slots: anyio.Semaphore
+        self._drained: anyio.Event
+        self._closing = False
+        self._jobs: set[_Job] = set()
+        self._intakes: set[anyio.CancelScope] = set()
+        self._streams: set[ResultStream] = set()
+        self._fatal: FatalError | None = None
+        self._fatal_reported = False
+        self._ids = itertools.count(1)
+        self._counts = dict.fromkeys(
+            (
+                "started",
+                "succeeded",
+                "failed",
+                "attempts",
+                "retries",
+                "rate_limited",
+                "estimated_tokens",
+                "usage_tokens",
+            ),
+            0,
+        )
+
+    def __repr__(self) -> str:
+        return f"Scheduler(base_url={self._config.api.base_url!r}, in_flight={len(self._jobs)})"
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The limiter every attempt goes through (its ``stats()`` show the pacing)."""
+        return self._limiter
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None:
+            raise RuntimeError("a Scheduler can be entered only once")
+        if self._cost_model is None:
+            # Probing images (header bytes only) prices them exactly instead of at the maximum.
+            self._prober = ImageProber(self._config.images)
+            self._cost_model = CostModel(self._config, probe=self._prober)
+        self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
+        self._drained = anyio.Event()
+        self._client = OpenAIClient(
+            self._config.api,
+            max_connections=self._config.concurrency.max_in_flight,
+            transport=self._transport,
+        )
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None and self._client is not None
+        self._closing = True
+        for stream in list(self._streams):
+            stream.cancel()
+        if exc_type is not None:
+            self._tg.cancel_scope.cancel()
+        try:
+            # The body's own exception propagates untouched; only our tasks' errors come out here.
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._client.aclose()
+                if self._owns_limiter:
+                    await self._limiter.aclose()
+                if self._prober is not None:
+                    self._prober.close()
+        if exc_type is None and self._fatal is not None and not self._fatal_reported:
+            self._fatal_reported = True
+            raise self._fatal
+        return None
+
+    def stats(self) -> SchedulerStats:
+        """A snapshot of the counters."""
+        in_flight = 0
+        if self._tg is not None:
+            in_flight = self._config.concurrency.max_in_flight - self._slots.value
+        return SchedulerStats(in_flight=in_flight, **self._counts)
+
+    async def submit(
+        self,
+        body: Mapping[str, Any] | Request,
+        *,
+        endpoint: str = CHAT_COMPLETIONS,
+        metadata: Any = None,
+    ) -> Result:
+        """Send one request (waiting for an in-flight slot and the limiter) and return its Result.
+
+        Raises the run's ``FatalError`` when the run was stopped before this job completed.
+        """
+        self._check_open()
+        request = (
+            body
+            if isinstance(body, Request)
+            else Request(body=body, endpoint=endpoint, metadata=metadata)
+        )
+        job = self._register()
+        result: Result | None = None
+        try:
+            with job.scope:
+                async with self._slots:
+                    result = await self._process(request, job)
+        finally:
+            self._unregister(job)
+        if result is None:
+            raise self._report_fatal()
+        return result
+
+    def map(
+        self, items: Iterable[Mapping[str, Any] | Request] | AsyncIterable[Any]
+    ) -> ResultStream:
+        """Results for many requests, in completion order, with bounded in-flight and read-ahead.
+
+        ``async with s.map(items) as results: async for r in results: ...`` stops the work
+        the moment the block is left; a plain ``async for`` works too.
+        """
+        self._check_open()
+        stream = ResultStream(self, items)
+        self._streams.add(stream)
+        return stream
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._tg is None:
+            raise RuntimeError("use the Scheduler as an async context manager (async with)")
+        if self._fatal is not None:
+            raise self._report_fatal()
+        if self._closing:
+            raise RuntimeError("the Scheduler is closed")
+
+    def _report_fatal(self) -> BaseException:
+        self._fatal_reported = True
+        if self._fatal is None:
+            return RuntimeError("the Scheduler was closed before this job completed")
+        return self._fatal
+
+    def _register(self) -> _Job:
+        job = _Job()
+        self._jobs.add(job)
+        return job
+
+    def _unregister(self, job: _Job) -> None:
+        self._jobs.discard(job)
+        if self._fatal is not None and not self._jobs:
+            self._drained.set()
+
+    def _cancel_everything(self) -> None:
+        for scope in list(self._intakes):
+            scope.cancel()
+        for job in list(self._jobs):
+            job.scope.cancel()
+
+    def _stop(self, error: FatalError) -> None:
+        """Stop the run: no new intake, cancel what is not on the wire, let the rest finish."""
+        if self._fatal is not None:
+            return
+        self._fatal = error
+        log.error("stopping the run: %s: %s", type(error).__name__, error)
+        for scope in list(self._intakes):
+            scope.cancel()
+        for job in list(self._jobs):
+            if not job.on_wire:
+                job.scope.cancel()
+        assert self._tg is not None
+        self._tg.start_soon(self._expire_grace)
+
+    async def _expire_grace(self) -> None:
+        with anyio.move_on_after(self._grace):
+            await self._drained.wait()
+        self._cancel_everything()
+
+    async def _estimate(self, request: Request) -> RequestCost:
+        assert self._cost_model is not None
+        estimate = functools.partial(
+            self._cost_model.estimate, request.body, endpoint=request.endpoint
+        )
+        if has_images(request.body):
+            return await anyio.to_thread.run_sync(estimate)
+        return estimate()
+
+    async def _process(self, request: Request, job: _Job) -> Result | None:
+        """Run one job to its Result, or None when the run was stopped before it completed."""
+        started = anyio.current_time()
+        self._counts["started"] += 1
+        label = f"job #{next(self._ids)}"
+        state = _Attempts()
+        cost: RequestCost | None = None
+        try:
+            cost = await self._estimate(request)
+            async for attempt in retrying(self._config.retry, label=label):
+                with attempt:
+                    reply = await self._attempt(request, cost, job, state)
+        except _Stopped:
+            return None
+        except FatalError as exc:
+            self._stop(exc)
+            return None
+        except (InputError, APIError) as exc:
+            self._count_attempts(state)
+            self._counts["failed"] += 1
+            log.info("%s failed: %s: %s", label, type(exc).__name__, exc)
+            return Result(
+                status="failed",
+                status_code=state.status_code,
+                body=None,
+                usage=None,
+                attempts=state.count,
+                latency=anyio.current_time() - started,
+                cost=cost,
+                error=ErrorInfo.from_exception(exc),
+                metadata=request.metadata,
+                request=request,
+            )
+        self._count_attempts(state)
+        self._counts["succeeded"] += 1
+        body: dict[str, Any] = reply.json
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        self._counts["estimated_tokens"] += cost.total
+        self._counts["usage_tokens"] += _usage_total(usage) or 0
+        return Result(
+            status="ok",
+            status_code=reply.status_code,
+            body=body,
+            usage=usage,
+            attempts=state.count,
+            latency=anyio.current_time() - started,
+            cost=cost,
+            error=None,
+            metadata=request.metadata,
+            request=request,
+        )
+
+    def _count_attempts(self, state: _Attempts) -> None:
+        self._counts["attempts"] += state.count
+        self._counts["retries"] += max(0, state.count - 1)
+
+    async def _attempt(
+        self, request: Request, cost: RequestCost, job: _Job, state: _Attempts
+    ) -> Reply:
+        """One attempt: admission by the limiter, image inlining, the request, bookkeeping."""
+        assert self._client is not None
+        if self._fatal is not None:
+            raise _Stopped
+        reservation = await self._limiter.acquire(tokens=cost.total)
+        posted = False
+        try:
+            if state.body is None:
+                state.body = await inline_local_images(
+                    request.body, images=self._config.images, preparer=self._preparer
+                )
+            if self._fatal is not None:
+                raise _Stopped
+            job.on_wire = posted = True
+            state.count += 1
+            try:
+                reply = await self._client.post(request.endpoint, state.body)
+            finally:
+                job.on_wire = False
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if posted and request_was_sent(exc):
+                    await reservation.settle(reservation.tokens)
+                else:
+                    await reservation.release()
+            raise
+        state.status_code = reply.status_code
+        error = classify(reply, secret=self._client.secret)
+        with anyio.CancelScope(shield=True):
+            await self._limiter.observe(reply.headers)
+            if error is None:
+                actual = _usage_total(reply.json.get("usage"))
+                await reservation.settle(actual if actual is not None else reservation.tokens)
+            else:
+                # Failed requests count against the limit: keep the estimate charged.
+                await reservation.settle(reservation.tokens)
+        if error is None:
+            return reply
+        if isinstance(error, RateLimited):
+            self._counts["rate_limited"] += 1
+            pause = error.retry_after
+            if pause is None:
+                pause = self._config.retry.initial_backoff
+            await self._limiter.cooldown(min(pause, self._config.retry.max_server_wait))
+        if isinstance(error, RetryableError) and self._fatal is not None:
+            raise _Stopped
+        raise error
+
+
+class ResultStream(AsyncIterator[Result]):
+    """The results of ``Scheduler.map`` in completion order; an async iterator and context manager.
+
+    The work starts at the first ``__anext__``. Leaving ``async with`` (or ``aclose()``) cancels
+    what is still running and returns only when no task of this stream is left.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        items: Iterable[Mapping[str, Any] | Request] | AsyncIterable[Any],
+    ) -> None:
+        self._scheduler = scheduler
+        self._items = items
+        size = scheduler._config.concurrency.max_in_flight
+        self._send, self._receive = anyio.create_memory_object_stream[Result](size)
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._started = False
+        self._closed = False
+        self._incomplete = False
+        self._error: BaseException | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Result:
+        if self._closed:
+            raise StopAsyncIteration
+        if not self._started:
+            self._started = True
+            assert self._scheduler._tg is not None
+            self._scheduler._tg.start_soon(self._run)
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            pass
+        self._closed = True
+        self._scheduler._streams.discard(self)
+        if self._error is not None:
+            raise self._error
+        if self._incomplete:
+            raise self._scheduler._report_fatal()
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        """Cancel the work of this stream without waiting (the scheduler does on exit)."""
+        self._scope.cancel()
+        if not self._started:
+            self._done.set()
+
+    async def aclose(self) -> None:
+        """Cancel what is still running and wait until no task of this stream is left."""
+        self.cancel()
+        if self._started:
+            with anyio.CancelScope(shield=True):
+                await self._done.wait()
+        self._closed = True
+        self._receive.close()
+        self._scheduler._streams.discard(self)
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                async with self._send, anyio.create_task_group() as jobs:
+                    with anyio.CancelScope() as intake:
+                        self._scheduler._intakes.add(intake)
+                        try:
+                            await self._feed(jobs)
+                        finally:
+                            self._scheduler._intakes.discard(intake)
+                    if intake.cancelled_caught:
+                        self._incomplete = True
+        except Exception as exc:
+            self._error = _unwrap(exc)
+        finally:
+            self._done.set()
+
+    async def _feed(self, jobs: TaskGroup) -> None:
+        scheduler = self._scheduler
+        read_ahead = scheduler._config.concurrency.read_ahead
+        buffer_send, buffer_receive = anyio.create_memory_object_stream[Request](read_ahead)
+        async with anyio.create_task_group() as reader:
+            reader.start_soon(self._read, buffer_send)
+            async with buffer_receive:
+                async for request in buffer_receive:
+                    if scheduler._fatal is not None:
+                        self._incomplete = True
+                        return
+                    await scheduler._slots.acquire()
+                    jobs.start_soon(self._job, request)
+
+    async def _read(self, buffer: ObjectSendStream[Request]) -> None:
+        async with buffer:
+            try:
+                if isinstance(self._items, AsyncIterable):
+                    async for item in self._items:
+                        await buffer.send(_as_request(item))
+                else:
+                    for item in self._items:
+                        await buffer.send(_as_request(item))
+            except Exception as exc:
+                self._error = exc
+
+    async def _job(self, request: Request) -> None:
+        scheduler = self._scheduler
+        try:
+            job = scheduler._register()
+            result: Result | None = None
+            try:
+                with job.scope:
+                    result = await scheduler._process(request, job)
+            finally:
+                scheduler._unregister(job)
+            if result is None:
+                self._incomplete = True
+            else:
+                await self._send.send(result)
+        finally:
+            scheduler._slots.release()
+
+
+def _as_request(item: Any) -> Request:
+    if isinstance(item, Request):
+        return item
+    if isinstance(item, Mapping):
+        return Request(body=item)
+    raise TypeError(
+        f"map(): expected request bodies (mappings) or Requests, got {type(item).__name__}"
+    )
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def run_batch(
+    bodies: Iterable[Mapping[str, Any] | Request],
+    config: Config | None = None,
+    *,
+    backend: str = "asyncio",
+    transport: httpx.AsyncBaseTransport | None = None,
+    limiter: RateLimiter | None = None,
+    cost_model: CostModel | None = None,
+    preparer: ImagePreparer | None = None,
+) -> list[Result]:
+    """Send every body and return the Results in input order (a synchronous helper for scripts).
+
+    Raises the run's ``FatalError`` if one stopped it.
+    """
+    requests = [
+        dataclasses.replace(item) if isinstance(item, Request) else Request(body=item)
+        for item in bodies
+    ]
+
+    async def main() -> list[Result]:
+        done: dict[int, Result] = {}
+        async with (
+            Scheduler(
+                config,
+                transport=transport,
+                limiter=limiter,
+                cost_model=cost_model,
+                preparer=preparer,
+            ) as scheduler,
+            scheduler.map(requests) as results,
+        ):
+            async for result in results:
+                done[id(result.request)] = result
+        return [done[id(request)] for request in requests]
+
+    return anyio.run(main, backend=backend)
