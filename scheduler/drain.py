@@ -28,9 +28,9 @@ import anyio.abc
 import httpx
 
 from .config import Config
-from .cost import PriceTable
 from .dispatch import Request, Scheduler
 from .errors import FatalError
+from .estimate import PriceTable
 from .jobs import FolderPrompt, iter_jobs
 from .progress import DrainProgress, DrainSummary, Failure, ProgressRenderer, QuietRenderer
 from .queues import ClaimedJob, JobQueue, LoadReport, Outcome
@@ -96,6 +96,9 @@ class DrainSettings:
     """How a drain claims, stops and reports."""
 
     tpm_limit: int
+    # Jobs handed to the scheduler and not yet answered, at most: the scheduler's in-flight
+    # limit, so that a stop leaves nothing queued inside the scheduler's read-ahead.
+    window: int = 64
     grace: float = 30.0
     claim_batch: int = 32
     refresh: float = 0.25
@@ -103,8 +106,8 @@ class DrainSettings:
     handle_signals: bool = False
 
     def __post_init__(self) -> None:
-        if self.tpm_limit <= 0 or self.claim_batch <= 0 or self.refresh <= 0:
-            raise ValueError("tpm_limit, claim_batch and refresh must be positive")
+        if min(self.tpm_limit, self.window, self.claim_batch, self.refresh) <= 0:
+            raise ValueError("tpm_limit, window, claim_batch and refresh must be positive")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
 
@@ -226,12 +229,15 @@ async def drain_queue(
         if figures is not None:
             progress.rate_limited, progress.retries = figures
 
+    window = anyio.Semaphore(settings.window)
+
     async def intake() -> AsyncGenerator[ClaimedJob, None]:
         while not control.stopping:
-            batch = queue.claim(settings.claim_batch)
+            batch = queue.claim(min(settings.claim_batch, settings.window))
             if not batch:
                 return
             for job in batch:
+                await window.acquire()
                 if control.stopping:
                     return  # claimed but unsent jobs go back to pending below
                 yield job
@@ -257,6 +263,7 @@ async def drain_queue(
                         try:
                             async for result in results:
                                 _record(queue, progress, result)
+                                window.release()
                         finally:
                             close = getattr(results, "aclose", None)
                             if close is not None:
@@ -401,7 +408,10 @@ async def run_drain(
         if on_load is not None:
             on_load(report)
         settings = DrainSettings(
-            tpm_limit=config.limits.tpm, grace=config.drain.grace, handle_signals=handle_signals
+            tpm_limit=config.limits.tpm,
+            window=config.concurrency.max_in_flight,
+            grace=config.drain.grace,
+            handle_signals=handle_signals,
         )
         async with Scheduler(config, transport=transport) as scheduler:
 

@@ -54,11 +54,15 @@ def make_images(folder: Path, count: int, *, seed: int = 0) -> list[Path]:
         draw = ImageDraw.Draw(image)
         for _ in range(6):
             x, y = rng.randrange(width), rng.randrange(height)
-            box = (x, y, x + rng.randrange(20, width // 2 + 21), y + rng.randrange(20, height // 2 + 21))
+            w, h = rng.randrange(20, width // 2 + 21), rng.randrange(20, height // 2 + 21)
+            box = (x, y, x + w, y + h)
             draw.rectangle(box, fill=tuple(rng.randrange(256) for _ in range(3)))
         suffix = "png" if width * height <= 640 * 480 else "jpg"
         path = folder / f"sample-{number:04d}.{suffix}"
-        image.save(path, quality=70) if suffix == "jpg" else image.save(path)
+        if suffix == "jpg":
+            image.save(path, quality=70)
+        else:
+            image.save(path)
         paths.append(path)
     return paths
 
@@ -67,7 +71,7 @@ def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "demo",
-        help="drain a few hundred generated images through the local simulator (no key, no network)",
+        help="drain generated images through the local simulator (no key, no network)",
     )
     parser.add_argument("--images", type=int, default=300, help="images to generate (300)")
     parser.add_argument("--dir", metavar="PATH", help="where to put images, queue and results")
@@ -93,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vsched demo: drawing {args.images} sample images in {images}", file=sys.stderr)
     make_images(images, args.images, seed=args.seed)
     base = config_from_args(args, {**overrides, "drain.output": str(work / "results.jsonl")})
-    settings = SimSettings(
-        tpm=base.limits.tpm, rpm=base.limits.rpm, seed=args.seed, config=base
-    )
+    settings = SimSettings(tpm=base.limits.tpm, rpm=base.limits.rpm, seed=args.seed, config=base)
     with running(settings) as sim:
         config = config_from_args(
             args,

@@ -9,6 +9,7 @@ same command to resume).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,13 @@ def add_drain_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def drain_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Config overrides from the shared drain flags (None means "not given")."""
+    """Config overrides from the shared drain flags (None means "not given").
+
+    Without ``-v`` the per-attempt retry warnings are silenced: the progress display counts
+    429s and retries, and a flood of log lines would tear the live bar.
+    """
+    if not getattr(args, "verbose", 0):
+        logging.getLogger("scheduler.retry").setLevel(logging.ERROR)
     progress = args.progress
     if args.quiet:
         progress = "quiet"
@@ -167,6 +174,6 @@ def run(args: argparse.Namespace) -> int:
 
     report = anyio.run(main)
     print(report.summary.render())
-    if report.fatal is not None:
-        print(f"vsched: stopped: {report.fatal}; pending jobs stay queued", file=sys.stderr)
+    if report.summary.counts.get("pending"):
+        print("Run the same command again to resume the pending jobs.")
     return exit_code(report)
