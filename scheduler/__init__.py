@@ -4,7 +4,7 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .bucket import BucketPair, TokenBucket
-from .client import ImagePreparer
+from .client import PrepareHook
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
 from .dispatch import (
@@ -43,6 +43,7 @@ from .errors import (
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .profiles import ModelProfile, ProfileTable
+from .redis_limiter import RedisLimiter
 
 __version__ = "0.1.0"
 
@@ -61,7 +62,6 @@ __all__ = [
     "ImageFetchError",
     "ImageInfo",
     "ImageNotFound",
-    "ImagePreparer",
     "ImageProber",
     "ImageTooLarge",
     "InputError",
@@ -71,10 +71,12 @@ __all__ = [
     "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
+    "PrepareHook",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
+    "RedisLimiter",
     "Request",
     "RequestCost",
     "RequestTooLarge",

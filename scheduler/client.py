@@ -3,7 +3,7 @@
 ``OpenAIClient.post`` sends one attempt and returns a ``Reply`` whatever the status;
 ``classify`` turns a reply into the error it means (or None for a success), following the
 hierarchy in ``errors.py``. ``inline_local_images`` turns local image references into data URLs
-at dispatch time, through the optional ``ImagePreparer`` hook.
+at dispatch time, through the optional ``PrepareHook`` (``scheduler.prepare.ImagePreparer``).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from .errors import (
     TransportError,
 )
 from .headers import RateLimitHeaders, parse_duration
-from .images import ImageInfo, read_image_bytes
+from .images import ImageInfo, read_image_bytes, short_source
 
 __all__ = [
     "BILLING_CODES",
-    "ImagePreparer",
     "OpenAIClient",
+    "PrepareHook",
+    "PreparedUpload",
     "Reply",
     "classify",
     "has_images",
@@ -67,16 +68,35 @@ _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": 
 _MAX_MESSAGE = 500
 
 
-class ImagePreparer(Protocol):
+class PreparedUpload(Protocol):
+    """What a prepare hook returns: the bytes to send, their MIME type, the detail to send at."""
+
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def mime(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+
+class PrepareHook(Protocol):
     """Rewrites one image before upload (EXIF orientation, shrink to the size the model uses).
 
-    Called at dispatch time with the validated bytes of a local or inline image; returns the
-    bytes to send and their MIME type. ``scheduler.prepare`` provides the standard one.
+    Called at dispatch time with the validated bytes of a local or inline image, the part's
+    detail and the body's model; ``token_budget`` is the job's per-image budget (None: the
+    hook's default). ``scheduler.prepare.ImagePreparer`` is the standard hook.
     """
 
     async def __call__(
-        self, data: bytes, info: ImageInfo, *, detail: str, model: str
-    ) -> tuple[bytes, str]: ...
+        self,
+        data: bytes,
+        info: ImageInfo,
+        *,
+        detail: str,
+        model: str,
+        token_budget: int | None = None,
+        source: str = "<image>",
+    ) -> PreparedUpload: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,11 +352,13 @@ async def inline_local_images(
     body: Mapping[str, Any],
     *,
     images: ImagesConfig,
-    preparer: ImagePreparer | None = None,
+    preparer: PrepareHook | None = None,
+    token_budget: int | None = None,
 ) -> Mapping[str, Any]:
     """The body to send: local images read (in a worker thread) and inlined as data URLs.
 
-    With a ``preparer``, inline data URLs are prepared too. The caller's body is never
+    With a ``preparer``, inline data URLs are prepared too, and the part's ``detail`` is set to
+    the one the preparer chose. The caller's body is never
     mutated; a body with nothing to rewrite is returned as is.
     """
     refs = [
@@ -356,6 +378,16 @@ async def inline_local_images(
         )
         mime = _MIME.get(info.format, "application/octet-stream")
         if preparer is not None:
-            data, mime = await preparer(data, info, detail=ref.detail, model=model)
+            prepared = await preparer(
+                data,
+                info,
+                detail=ref.detail,
+                model=model,
+                token_budget=token_budget,
+                source=short_source(ref.url),
+            )
+            data, mime = prepared.data, prepared.mime
+            if prepared.detail != ref.detail:
+                ref.holder["detail"] = prepared.detail
         ref.holder[ref.key] = await anyio.to_thread.run_sync(_data_url, data, mime)
     return rewritten

@@ -91,12 +91,16 @@ class LimitsConfig:
     settle: Literal["none", "actual"] = "actual"
     learn_from_headers: bool = True
     backfill: bool = False
+    # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).
+    lease_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("limits.tpm", self.tpm)
         _positive("limits.rpm", self.rpm)
         _positive("limits.burst_seconds", self.burst_seconds)
         _one_of("limits.settle", self.settle, ("none", "actual"))
+        if self.lease_seconds < 0:
+            raise ConfigError(f"limits.lease_seconds: expected >= 0, got {self.lease_seconds!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

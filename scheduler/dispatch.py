@@ -24,8 +24,8 @@ import httpx
 from anyio.abc import ObjectSendStream, TaskGroup
 
 from .client import (
-    ImagePreparer,
     OpenAIClient,
+    PrepareHook,
     Reply,
     classify,
     has_images,
@@ -185,7 +185,7 @@ class Scheduler:
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: RateLimiter | None = None,
         cost_model: CostModel | None = None,
-        preparer: ImagePreparer | None = None,
+        preparer: PrepareHook | None = None,
         grace: float | None = None,
     ) -> None:
         # Only plain objects here: the connection pool and the rest are made on entry.
@@ -652,7 +652,7 @@ def run_batch(
     transport: httpx.AsyncBaseTransport | None = None,
     limiter: RateLimiter | None = None,
     cost_model: CostModel | None = None,
-    preparer: ImagePreparer | None = None,
+    preparer: PrepareHook | None = None,
 ) -> list[Result]:
     """Send every body and return the Results in input order (a synchronous helper for scripts).
 

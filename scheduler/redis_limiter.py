@@ -39,14 +39,15 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 
 from .bucket import BucketPair
+from .errors import ConfigError
 from .headers import RateLimitHeaders
-from .limiter import LimiterStats, Reservation
+from .limiter import Limiter, LimiterStats, RateLimiter, Reservation
 from .redis_client import LuaScript, RedisClient
 
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["RedisLimiter", "RedisReservation"]
+__all__ = ["RedisLimiter", "RedisReservation", "limiter_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -288,9 +289,11 @@ class RedisLimiter:
         self.leases = 0
 
     @classmethod
-    def from_config(cls, config: Config, *, lease_seconds: float = 0.0) -> RedisLimiter:
+    def from_config(cls, config: Config, *, key: str = "vsched:limiter") -> RedisLimiter:
         """The shared limiter at ``queue.redis_url`` for the ``[limits]`` section."""
         limits = config.limits
+        if not config.queue.redis_url:
+            raise ConfigError("queue.redis_url: set it to share the limit through Redis")
         return cls(
             config.queue.redis_url,
             tpm=limits.tpm,
@@ -298,7 +301,8 @@ class RedisLimiter:
             burst_seconds=limits.burst_seconds,
             settle=limits.settle,
             learn_from_headers=limits.learn_from_headers,
-            lease_seconds=lease_seconds,
+            key=key,
+            lease_seconds=limits.lease_seconds,
         )
 
     async def __aenter__(self) -> RedisLimiter:
@@ -655,3 +659,10 @@ class RedisLimiter:
                 self._give_tokens += item.tokens
                 self._give_requests += item.requests
             item.wake.set()
+
+
+def limiter_from_config(config: Config) -> RateLimiter:
+    """The limiter the configuration asks for: shared on Redis when ``queue.redis_url`` is set."""
+    if config.queue.redis_url:
+        return RedisLimiter.from_config(config)
+    return Limiter.from_config(config.limits)

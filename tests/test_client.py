@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -359,14 +360,22 @@ async def test_local_images_become_data_urls(tmp_path: Any) -> None:
 
 
 async def test_preparer_rewrites_local_and_inline_images(tmp_path: Any) -> None:
-    """The preparer hook gets the bytes, info, detail and model, and its output is what is sent."""
+    """The hook gets bytes, info, detail, model and budget; its bytes and detail are sent."""
     path = tmp_path / "cat.png"
     path.write_bytes(png_bytes())
     calls: list[tuple[int, str, str, str]] = []
 
-    async def preparer(data: bytes, info: Any, *, detail: str, model: str) -> tuple[bytes, str]:
-        calls.append((len(data), info.format, detail, model))
-        return b"prepared", "image/jpeg"
+    @dataclass
+    class Prepared:
+        data: bytes
+        mime: str
+        detail: str
+
+    async def preparer(
+        data: bytes, info: Any, *, detail: str, model: str, token_budget: int | None, source: str
+    ) -> Prepared:
+        calls.append((len(data), info.format, detail, model, token_budget))
+        return Prepared(b"prepared", "image/jpeg", "low" if detail == "high" else detail)
 
     inline = "data:image/png;base64," + base64.b64encode(png_bytes(2, 2)).decode()
     body = {
@@ -381,12 +390,16 @@ async def test_preparer_rewrites_local_and_inline_images(tmp_path: Any) -> None:
             }
         ],
     }
-    sent = await inline_local_images(body, images=make_config().images, preparer=preparer)
+    sent = await inline_local_images(
+        body, images=make_config().images, preparer=preparer, token_budget=300
+    )
     prepared = "data:image/jpeg;base64," + base64.b64encode(b"prepared").decode()
-    assert [p["image_url"] for p in sent["input"][0]["content"]] == [prepared, prepared]
+    parts = sent["input"][0]["content"]
+    assert [p["image_url"] for p in parts] == [prepared, prepared]
+    assert [p.get("detail") for p in parts] == ["low", None], "the preparer's detail is sent"
     assert [c[1:] for c in calls] == [
-        ("png", "high", "gpt-4.1-mini"),
-        ("png", "auto", "gpt-4.1-mini"),
+        ("png", "high", "gpt-4.1-mini", 300),
+        ("png", "auto", "gpt-4.1-mini", 300),
     ]
 
 

@@ -1,0 +1,98 @@
+"""``python -m benchmarks``: every scenario, every contender, both clocks; a table, JSON and a plot.
+
+``--quick`` (under two minutes) runs every scenario in virtual time with fewer requests and only
+the steady and overhead scenarios over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .harness import RunRecord, run_loopback, run_virtual_time
+from .report import markdown_table, plot, write_json
+from .scenarios import SCENARIOS, Mode
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (under two minutes)")
+    parser.add_argument(
+        "--clock",
+        choices=("virtual", "loopback", "both"),
+        default="both",
+        help="virtual time in-process, real loopback HTTP, or both (default)",
+    )
+    parser.add_argument(
+        "--scenario", action="append", choices=sorted(SCENARIOS), help="repeatable; default all"
+    )
+    parser.add_argument("--contender", action="append", help="repeatable; default all")
+    parser.add_argument("--requests", type=int, help="override the number of requests")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected benchmarks and write the table, the JSON and the plot."""
+    args = parse_args(argv)
+    names = args.scenario or list(SCENARIOS)
+    clocks: list[Mode] = ["virtual", "loopback"] if args.clock == "both" else [args.clock]
+    records: list[RunRecord] = []
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    for clock in clocks:
+        for name in names:
+            scenario = SCENARIOS[name]
+            if clock == "loopback" and args.quick and not scenario.quick_loopback:
+                continue
+            spec = scenario.spec(clock, quick=args.quick)
+            if args.requests is not None:
+                spec = dataclasses.replace(spec, requests=args.requests)
+            for contender in args.contender or scenario.contenders:
+                if contender not in scenario.contenders and not args.contender:
+                    continue
+                began = time.monotonic()
+                if clock == "virtual":
+                    record = run_virtual_time(spec, contender)
+                else:
+                    record = run_loopback(spec, contender)
+                records.append(record)
+                print(
+                    f"{clock:8} {name:13} {contender:20} {time.monotonic() - began:6.1f} s wall",
+                    file=sys.stderr,
+                )
+    table = markdown_table(records)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    (args.out / "results.md").write_text(table + "\n", encoding="utf-8")
+    write_json(records, args.out / "results.json", meta=meta)
+    if not args.no_plot:
+        limited = [r for r in records if SCENARIOS[r.scenario].limited]
+        if plot(limited, args.out / "tokens_per_second.png"):
+            print(f"plot: {args.out / 'tokens_per_second.png'}", file=sys.stderr)
+        else:
+            print("plot skipped: install the bench extra (matplotlib)", file=sys.stderr)
+    print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

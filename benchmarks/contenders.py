@@ -1,0 +1,263 @@
+"""The clients under test, each driven the way its users would drive it, against one target.
+
+- ``vsched``: ``Scheduler.map`` with the limits it is told (settle "actual", the default).
+- ``vsched-settle-none``: the same with ``limits.settle = "none"`` (keep the admission estimate).
+- ``sdk-semaphore``: the do-it-yourself baseline: the official ``openai`` SDK (its own retries:
+  exponential backoff with jitter, honouring ``retry-after-ms``) under an ``asyncio.Semaphore``.
+- ``sdk-aiolimiter``: the same SDK behind ``aiolimiter.AsyncLimiter(tpm, 60)`` weighted by
+  tokens plus ``AsyncLimiter(rpm, 60)`` for requests: aiolimiter's documented usage.
+  This is the one-line recipe most users copy; it starts with a full minute of capacity.
+- ``sdk-pyrate``: the same SDK behind ``pyrate-limiter`` (a maintained, widely used limiter with
+  weights, several rates per bucket and an async blocking acquire), configured by a user who
+  knows the server enforces per second: sliding-window logs of ``Rate(tpm / 60, SECOND)`` and
+  ``Rate(tpm, MINUTE)`` weighted by tokens, and the same pair for requests.
+
+Fairness: every contender gets the same bodies, the same limits (as told to the client), the same
+in-flight cap (64, vsched's default) and the same retry budget (6 attempts, vsched's default:
+the SDK gets ``max_retries=5``). The weighted peers are charged vsched's own admission estimate
+(``CostModel.estimate(body).total``: text + image tiles + completion reserve), computed inside
+their run so its CPU counts for them as it does for vsched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import httpx
+
+__all__ = ["CONTENDERS", "JobOutcome", "Target", "run_contender"]
+
+MAX_IN_FLIGHT = 64
+MAX_ATTEMPTS = 6
+_API_KEY = "sk-bench-not-a-real-key"
+
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Where a contender sends its requests and the limits it is told about."""
+
+    base_url: str
+    tpm: int
+    rpm: int
+    app: ASGIApp | None = None  # in-process simulator (virtual time); None: real HTTP
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOutcome:
+    """How one job ended.
+
+    ``latency`` runs from the job getting an in-flight slot to its final answer, limiter waits
+    and retries included (vsched's ``Result.latency``; the SDK contenders measure the same span).
+    """
+
+    ok: bool
+    latency: float
+    attempts: int = 0
+
+
+Contender = Callable[[Sequence[dict[str, Any]], Target], Awaitable[list[JobOutcome]]]
+
+
+def _now() -> float:
+    return anyio.current_time()
+
+
+# --- vsched -----------------------------------------------------------------------------------
+
+
+async def _run_vsched(
+    bodies: Sequence[dict[str, Any]], target: Target, *, settle: Literal["none", "actual"]
+) -> list[JobOutcome]:
+    from scheduler.dispatch import Scheduler
+
+    from scheduler.config import ApiConfig, ConcurrencyConfig, Config, LimitsConfig, Secret
+
+    config = Config(
+        api=ApiConfig(base_url=target.base_url, api_key=Secret(_API_KEY), timeout=target.timeout),
+        limits=LimitsConfig(tpm=target.tpm, rpm=target.rpm, settle=settle),
+        concurrency=ConcurrencyConfig(max_in_flight=MAX_IN_FLIGHT),
+    )
+    transport = None if target.app is None else httpx.ASGITransport(app=target.app)
+    async with Scheduler(config, transport=transport) as scheduler:
+        return [
+            JobOutcome(ok=result.status == "ok", latency=result.latency, attempts=result.attempts)
+            async for result in scheduler.map(bodies)
+        ]
+
+
+async def run_vsched(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
+    """vsched with its defaults (settle "actual")."""
+    return await _run_vsched(bodies, target, settle="actual")
+
+
+async def run_vsched_settle_none(
+    bodies: Sequence[dict[str, Any]], target: Target
+) -> list[JobOutcome]:
+    """vsched keeping each admission estimate (no settle against usage)."""
+    return await _run_vsched(bodies, target, settle="none")
+
+
+# --- the official SDK, bare and behind peer limiters --------------------------------------------
+
+
+def _sdk_http() -> Any:
+    """The HTTP library the installed SDK is built on (``httpx``, or ``httpx2`` in openai 3)."""
+    import openai
+
+    base = next(c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient")
+    return importlib.import_module(base.__module__.partition(".")[0])
+
+
+class _SdkErrors:
+    """ASGI wrapper turning the simulator's in-process ``httpx`` faults into the SDK's library.
+
+    The simulator raises ``httpx.ReadTimeout`` / ``RemoteProtocolError`` for a hung or dropped
+    connection; over a socket the SDK would see its own library's errors, so we give it those.
+    """
+
+    def __init__(self, app: ASGIApp, http: Any) -> None:
+        self.app = app
+        self.http = http
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except httpx.TimeoutException as exc:
+            raise self.http.ReadTimeout(str(exc)) from exc
+        except httpx.TransportError as exc:
+            raise self.http.RemoteProtocolError(str(exc)) from exc
+
+
+def _sdk_client(target: Target) -> Any:
+    import openai
+
+    http = _sdk_http()
+    if target.app is None:
+        http_client = http.AsyncClient(timeout=target.timeout)
+    else:
+        transport = http.ASGITransport(app=_SdkErrors(target.app, http))
+        http_client = http.AsyncClient(transport=transport, timeout=target.timeout)
+    return openai.AsyncOpenAI(
+        api_key=_API_KEY,
+        base_url=target.base_url,
+        http_client=http_client,
+        max_retries=MAX_ATTEMPTS - 1,
+    )
+
+
+Gate = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _run_sdk(
+    bodies: Sequence[dict[str, Any]], target: Target, gate: Gate | None
+) -> list[JobOutcome]:
+    """Every job as a task (``gather``-style), at most 64 in flight, each passing ``gate`` first."""
+    import openai
+
+    client = _sdk_client(target)
+    semaphore = asyncio.Semaphore(MAX_IN_FLIGHT)
+    outcomes: list[JobOutcome] = []
+
+    async def one(body: dict[str, Any]) -> None:
+        async with semaphore:
+            start = _now()
+            if gate is not None:
+                await gate(body)
+            try:
+                await client.chat.completions.create(**body)
+            except openai.APIError:
+                outcomes.append(JobOutcome(ok=False, latency=_now() - start))
+            else:
+                outcomes.append(JobOutcome(ok=True, latency=_now() - start))
+
+    async with client:
+        await asyncio.gather(*(one(body) for body in bodies))
+    return outcomes
+
+
+async def run_sdk_semaphore(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
+    """The official SDK under a semaphore: no pacing, the SDK's retries handle the 429s."""
+    return await _run_sdk(bodies, target, None)
+
+
+def _estimator() -> Callable[[dict[str, Any]], int]:
+    from scheduler.cost import CostModel
+
+    model = CostModel()
+    return lambda body: model.estimate(body).total
+
+
+async def run_sdk_aiolimiter(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
+    """The SDK behind aiolimiter's leaky buckets, one for tokens and one for requests."""
+    from aiolimiter import AsyncLimiter
+
+    estimate = _estimator()
+    tokens = AsyncLimiter(target.tpm, 60)
+    requests = AsyncLimiter(target.rpm, 60)
+
+    async def gate(body: dict[str, Any]) -> None:
+        await tokens.acquire(estimate(body))
+        await requests.acquire()
+
+    return await _run_sdk(bodies, target, gate)
+
+
+class _LoopClock:
+    """pyrate-limiter's clock protocol on the event loop's time, so it follows virtual time."""
+
+    def now(self) -> int:
+        return int(asyncio.get_running_loop().time() * 1000)
+
+
+async def run_sdk_pyrate(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
+    """The SDK behind pyrate-limiter sliding-window logs for tokens and for requests."""
+    from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate
+
+    class LoopBucket(InMemoryBucket):
+        _clock = _LoopClock()  # type: ignore[assignment]
+
+    estimate = _estimator()
+    tokens = Limiter(
+        LoopBucket([Rate(-(-target.tpm // 60), Duration.SECOND), Rate(target.tpm, Duration.MINUTE)])
+    )
+    requests = Limiter(
+        LoopBucket([Rate(-(-target.rpm // 60), Duration.SECOND), Rate(target.rpm, Duration.MINUTE)])
+    )
+
+    async def gate(body: dict[str, Any]) -> None:
+        if not await tokens.try_acquire_async("tokens", weight=estimate(body)):
+            raise RuntimeError("pyrate-limiter can never admit this request")
+        await requests.try_acquire_async("requests")
+
+    try:
+        return await _run_sdk(bodies, target, gate)
+    finally:
+        for limiter in (tokens, requests):
+            limiter.close()
+
+
+CONTENDERS: dict[str, Contender] = {
+    "vsched": run_vsched,
+    "vsched-settle-none": run_vsched_settle_none,
+    "sdk-semaphore": run_sdk_semaphore,
+    "sdk-aiolimiter": run_sdk_aiolimiter,
+    "sdk-pyrate": run_sdk_pyrate,
+}
+
+
+async def run_contender(
+    name: str, bodies: Sequence[dict[str, Any]], target: Target
+) -> tuple[list[JobOutcome], float]:
+    """Run one contender; return its outcomes and the process CPU seconds it took."""
+    cpu = time.process_time()
+    outcomes = await CONTENDERS[name](bodies, target)
+    return outcomes, time.process_time() - cpu

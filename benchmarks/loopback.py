@@ -1,0 +1,50 @@
+"""The two child processes of a loopback run: ``serve`` (the simulator) and ``client``.
+
+``python -m benchmarks.loopback serve SCENARIO --port N`` serves the scenario's simulator with
+uvicorn on 127.0.0.1; ``python -m benchmarks.loopback client SCENARIO CONTENDER --base-url URL``
+runs one contender against it and prints one line of JSON. The parent is ``harness.run_loopback``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+
+from .harness import StatusRecorder, client_main
+from .scenarios import SCENARIOS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the simulator or run one client, as the parent asked."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loopback")
+    sub = parser.add_subparsers(dest="role", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("scenario", choices=sorted(SCENARIOS))
+    serve.add_argument("--port", type=int, required=True)
+    client = sub.add_parser("client")
+    client.add_argument("scenario", choices=sorted(SCENARIOS))
+    client.add_argument("contender")
+    client.add_argument("--base-url", required=True)
+    client.add_argument("--requests", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    if args.role == "serve":
+        import uvicorn
+        from scheduler.sim import create_app
+
+        spec = SCENARIOS[args.scenario].spec("loopback", quick=True)
+        app = StatusRecorder(create_app(spec.sim_settings()))
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+        return 0
+    spec = dataclasses.replace(
+        SCENARIOS[args.scenario].spec("loopback", quick=True), requests=args.requests
+    )
+    print(json.dumps(client_main(spec, args.contender, args.base_url)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""A seeded, realistic mix of vision requests: phone photos, screenshots, scanned pages, thumbnails.
+
+Each image is a real PNG of the right pixel size, but blank and one bit deep, so it weighs a few
+hundred bytes to a few KB: the benchmark measures scheduling, not upload bandwidth. PNGs are built
+once per size and cached, so a workload of thousands of requests is generated in milliseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+__all__ = ["IMAGE_KINDS", "ImageKind", "data_url", "make_bodies"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageKind:
+    """One family of images: how often it appears, its pixel sizes, pages and prompts."""
+
+    name: str
+    share: float
+    sizes: tuple[tuple[int, int], ...]
+    pages: tuple[int, ...] = (1,)
+    prompts: tuple[str, ...] = ()
+
+
+IMAGE_KINDS: tuple[ImageKind, ...] = (
+    ImageKind(
+        name="phone photo",
+        share=0.40,
+        sizes=((4032, 3024), (3024, 4032), (4000, 3000), (1920, 1440), (1600, 1200)),
+        prompts=(
+            "Describe this photo in one paragraph.",
+            "List every object you can see, one per line, with its colour.",
+            "Is there any damage visible on the item in this photo? Answer yes or no, then why.",
+        ),
+    ),
+    ImageKind(
+        name="screenshot",
+        share=0.25,
+        sizes=((1170, 2532), (1920, 1080), (2560, 1440), (1440, 900), (2880, 1800)),
+        prompts=(
+            "Transcribe the text in this screenshot.",
+            "Which application is shown, and what is the user doing?",
+        ),
+    ),
+    ImageKind(
+        name="scanned page",
+        share=0.20,
+        sizes=((1240, 1754), (1654, 2339), (2480, 3508), (2550, 3300)),
+        pages=(1, 1, 1, 2, 3),
+        prompts=(
+            "Extract all text from these pages as Markdown, keeping tables as tables.",
+            "Return the invoice number, date, total and currency as JSON.",
+        ),
+    ),
+    ImageKind(
+        name="thumbnail",
+        share=0.15,
+        sizes=((256, 256), (320, 240), (150, 150), (512, 384)),
+        prompts=("Give this image a five-word caption.", "Is this image safe for work?"),
+    ),
+)
+
+# (detail, weight): "auto" and "high" are priced the same by tile models; "low" is a flat fee.
+_DETAILS: tuple[tuple[str, float], ...] = (("low", 0.2), ("high", 0.4), ("auto", 0.4))
+# (max_tokens, weight): the completion reserve each request asks for.
+_RESERVES: tuple[tuple[int, float], ...] = ((150, 0.3), (300, 0.35), (600, 0.25), (1000, 0.1))
+
+
+@functools.lru_cache(maxsize=64)
+def data_url(width: int, height: int) -> str:
+    """A ``data:image/png;base64,...`` URL of a blank image of this pixel size (cached)."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _pick(rng: random.Random, weighted: Sequence[tuple[Any, float]]) -> Any:
+    values = [value for value, _ in weighted]
+    weights = [weight for _, weight in weighted]
+    return rng.choices(values, weights=weights)[0]
+
+
+def make_bodies(count: int, *, seed: int, model: str = "gpt-4o") -> list[dict[str, Any]]:
+    """``count`` Chat Completions bodies drawn from the mix with ``random.Random(seed)``."""
+    rng = random.Random(seed)
+    kinds = [(kind, kind.share) for kind in IMAGE_KINDS]
+    bodies: list[dict[str, Any]] = []
+    for _ in range(count):
+        kind: ImageKind = _pick(rng, kinds)
+        detail: str = _pick(rng, _DETAILS)
+        pages = rng.choice(kind.pages)
+        content: list[dict[str, Any]] = [{"type": "text", "text": rng.choice(kind.prompts)}]
+        for _ in range(pages):
+            width, height = rng.choice(kind.sizes)
+            content.append(
+                {
+                    "type": "image_url",
+                    "image_url": {"url": data_url(width, height), "detail": detail},
+                }
+            )
+        bodies.append(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": _pick(rng, _RESERVES),
+            }
+        )
+    return bodies
