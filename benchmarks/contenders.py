@@ -77,9 +77,8 @@ def _now() -> float:
 async def _run_vsched(
     bodies: Sequence[dict[str, Any]], target: Target, *, settle: Literal["none", "actual"]
 ) -> list[JobOutcome]:
-    from scheduler.dispatch import Scheduler
-
     from scheduler.config import ApiConfig, ConcurrencyConfig, Config, LimitsConfig, Secret
+    from scheduler.dispatch import Scheduler
 
     config = Config(
         api=ApiConfig(base_url=target.base_url, api_key=Secret(_API_KEY), timeout=target.timeout),

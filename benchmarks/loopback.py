@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.role == "serve":
         import uvicorn
+
         from scheduler.sim import create_app
 
         spec = SCENARIOS[args.scenario].spec("loopback", quick=True)

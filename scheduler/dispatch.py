@@ -36,7 +36,8 @@ from .config import Config, load_config
 from .cost import CostModel, RequestCost
 from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
 from .images import ImageProber
-from .limiter import Limiter, RateLimiter
+from .limiter import RateLimiter
+from .redis_limiter import limiter_from_config
 from .retry import retrying
 
 __all__ = [
@@ -172,7 +173,8 @@ class Scheduler:
 
     Use it as an async context manager; it works on asyncio and trio. ``transport`` replaces
     httpx's network transport (``httpx.MockTransport``, ``httpx.ASGITransport`` for the
-    simulator); ``limiter`` defaults to an in-memory ``Limiter`` from ``config.limits``;
+    simulator); ``limiter`` defaults to an in-memory ``Limiter`` from ``config.limits`` (the
+    shared ``RedisLimiter`` when ``queue.redis_url`` is set);
     ``preparer`` rewrites local and inline images before upload; ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
     a fatal error.
@@ -193,7 +195,7 @@ class Scheduler:
         self._transport = transport
         self._owns_limiter = limiter is None
         self._limiter: RateLimiter = (
-            limiter if limiter is not None else Limiter.from_config(self._config.limits)
+            limiter if limiter is not None else limiter_from_config(self._config)
         )
         self._cost_model = cost_model
         self._prober: ImageProber | None = None

@@ -6,6 +6,7 @@ import anyio
 import pytest
 
 from scheduler.config import load_config
+from scheduler.dispatch import Scheduler
 from scheduler.errors import ConfigError, RequestTooLarge
 from scheduler.headers import RateLimitHeaders
 from scheduler.limiter import Limiter, RateLimiter
@@ -306,5 +307,6 @@ def test_config_picks_the_shared_limiter(redis_url: str) -> None:
     assert isinstance(limiter, RedisLimiter)
     assert limiter.lease_seconds == 0.5
     assert isinstance(limiter_from_config(load_config(env={})), Limiter)
+    assert isinstance(Scheduler(shared).limiter, RedisLimiter)
     with pytest.raises(ConfigError):
         load_config(env={}, overrides={"limits.lease_seconds": -1.0})
