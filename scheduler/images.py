@@ -419,7 +419,7 @@ class _Fetch:
             with client.stream("GET", self.url, timeout=self.config.fetch_timeout) as response:
                 if response.status_code in (404, 410):
                     raise ImageNotFound(self.source, f"HTTP {response.status_code}")
-                if response.status_code >= 400:
+                if response.status_code >= 300:  # a redirect here was not followed
                     raise ImageFetchError(self.source, f"HTTP {response.status_code}")
                 length = _content_length(response)
                 if length is not None and length > self.config.max_bytes:

@@ -288,6 +288,7 @@ def raise_timeout(request: httpx.Request) -> httpx.Response:
         (raise_timeout, ImageFetchError, "timed out after 10s"),
         (lambda r: httpx.Response(404), ImageNotFound, "HTTP 404"),
         (lambda r: httpx.Response(503), ImageFetchError, "HTTP 503"),
+        (lambda r: httpx.Response(302, headers={"location": "/b"}), ImageFetchError, "HTTP 302"),
         (
             lambda r: httpx.Response(200, headers={"content-length": str(21 << 20)}),
             ImageTooLarge,
