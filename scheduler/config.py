@@ -88,7 +88,7 @@ class LimitsConfig:
     tpm: int = 30_000
     rpm: int = 500
     burst_seconds: float = 3.0
-    settle: Literal["none", "actual"] = "actual"
+    settle: Literal["none", "actual"] = "none"
     learn_from_headers: bool = True
     backfill: bool = False
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).
@@ -181,6 +181,19 @@ class QueueConfig:
 
     path: str = ""
     redis_url: str = ""
+    # Redis only: the queue's name (several queues can share one Redis), and how long a job may
+    # sit unanswered with a worker that stopped beating before another worker takes it over.
+    redis_name: str = "vsched"
+    reclaim_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"queue.redis_url: expected redis://host:port/db, got {self.redis_url!r}"
+            )
+        if not self.redis_name:
+            raise ConfigError("queue.redis_name: expected a non-empty name")
+        _positive("queue.reclaim_after", self.reclaim_after)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

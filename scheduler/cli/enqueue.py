@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import Config
 from ..errors import InputError
 from ..jobs import iter_jsonl_jobs
 from ..queues.redis_streams import RedisStreamsQueue
 from .common import add_config_flag, config_from_args
 
-__all__ = ["add_redis_flags", "redis_url", "register", "run"]
+__all__ = ["add_redis_flags", "open_queue", "redis_config", "register", "run"]
 
 
 def add_redis_flags(parser: argparse.ArgumentParser) -> None:
@@ -22,18 +23,26 @@ def add_redis_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--queue-name",
-        default="vsched",
         metavar="NAME",
-        help="name of the queue in Redis, to keep several apart (default: vsched)",
+        help="name of the queue in Redis, to keep several apart [queue.redis_name]",
     )
 
 
-def redis_url(args: argparse.Namespace) -> str:
-    """The Redis URL from ``--redis`` or ``queue.redis_url``; a usage error when neither is set."""
-    config = config_from_args(args, {"queue.redis_url": args.redis})
+def redis_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
+    """The config with ``--redis`` and ``--queue-name`` applied; a usage error without a URL."""
+    flags = {"queue.redis_url": args.redis, "queue.redis_name": args.queue_name}
+    config = config_from_args(args, {**(overrides or {}), **flags})
     if not config.queue.redis_url:
         raise InputError("name the Redis server: give --redis URL or set queue.redis_url")
-    return config.queue.redis_url
+    return config
+
+
+def open_queue(config: Config) -> RedisStreamsQueue:
+    """The shared queue the config names."""
+    queue = config.queue
+    return RedisStreamsQueue(
+        queue.redis_url, name=queue.redis_name, reclaim_after=queue.reclaim_after
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -53,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.is_file():
         raise InputError(f"{source}: no such file (enqueue takes a JSONL file)")
-    with RedisStreamsQueue(redis_url(args), name=args.queue_name) as queue:
+    config = redis_config(args)
+    with open_queue(config) as queue:
         queue.bind_source(str(source.resolve()))
         report = queue.load(iter_jsonl_jobs(source))
         counts = queue.counts()
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     extra = f" ({', '.join(notes)}: recorded as failed)" if notes else ""
     waiting = counts["pending"] + counts["in_flight"]
     print(
-        f"Added {report.added} jobs to Redis queue {args.queue_name!r}{extra}; "
+        f"Added {report.added} jobs to Redis queue {config.queue.redis_name!r}{extra}; "
         f"{waiting} waiting, {counts['done']} done, {counts['failed']} failed",
         file=sys.stderr,
     )

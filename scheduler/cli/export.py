@@ -10,7 +10,7 @@ from typing import Any
 from ..queues.jsonl import write_results
 from ..queues.sqlite import SqliteQueue
 from .common import add_config_flag, config_from_args
-from .enqueue import add_redis_flags, redis_url
+from .enqueue import add_redis_flags, open_queue, redis_config
 from .queue_paths import add_queue_flags, default_output, is_queue_file, locate_queue
 
 __all__ = ["register", "run"]
@@ -55,11 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_redis(args: argparse.Namespace) -> int:
     """Export a shared Redis queue (``--redis URL``): the same lines as from an SQLite queue."""
-    from ..queues.redis_streams import RedisStreamsQueue
-
-    config = config_from_args(args, {})
-    output = Path(args.output or config.drain.output or f"{args.queue_name}.results.jsonl")
-    with RedisStreamsQueue(redis_url(args), name=args.queue_name) as queue:
+    config = redis_config(args)
+    name = config.queue.redis_name
+    output = Path(args.output or config.drain.output or f"{name}.results.jsonl")
+    with open_queue(config) as queue:
         report = write_results(queue.records(), output)
         counts = queue.counts()
     pending = counts["pending"] + counts["in_flight"]
