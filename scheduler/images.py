@@ -14,6 +14,7 @@ import binascii
 import collections
 import os
 import struct
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Generator, MutableMapping
@@ -607,19 +608,25 @@ class ImageProber:
 
 
 class _LRU(collections.OrderedDict[str, ImageInfo]):
-    """A bounded mapping that forgets the least recently used URL."""
+    """A bounded, thread-safe mapping that forgets the least recently used URL.
+
+    Thread-safe because the scheduler prices image requests in worker threads.
+    """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
+        self.lock = threading.Lock()
 
     def get(self, key: str, default: ImageInfo | None = None) -> ImageInfo | None:  # type: ignore[override]
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return default
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+            return default
 
     def __setitem__(self, key: str, value: ImageInfo) -> None:
-        super().__setitem__(key, value)
-        if len(self) > self.size:
-            self.popitem(last=False)
+        with self.lock:
+            super().__setitem__(key, value)
+            while len(self) > self.size:
+                self.popitem(last=False)
