@@ -15,8 +15,8 @@ once, settle, header feedback, a shared cooldown after a 429), built as *reserva
   since every request holds its place from the moment it is scheduled.
 - The concurrent acquires of one process go in one script call, in order (whoever finds no call
   in flight sends everything queued), so local FIFO holds and round trips per request fall below
-  one under load. ``release``, ``settle`` and cancellation move the schedule back (or forward);
-  the adjustment rides with the call in flight, or goes at once when there is none.
+  one under load. ``release``, ``settle`` and cancellation move the schedule back (or forward):
+  a refund rides with this process's next call (or ``aclose``), a charge goes at once.
 - With ``lease_seconds > 0`` a process takes a slice of the shared capacity (``lease_seconds``
   of the limit, at least the head request) in one call and hands it out locally, in order. The
   slice is charged to the shared schedule when taken, so the shared limit holds; what is left
@@ -438,7 +438,9 @@ class RedisLimiter:
             return
         self._give_tokens -= tokens
         self._give_requests -= requests
-        if not self._closed:
+        # A refund only helps acquires scheduled after it, and this process's next call carries
+        # it; a charge must reach the other processes at once, or they could overshoot.
+        if (tokens > 0 or requests > 0) and not self._closed:
             await self._exchange(None)
 
     # -- server feedback -----------------------------------------------------------------------

@@ -310,3 +310,17 @@ def test_config_picks_the_shared_limiter(redis_url: str) -> None:
     assert isinstance(Scheduler(shared).limiter, RedisLimiter)
     with pytest.raises(ConfigError):
         load_config(env={}, overrides={"limits.lease_seconds": -1.0})
+
+
+async def test_refunds_ride_along_and_charges_go_at_once(redis_url: str) -> None:
+    """A refund waits for the next call (no round trip of its own); an extra charge is sent now."""
+    async with make(redis_url) as limiter, make(redis_url) as other:
+        refunded = await limiter.acquire(tokens=500)
+        charged = await limiter.acquire(tokens=100)
+        assert limiter.round_trips == 2
+        await refunded.settle(100)
+        assert limiter.round_trips == 2
+        await charged.settle(800)  # carries the refund: 100 + 800 = 900 of 1,000 charged
+        assert limiter.round_trips == 3
+        await other.acquire(tokens=100)
+        assert other.stats().wait_time == 0
