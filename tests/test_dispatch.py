@@ -368,7 +368,7 @@ async def test_map_surfaces_an_error_of_the_input_after_finishing_in_flight_work
 async def test_cancelling_map_midway_leaves_no_task_running() -> None:
     """Leaving the map early cancels its work: no task is left and no request is sent later."""
     server = ScriptedServer(script(ok_response()))
-    limiter = FakeLimiter(interval=0.002)
+    limiter = FakeLimiter(interval=0.005)
     before = {t.id for t in anyio.get_running_tasks()}
     async with scheduler(server, limiter) as s:
         async with s.map(chat(job=i) for i in range(1000)) as results:
