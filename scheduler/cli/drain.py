@@ -18,6 +18,7 @@ import anyio
 
 from ..config import Config
 from ..drain import DrainReport, run_drain
+from ..errors import InputError
 from ..jobs import FolderPrompt
 from ..progress import make_renderer
 from ..queues import LoadReport
@@ -155,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     }
     config = config_from_args(args, overrides)
     source = Path(args.source)
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
     output = default_output(source, config)
     queue = default_queue(output, config)
     quiet = config.drain.progress == "quiet"
