@@ -88,7 +88,7 @@ class LimitsConfig:
     tpm: int = 30_000
     rpm: int = 500
     burst_seconds: float = 3.0
-    settle: Literal["none", "actual"] = "actual"
+    settle: Literal["none", "actual"] = "none"
     learn_from_headers: bool = True
     backfill: bool = False
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).

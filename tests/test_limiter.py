@@ -180,7 +180,7 @@ async def test_cancelled_waiters_leave_no_trace(cancel: set[int]) -> None:
 @both_backends
 async def test_admitted_waiter_keeps_its_reservation_when_cancelled() -> None:
     """A waiter admitted just before its scope is cancelled still gets its reservation."""
-    limiter = Limiter(tpm=60_000, rpm=1000)
+    limiter = Limiter(tpm=60_000, rpm=1000, settle="actual")
     first = await limiter.acquire(tokens=3000)
     result: list[LimiterReservation] = []
 
@@ -203,7 +203,7 @@ async def test_admitted_then_task_cancelled_returns_the_charge() -> None:
     """A native asyncio cancel landing between admission and resumption gives the charge back."""
     import asyncio
 
-    limiter = Limiter(tpm=60_000, rpm=1000)
+    limiter = Limiter(tpm=60_000, rpm=1000, settle="actual")
     first = await limiter.acquire(tokens=3000)
     task = asyncio.create_task(limiter.acquire(tokens=2000))
     await asyncio.sleep(0)
