@@ -122,6 +122,8 @@ def test_four_drains_share_the_limit_and_survive_kill_9(
         codes = [w.wait(timeout=45) for w in workers[1:]]
         assert codes == [0] * (WORKERS - 1), [log.read_text()[-2000:] for log in logs[1:]]
         assert queue.counts() == {"pending": 0, "in_flight": 0, "done": JOBS, "failed": 0}
+        sends = queue.total_sends()
+    assert sends > JOBS, "the killed worker held jobs that the others took over"
 
     out = tmp_path / "results.jsonl"
     exported = subprocess.run(
@@ -143,7 +145,7 @@ def test_four_drains_share_the_limit_and_survive_kill_9(
     steady = [row["charged_tokens"] for row in stats["series"][1:-1]]
     utilisation = sum(steady) / (len(steady) * TPM / 60)
     print(
-        f"\n{stats['requests']} requests, {refused} refused (429), utilisation "
-        f"{utilisation:.1%} over {len(steady)} steady seconds"
+        f"\n{stats['requests']} requests ({sends} hand-outs), {refused} refused (429), "
+        f"utilisation {utilisation:.1%} over {len(steady)} steady seconds"
     )
     assert utilisation >= 0.95
