@@ -1,7 +1,8 @@
 """The clients under test, each driven the way its users would drive it, against one target.
 
-- ``vsched``: ``Scheduler.map`` with the limits it is told (settle "actual", the default).
-- ``vsched-settle-none``: the same with ``limits.settle = "none"`` (keep the admission estimate).
+- ``vsched``: ``Scheduler.map`` with its default configuration and the limits it is told.
+- ``vsched-settle-actual`` / ``vsched-settle-none``: the same with ``limits.settle`` forced, to
+  compare the two settle policies (correct each charge to real usage, or keep the estimate).
 - ``sdk-semaphore``: the do-it-yourself baseline: the official ``openai`` SDK (its own retries:
   exponential backoff with jitter, honouring ``retry-after-ms``) under an ``asyncio.Semaphore``.
 - ``sdk-aiolimiter``: the same SDK behind ``aiolimiter.AsyncLimiter(tpm, 60)`` weighted by
@@ -22,6 +23,7 @@ their run so its CPU counts for them as it does for vsched.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -75,33 +77,49 @@ def _now() -> float:
 
 
 async def _run_vsched(
-    bodies: Sequence[dict[str, Any]], target: Target, *, settle: Literal["none", "actual"]
+    bodies: Sequence[dict[str, Any]],
+    target: Target,
+    *,
+    settle: Literal["none", "actual"] | None = None,
 ) -> list[JobOutcome]:
     from scheduler.config import ApiConfig, ConcurrencyConfig, Config, LimitsConfig, Secret
     from scheduler.dispatch import Scheduler
 
+    limits = LimitsConfig(tpm=target.tpm, rpm=target.rpm)
+    if settle is not None:
+        limits = dataclasses.replace(limits, settle=settle)
     config = Config(
         api=ApiConfig(base_url=target.base_url, api_key=Secret(_API_KEY), timeout=target.timeout),
-        limits=LimitsConfig(tpm=target.tpm, rpm=target.rpm, settle=settle),
+        limits=limits,
         concurrency=ConcurrencyConfig(max_in_flight=MAX_IN_FLIGHT),
     )
     transport = None if target.app is None else httpx.ASGITransport(app=target.app)
-    async with Scheduler(config, transport=transport) as scheduler:
+    async with (
+        Scheduler(config, transport=transport) as scheduler,
+        scheduler.map(bodies) as results,
+    ):
         return [
             JobOutcome(ok=result.status == "ok", latency=result.latency, attempts=result.attempts)
-            async for result in scheduler.map(bodies)
+            async for result in results
         ]
 
 
 async def run_vsched(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
-    """vsched with its defaults (settle "actual")."""
+    """vsched with its default configuration (only the limits and the base URL set)."""
+    return await _run_vsched(bodies, target)
+
+
+async def run_vsched_settle_actual(
+    bodies: Sequence[dict[str, Any]], target: Target
+) -> list[JobOutcome]:
+    """vsched correcting each admission charge to the usage the server reports."""
     return await _run_vsched(bodies, target, settle="actual")
 
 
 async def run_vsched_settle_none(
     bodies: Sequence[dict[str, Any]], target: Target
 ) -> list[JobOutcome]:
-    """vsched keeping each admission estimate (no settle against usage)."""
+    """vsched keeping each admission charge whatever the usage."""
     return await _run_vsched(bodies, target, settle="none")
 
 
@@ -246,6 +264,7 @@ async def run_sdk_pyrate(bodies: Sequence[dict[str, Any]], target: Target) -> li
 
 CONTENDERS: dict[str, Contender] = {
     "vsched": run_vsched,
+    "vsched-settle-actual": run_vsched_settle_actual,
     "vsched-settle-none": run_vsched_settle_none,
     "sdk-semaphore": run_sdk_semaphore,
     "sdk-aiolimiter": run_sdk_aiolimiter,

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import resource
 import socket
 import subprocess
@@ -151,6 +152,7 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
     from scheduler.sim import create_app
 
     bodies = make_bodies(spec.requests, seed=spec.scenario.seed)
+    random.seed(spec.scenario.seed)  # the SDK's and vsched's retry jitter: same run, same figures
 
     async def main() -> RunRecord:
         app = create_app(spec.sim_settings())
@@ -265,6 +267,7 @@ def client_main(spec: RunSpec, contender: str, base_url: str) -> dict[str, Any]:
     import asyncio
 
     bodies = make_bodies(spec.requests, seed=spec.scenario.seed)
+    random.seed(spec.scenario.seed)
     target = Target(
         base_url=base_url, tpm=spec.told_tpm, rpm=spec.told_rpm, timeout=spec.size.timeout
     )

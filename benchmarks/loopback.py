@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = StatusRecorder(create_app(spec.sim_settings()))
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
         return 0
+    logging.getLogger("scheduler").setLevel(logging.ERROR)
     spec = dataclasses.replace(
         SCENARIOS[args.scenario].spec("loopback", quick=True), requests=args.requests
     )

@@ -35,7 +35,8 @@ COLUMNS = (
 # One colour per contender in every panel.
 _COLOURS = {
     "vsched": "tab:blue",
-    "vsched-settle-none": "tab:cyan",
+    "vsched-settle-actual": "tab:cyan",
+    "vsched-settle-none": "tab:green",
     "sdk-semaphore": "tab:red",
     "sdk-aiolimiter": "tab:orange",
     "sdk-pyrate": "tab:purple",

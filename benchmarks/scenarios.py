@@ -48,6 +48,8 @@ class Scenario:
     contenders: tuple[str, ...] = ALL_CONTENDERS
     quick_loopback: bool = False  # part of the --quick loopback run
     limited: bool = True  # False: the limit is out of reach (not plotted, no "limit used")
+    correct_to_usage: bool = False  # the server gives back the unused completion reserve
+    clocks: tuple[Mode, ...] = ("virtual", "loopback")
 
     def spec(self, mode: Mode, *, quick: bool) -> RunSpec:
         """The concrete run of this scenario on one clock and size."""
@@ -93,6 +95,7 @@ class RunSpec:
             ),
             faults=FaultRates.from_kinds(dict(self.scenario.faults)),
             hang=self.size.hang,
+            correct_to_usage=self.scenario.correct_to_usage,
         )
 
 
@@ -153,8 +156,17 @@ SCENARIOS: dict[str, Scenario] = {
             description="a realistic vision mix against a limit enforced per second",
             virtual=_VIRTUAL,
             loopback=_LOOPBACK,
-            contenders=(*ALL_CONTENDERS[:1], "vsched-settle-none", *ALL_CONTENDERS[1:]),
+            contenders=(*ALL_CONTENDERS[:1], "vsched-settle-actual", *ALL_CONTENDERS[1:]),
             quick_loopback=True,
+        ),
+        Scenario(
+            name="refunding",
+            description="steady, but the server gives back the unused completion reserve",
+            virtual=_VIRTUAL,
+            loopback=_LOOPBACK,
+            correct_to_usage=True,
+            contenders=("vsched-settle-none", "vsched-settle-actual"),
+            clocks=("virtual",),
         ),
         Scenario(
             name="misconfigured",

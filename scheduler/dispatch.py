@@ -269,6 +269,8 @@ class Scheduler:
             # The body's own exception propagates untouched; only our tasks' errors come out here.
             await self._tg.__aexit__(None, None, None)
         finally:
+            for stream in list(self._streams):
+                stream._finish()
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
                 if self._owns_limiter:
@@ -545,8 +547,7 @@ class ResultStream(AsyncIterator[Result]):
             return await self._receive.receive()
         except anyio.EndOfStream:
             pass
-        self._closed = True
-        self._scheduler._streams.discard(self)
+        self._finish()
         if self._error is not None:
             raise self._error
         if self._incomplete:
@@ -565,8 +566,14 @@ class ResultStream(AsyncIterator[Result]):
         if self._started:
             with anyio.CancelScope(shield=True):
                 await self._done.wait()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Close both ends (the runner closes the sending end when it ran) and forget the stream."""
         self._closed = True
         self._receive.close()
+        if not self._started:
+            self._send.close()
         self._scheduler._streams.discard(self)
 
     async def _run(self) -> None:

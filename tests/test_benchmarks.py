@@ -54,8 +54,8 @@ def test_steady_window(series: list[int], warmup: float, window: tuple[int, int]
 
 
 def test_tiny_scenario_produces_a_well_formed_table(tmp_path: Path) -> None:
-    """A 30-request steady run of two contenders in virtual time writes the table and JSON."""
-    contenders = ["sdk-semaphore", "sdk-aiolimiter"]
+    """A 30-request steady run of three contenders in virtual time writes the table and JSON."""
+    contenders = ["vsched", "sdk-semaphore", "sdk-aiolimiter"]
     argv = ["--clock", "virtual", "--scenario", "steady", "--requests", "30", "--no-plot"]
     for name in contenders:
         argv += ["--contender", name]
@@ -70,6 +70,7 @@ def test_tiny_scenario_produces_a_well_formed_table(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "results.json").read_text())
     runs = {run["figures"]["contender"]: run for run in data["runs"]}
     assert set(runs) == set(contenders)
+    assert runs["vsched"]["figures"]["failed"] == 0
     for run in runs.values():
         assert run["figures"]["drain"] > 0
         assert sum(run["record"]["series"]) > 0
