@@ -64,3 +64,12 @@ def test_export_redis_writes_batch_output(tmp_path: Path, redis_url: str) -> Non
     assert [line["custom_id"] for line in lines] == ["r1", "r2", "3"]
     assert lines[0]["response"]["body"] == {"id": "r1"}
     assert lines[2]["error"]["line"] == 3
+
+
+def test_drain_needs_an_input_or_a_redis_queue(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vsched drain` with neither INPUT nor --redis says what to give."""
+    monkeypatch.delenv("VSCHED_QUEUE_REDIS_URL", raising=False)
+    assert main(["drain"]) == EXIT_USAGE
+    assert "--redis" in capsys.readouterr().err
