@@ -37,6 +37,7 @@ from .cost import CostModel, RequestCost
 from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
 from .images import ImageProber
 from .limiter import RateLimiter
+from .prepare import ImagePreparer, job_token_budget
 from .redis_limiter import limiter_from_config
 from .retry import retrying
 
@@ -199,7 +200,10 @@ class Scheduler:
         )
         self._cost_model = cost_model
         self._prober: ImageProber | None = None
-        self._preparer = preparer
+        # Image preparation is on by default; images.orient/shrink/token_budget configure it.
+        self._preparer: PrepareHook = (
+            preparer if preparer is not None else ImagePreparer(self._config)
+        )
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
         self._client: OpenAIClient | None = None
         self._tg: TaskGroup | None = None
@@ -459,7 +463,10 @@ class Scheduler:
         try:
             if state.body is None:
                 state.body = await inline_local_images(
-                    request.body, images=self._config.images, preparer=self._preparer
+                    request.body,
+                    images=self._config.images,
+                    preparer=self._preparer,
+                    token_budget=job_token_budget(request.metadata),
                 )
             if self._fatal is not None:
                 raise _Stopped
