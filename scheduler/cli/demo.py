@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
         "demo",
         help="drain generated images through the local simulator (no key, no network)",
     )
-    parser.add_argument("--images", type=int, default=300, help="images to generate (300)")
+    parser.add_argument("--images", type=int, default=250, help="images to generate (250)")
     parser.add_argument("--dir", metavar="PATH", help="where to put images, queue and results")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and the simulator")
     add_drain_flags(parser)
@@ -137,5 +137,5 @@ def run(args: argparse.Namespace) -> int:
     return exit_code(report)
 
 
-DEMO_TPM = 200_000
+DEMO_TPM = 250_000
 DEMO_RPM = 1_000
