@@ -151,6 +151,7 @@ class _Job:
 @dataclass(slots=True)
 class _Attempts:
     count: int = 0
+    first_sent: float | None = None
     status_code: int | None = None
     body: Mapping[str, Any] | None = None
 
@@ -404,7 +405,8 @@ class Scheduler:
         cost: RequestCost | None = None
         try:
             cost = await self._estimate(request)
-            async for attempt in retrying(self._config.retry, label=label):
+            policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
+            async for attempt in policy:
                 with attempt:
                     reply = await self._attempt(request, cost, job, state)
         except _Stopped:
@@ -472,6 +474,8 @@ class Scheduler:
                 raise _Stopped
             job.on_wire = posted = True
             state.count += 1
+            if state.first_sent is None:
+                state.first_sent = anyio.current_time()
             try:
                 reply = await self._client.post(request.endpoint, state.body)
             finally:

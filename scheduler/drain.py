@@ -49,6 +49,7 @@ __all__ = [
     "outcome_of",
     "price_of",
     "run_drain",
+    "run_redis_drain",
     "scheduler_mapper",
 ]
 
@@ -235,7 +236,11 @@ async def drain_queue(
         while not control.stopping:
             batch = queue.claim(min(settings.claim_batch, settings.window))
             if not batch:
-                return
+                pause = queue.retry_claim_after()
+                if pause is None:
+                    return
+                await anyio.sleep(pause)  # other workers hold jobs that may come back
+                continue
             for job in batch:
                 await window.acquire()
                 if control.stopping:
@@ -407,25 +412,81 @@ async def run_drain(
         report = load_source(queue, source, folder=folder)
         if on_load is not None:
             on_load(report)
-        settings = DrainSettings(
-            tpm_limit=config.limits.tpm,
-            window=config.concurrency.max_in_flight,
-            grace=config.drain.grace,
+        return await _drain_with_scheduler(
+            queue,
+            config,
+            output=output,
+            renderer=renderer,
+            control=control,
+            transport=transport,
             handle_signals=handle_signals,
         )
-        async with Scheduler(config, transport=transport) as scheduler:
 
-            def counters() -> tuple[int, int]:
-                stats = scheduler.stats()
-                return stats.rate_limited, stats.retries
 
-            return await drain_queue(
-                queue,
-                scheduler_mapper(scheduler),
-                settings,
-                renderer=renderer,
-                control=control,
-                output=output,
-                pricer=price_of(config),
-                counters=counters,
-            )
+async def run_redis_drain(
+    config: Config,
+    source: Path | None = None,
+    *,
+    output: Path | None = None,
+    folder: FolderPrompt | None = None,
+    renderer: ProgressRenderer | None = None,
+    control: StopControl | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    handle_signals: bool = False,
+    on_load: Callable[[LoadReport | None], None] | None = None,
+) -> DrainReport:
+    """Drain the shared Redis queue with the shared limit, as one of any number of workers.
+
+    ``source``, if given, is added first (idempotently, so every worker may pass it).
+    """
+    from .queues.redis_streams import RedisStreamsQueue
+
+    with RedisStreamsQueue.from_config(config) as queue:
+        if source is not None:
+            report = load_source(queue, source, folder=folder)
+            if on_load is not None:
+                on_load(report)
+        return await _drain_with_scheduler(
+            queue,
+            config,
+            output=output,
+            renderer=renderer,
+            control=control,
+            transport=transport,
+            handle_signals=handle_signals,
+        )
+
+
+async def _drain_with_scheduler(
+    queue: JobQueue,
+    config: Config,
+    *,
+    output: Path | None,
+    renderer: ProgressRenderer | None,
+    control: StopControl | None,
+    transport: httpx.AsyncBaseTransport | None,
+    handle_signals: bool,
+) -> DrainReport:
+    settings = DrainSettings(
+        tpm_limit=config.limits.tpm,
+        window=config.concurrency.max_in_flight,
+        grace=config.drain.grace,
+        handle_signals=handle_signals,
+    )
+    # The Scheduler shares the limit through Redis when queue.redis_url is set.
+    async with Scheduler(config, transport=transport) as scheduler:
+
+        def counters() -> tuple[int, int]:
+            stats = scheduler.stats()
+            return stats.rate_limited, stats.retries
+
+        return await drain_queue(
+            queue,
+            scheduler_mapper(scheduler),
+            settings,
+            renderer=renderer,
+            control=control,
+            output=output,
+            pricer=price_of(config),
+            counters=counters,
+        )

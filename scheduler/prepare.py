@@ -21,9 +21,10 @@ Before dispatch, each local or inline image is:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -32,9 +33,10 @@ import anyio
 import anyio.to_thread
 from PIL import Image, ImageOps
 
+from .client import inline_local_images
 from .config import Config, ImagesConfig
 from .cost import profile_image_tokens, working_size
-from .errors import CorruptImage, InputError, UnsupportedImage
+from .errors import CorruptImage, ImageError, InputError, UnsupportedImage
 from .images import ImageInfo
 from .profiles import ModelProfile, ProfileTable
 
@@ -46,6 +48,7 @@ __all__ = [
     "PreparedImage",
     "choose_detail",
     "job_token_budget",
+    "prepare_bodies",
     "prepare_image",
 ]
 
@@ -101,12 +104,27 @@ class PreparedImage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrepareStats:
-    """Totals over every image an ``ImagePreparer`` has handled."""
+    """Totals over every image an ``ImagePreparer`` has handled (``failed``: refused ones)."""
 
     images: int = 0
     reencoded: int = 0
+    failed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """The totals as a JSON-ready mapping."""
+        return {
+            "images": self.images,
+            "reencoded": self.reencoded,
+            "failed": self.failed,
+            "bytes_before": self.bytes_in,
+            "bytes_after": self.bytes_out,
+            "image_tokens_before": self.tokens_in,
+            "image_tokens_after": self.tokens_out,
+        }
 
     @property
     def bytes_saved(self) -> int:
@@ -409,15 +427,58 @@ class ImagePreparer:
             token_budget=budget,
             source=source,
         )
-        if self._config.orient or self._config.shrink or budget:
-            prepared = await anyio.to_thread.run_sync(work, limiter=self._threads)
-        else:
-            prepared = work()  # everything off: a header read, no decode, no thread needed
+        try:
+            if self._config.orient or self._config.shrink or budget:
+                prepared = await anyio.to_thread.run_sync(work, limiter=self._threads)
+            else:
+                prepared = work()  # everything off: a header read, no decode, no thread needed
+        except ImageError:
+            self._stats = dataclasses.replace(self._stats, failed=self._stats.failed + 1)
+            raise
         old = self._stats
-        self._stats = PrepareStats(
+        self._stats = dataclasses.replace(
+            old,
             images=old.images + 1,
             reencoded=old.reencoded + prepared.reencoded,
             bytes_in=old.bytes_in + prepared.original_bytes,
             bytes_out=old.bytes_out + len(prepared.data),
+            tokens_in=old.tokens_in + prepared.original_tokens,
+            tokens_out=old.tokens_out + prepared.tokens,
         )
         return prepared
+
+
+async def prepare_bodies(
+    jobs: Iterable[tuple[Mapping[str, Any], Any]],
+    config: Config | None = None,
+    *,
+    preparer: ImagePreparer | None = None,
+    concurrency: int = 8,
+) -> PrepareStats:
+    """Prepare the images of (body, metadata) pairs as dispatch would, keeping only the totals.
+
+    For ``vsched estimate --prepare``: the prepared bodies are dropped at once; a job whose
+    images cannot be prepared counts in ``failed`` and the others go on.
+    """
+    config = config or Config()
+    preparer = preparer or ImagePreparer(config)
+    slots = anyio.Semaphore(concurrency)
+
+    async def one(body: Mapping[str, Any], metadata: Any) -> None:
+        try:
+            await inline_local_images(
+                body,
+                images=config.images,
+                preparer=preparer,
+                token_budget=job_token_budget(metadata),
+            )
+        except InputError:
+            pass  # counted by the preparer (or reported by the cost estimate)
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as tg:
+        for body, metadata in jobs:
+            await slots.acquire()
+            tg.start_soon(one, body, metadata)
+    return preparer.stats()

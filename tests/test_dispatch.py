@@ -615,3 +615,21 @@ async def test_streams_never_iterated_or_iterated_plainly_are_closed() -> None:
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     assert len(server.calls) == 2
+
+
+@virtual_time()
+async def test_time_queued_for_admission_does_not_use_the_retry_budget() -> None:
+    """A job that waited 100 s for the limiter still gets its retries within a 30 s budget."""
+
+    class SlowFirstAdmission(FakeLimiter):
+        async def acquire(self, *, tokens: int, requests: int = 1) -> Any:
+            if not self.acquired:
+                await anyio.sleep(100.0)
+            return await super().acquire(tokens=tokens, requests=requests)
+
+    server = ScriptedServer(script(error_response(503), error_response(503), ok_response()))
+    limiter = SlowFirstAdmission()
+    async with scheduler(server, limiter, **{"retry.max_retry_time": 30.0}) as s:
+        result = await s.submit(chat())
+    assert result.ok and result.attempts == 3
+    assert server.times()[0] == pytest.approx(100.0, abs=1e-6)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+from scheduler.cli import main
 from scheduler.config import Config, ImagesConfig, load_config
 from scheduler.cost import image_tokens
 from scheduler.dispatch import Scheduler
@@ -521,3 +522,36 @@ async def test_rotated_photo_arrives_upright_at_the_server(tmp_path: Path) -> No
     image, detail = _sent_image(captured[2])
     assert image.size == (512, 384) and detail == "low"  # the job's budget chose low
     _assert_upright(image)
+
+
+def test_estimate_shows_tokens_and_bytes_before_and_after_preparation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vsched estimate --prepare` totals image tokens and upload bytes before and after."""
+    photo = tmp_path / "IMG_0001.jpg"
+    photo.write_bytes(_with_orientation(_photo((2100, 1575)), 6))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(_encode(_photo((2100, 1575)), "JPEG")[:3000])  # header fine, pixels cut
+
+    def line(url: str, **extra: Any) -> str:
+        image = {"type": "image_url", "image_url": {"url": url, "detail": "high"}}
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [image]}]}
+        return json.dumps({**body, **extra}) + "\n"
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        line(str(photo))
+        + line(str(photo), metadata={"image_token_budget": 300})
+        + line(str(broken))
+        + line("https://example.com/cat.png")  # never fetched for preparation
+    )
+    main(["estimate", str(jobs), "--prepare", "--no-fetch", "--json"])
+    preparation = json.loads(capsys.readouterr().out)["preparation"]
+    size = len(photo.read_bytes())
+    assert preparation["images"] == 2 and preparation["failed"] == 1
+    assert preparation["image_tokens_before"] == 765 + 765
+    assert preparation["image_tokens_after"] == 765 + 85  # the second job's budget chose low
+    assert preparation["bytes_before"] == 2 * size
+    assert preparation["bytes_after"] < size // 5
+    main(["estimate", str(jobs), "--prepare", "--no-fetch"])
+    assert "image tokens 1,530 -> 850" in capsys.readouterr().out

@@ -17,13 +17,14 @@ from typing import Any
 import anyio
 
 from ..config import Config
-from ..drain import DrainReport, run_drain
+from ..drain import DrainReport, run_drain, run_redis_drain
 from ..errors import InputError
 from ..jobs import FolderPrompt
 from ..progress import make_renderer
 from ..queues import LoadReport
 from . import EXIT_FAILED, EXIT_FATAL, EXIT_OK
 from .common import add_config_flag, config_from_args
+from .enqueue import add_redis_flags
 from .queue_paths import default_output, default_queue
 
 __all__ = ["EXIT_STOPPED", "add_drain_flags", "drain_overrides", "exit_code", "register", "run"]
@@ -85,10 +86,20 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "source", metavar="INPUT", help="JSONL (Batch API or one body per line) or image folder"
+        "source",
+        metavar="INPUT",
+        nargs="?",
+        help="JSONL (Batch API or one body per line) or image folder; optional with --redis",
     )
     parser.add_argument("-o", "--output", metavar="PATH", help="results JSONL [drain.output]")
     parser.add_argument("--queue", metavar="PATH", help="queue database [queue.path]")
+    add_redis_flags(parser)
+    parser.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help="with --redis: seconds of the shared limit per round trip [limits.lease_seconds]",
+    )
     parser.add_argument("--base-url", help="OpenAI-compatible base URL [api.base_url]")
     parser.add_argument("--prompt", help="text sent with each image of a folder [drain.prompt]")
     parser.add_argument("--model", help="model for a folder of images [drain.model]")
@@ -154,7 +165,19 @@ def run(args: argparse.Namespace) -> int:
         "drain.detail": args.detail,
         "drain.max_tokens": args.max_tokens,
     }
-    config = config_from_args(args, overrides)
+    config = config_from_args(
+        args,
+        {
+            **overrides,
+            "queue.redis_url": args.redis,
+            "queue.redis_name": args.queue_name,
+            "limits.lease_seconds": args.lease,
+        },
+    )
+    if config.queue.redis_url:
+        return _run_redis(args, config)
+    if args.source is None:
+        raise InputError("give the INPUT to drain (or --redis URL to work on a shared queue)")
     source = Path(args.source)
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
@@ -179,4 +202,34 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary.render())
     if report.summary.counts.get("pending"):
         print("Run the same command again to resume the pending jobs.")
+    return exit_code(report)
+
+
+def _run_redis(args: argparse.Namespace, config: Config) -> int:
+    """One worker on the shared Redis queue (``--redis`` or ``queue.redis_url``)."""
+    source = Path(args.source) if args.source is not None else None
+    output = Path(config.drain.output) if config.drain.output else None
+    quiet = config.drain.progress == "quiet"
+    renderer = make_renderer(config.drain.progress, interval=config.drain.log_interval)
+    name = config.queue.redis_name
+
+    def announce(report: LoadReport | None) -> None:
+        if not quiet and report is not None:
+            print(
+                f"vsched: queued {report.added} new jobs in Redis queue {name!r}", file=sys.stderr
+            )
+
+    async def main() -> DrainReport:
+        return await run_redis_drain(
+            config,
+            source,
+            output=output,
+            folder=folder_prompt(config),
+            renderer=renderer,
+            handle_signals=True,
+            on_load=announce,
+        )
+
+    report = anyio.run(main)
+    print(report.summary.render())
     return exit_code(report)

@@ -118,6 +118,13 @@ class JobQueue(Protocol):
         """Mark up to ``limit`` pending jobs in flight, oldest first, and return them."""
         ...
 
+    def retry_claim_after(self) -> float | None:
+        """After an empty claim: seconds until claiming again may find work, None when finished.
+
+        A queue shared by several drains (Redis) may get jobs back from a worker that dies.
+        """
+        ...
+
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Store each in-flight job's result and final state atomically; return how many."""
         ...

@@ -249,6 +249,10 @@ class SqliteQueue:
             for _, key, custom_id, line, endpoint, body, metadata in rows
         ]
 
+    def retry_claim_after(self) -> float | None:
+        """None: one drain holds this queue, so an empty claim means nothing is left to take."""
+        return None
+
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Store each in-flight job's result and final state in one transaction.
 
