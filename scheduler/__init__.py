@@ -42,6 +42,14 @@ from .errors import (
 )
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
+from .prepare import (
+    DetailChoice,
+    ImagePreparer,
+    PreparedImage,
+    PrepareStats,
+    choose_detail,
+    prepare_image,
+)
 from .profiles import ModelProfile, ProfileTable
 from .redis_limiter import RedisLimiter
 
@@ -55,6 +63,7 @@ __all__ = [
     "ConfigError",
     "CorruptImage",
     "CostModel",
+    "DetailChoice",
     "ErrorInfo",
     "FatalError",
     "ImageCost",
@@ -62,6 +71,7 @@ __all__ = [
     "ImageFetchError",
     "ImageInfo",
     "ImageNotFound",
+    "ImagePreparer",
     "ImageProber",
     "ImageTooLarge",
     "InputError",
@@ -72,6 +82,8 @@ __all__ = [
     "MalformedResponse",
     "ModelProfile",
     "PrepareHook",
+    "PrepareStats",
+    "PreparedImage",
     "ProfileTable",
     "QuotaExceeded",
     "RateLimited",
@@ -94,9 +106,11 @@ __all__ = [
     "UnsupportedContent",
     "UnsupportedImage",
     "VschedError",
+    "choose_detail",
     "estimate_cost",
     "image_tokens",
     "load_config",
+    "prepare_image",
     "probe_image",
     "read_image_bytes",
     "run_batch",

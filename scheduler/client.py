@@ -115,8 +115,14 @@ def request_was_sent(exc: BaseException) -> bool:
     return not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-def server_hint(headers: RateLimitHeaders, message: str) -> float | None:
-    """The wait the server asked for, in seconds: retry-after(-ms), message, reset header."""
+def server_hint(
+    headers: RateLimitHeaders, message: str, *, rate_limited: bool = True
+) -> float | None:
+    """The wait the server asked for, in seconds: retry-after(-ms), message, reset header.
+
+    The reset header counts only for a rate-limit answer, and only for a bucket the server
+    reports empty (its reset is when room returns); otherwise there is no hint.
+    """
     if headers.retry_after is not None:
         return headers.retry_after
     match = _TRY_AGAIN.search(message)
@@ -124,6 +130,8 @@ def server_hint(headers: RateLimitHeaders, message: str) -> float | None:
         seconds = parse_duration(match.group(1))
         if seconds is not None:
             return seconds
+    if not rate_limited:
+        return None
     exhausted = [
         reset
         for remaining, reset in (
@@ -132,10 +140,7 @@ def server_hint(headers: RateLimitHeaders, message: str) -> float | None:
         )
         if remaining == 0 and reset is not None
     ]
-    if exhausted:
-        return max(exhausted)
-    resets = [r for r in (headers.reset_tokens, headers.reset_requests) if r is not None]
-    return min(resets) if resets else None
+    return max(exhausted) if exhausted else None
 
 
 def _error_fields(reply: Reply) -> tuple[str, str | None, str | None]:
@@ -175,7 +180,7 @@ def classify(reply: Reply, *, secret: str | None = None) -> APIError | None:
     message, code, kind = _error_fields(reply)
     message = _clip(message, secret) or _reason(status)
     text = f"HTTP {status}" + (f" {code}" if code else "") + f": {message}"
-    hint = server_hint(reply.headers, message)
+    hint = server_hint(reply.headers, message, rate_limited=status == 429)
     should_retry = reply.headers.should_retry
     if code in BILLING_CODES or kind in BILLING_CODES:
         return QuotaExceeded(text, status_code=status, code=code or kind)
@@ -207,8 +212,10 @@ def _reason(status: int) -> str:
 
 
 def _clip(text: str, secret: str | None) -> str:
+    """One line, at most _MAX_MESSAGE characters, with the key masked."""
     if secret:
         text = text.replace(secret, "***")
+    text = " ".join(text.split())
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
 
 

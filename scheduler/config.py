@@ -164,6 +164,7 @@ class ImagesConfig:
     shrink: bool = True
     jpeg_quality: int = 90
     token_budget: int = 0
+    prepare_threads: int = 0
 
     def __post_init__(self) -> None:
         _positive("images.max_bytes", self.max_bytes)
@@ -173,6 +174,8 @@ class ImagesConfig:
             raise ConfigError(f"images.jpeg_quality: expected 1..100, got {self.jpeg_quality}")
         if self.token_budget < 0:
             raise ConfigError(f"images.token_budget: expected >= 0, got {self.token_budget}")
+        if self.prepare_threads < 0:
+            raise ConfigError(f"images.prepare_threads: expected >= 0, got {self.prepare_threads}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

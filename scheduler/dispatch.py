@@ -37,6 +37,7 @@ from .cost import CostModel, RequestCost
 from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
 from .images import ImageProber
 from .limiter import RateLimiter
+from .prepare import ImagePreparer, job_token_budget
 from .redis_limiter import limiter_from_config
 from .retry import retrying
 
@@ -150,6 +151,7 @@ class _Job:
 @dataclass(slots=True)
 class _Attempts:
     count: int = 0
+    first_sent: float | None = None
     status_code: int | None = None
     body: Mapping[str, Any] | None = None
 
@@ -199,7 +201,10 @@ class Scheduler:
         )
         self._cost_model = cost_model
         self._prober: ImageProber | None = None
-        self._preparer = preparer
+        # Image preparation is on by default; images.orient/shrink/token_budget configure it.
+        self._preparer: PrepareHook = (
+            preparer if preparer is not None else ImagePreparer(self._config)
+        )
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
         self._client: OpenAIClient | None = None
         self._tg: TaskGroup | None = None
@@ -269,6 +274,8 @@ class Scheduler:
             # The body's own exception propagates untouched; only our tasks' errors come out here.
             await self._tg.__aexit__(None, None, None)
         finally:
+            for stream in list(self._streams):
+                stream._finish()
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
                 if self._owns_limiter:
@@ -398,7 +405,8 @@ class Scheduler:
         cost: RequestCost | None = None
         try:
             cost = await self._estimate(request)
-            async for attempt in retrying(self._config.retry, label=label):
+            policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
+            async for attempt in policy:
                 with attempt:
                     reply = await self._attempt(request, cost, job, state)
         except _Stopped:
@@ -457,12 +465,17 @@ class Scheduler:
         try:
             if state.body is None:
                 state.body = await inline_local_images(
-                    request.body, images=self._config.images, preparer=self._preparer
+                    request.body,
+                    images=self._config.images,
+                    preparer=self._preparer,
+                    token_budget=job_token_budget(request.metadata),
                 )
             if self._fatal is not None:
                 raise _Stopped
             job.on_wire = posted = True
             state.count += 1
+            if state.first_sent is None:
+                state.first_sent = anyio.current_time()
             try:
                 reply = await self._client.post(request.endpoint, state.body)
             finally:
@@ -545,8 +558,7 @@ class ResultStream(AsyncIterator[Result]):
             return await self._receive.receive()
         except anyio.EndOfStream:
             pass
-        self._closed = True
-        self._scheduler._streams.discard(self)
+        self._finish()
         if self._error is not None:
             raise self._error
         if self._incomplete:
@@ -565,8 +577,14 @@ class ResultStream(AsyncIterator[Result]):
         if self._started:
             with anyio.CancelScope(shield=True):
                 await self._done.wait()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Close both ends (the runner closes the sending end when it ran) and forget the stream."""
         self._closed = True
         self._receive.close()
+        if not self._started:
+            self._send.close()
         self._scheduler._streams.discard(self)
 
     async def _run(self) -> None:

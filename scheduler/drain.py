@@ -25,10 +25,15 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import httpx
 
+from .config import Config
+from .dispatch import Request, Scheduler
 from .errors import FatalError
+from .estimate import PriceTable
+from .jobs import FolderPrompt, iter_jobs
 from .progress import DrainProgress, DrainSummary, Failure, ProgressRenderer, QuietRenderer
-from .queues import ClaimedJob, Outcome
+from .queues import ClaimedJob, JobQueue, LoadReport, Outcome
 from .queues.jsonl import write_results
 from .queues.sqlite import SqliteQueue
 
@@ -40,7 +45,12 @@ __all__ = [
     "ResultLike",
     "StopControl",
     "drain_queue",
+    "load_source",
     "outcome_of",
+    "price_of",
+    "run_drain",
+    "run_redis_drain",
+    "scheduler_mapper",
 ]
 
 
@@ -87,6 +97,9 @@ class DrainSettings:
     """How a drain claims, stops and reports."""
 
     tpm_limit: int
+    # Jobs handed to the scheduler and not yet answered, at most: the scheduler's in-flight
+    # limit, so that a stop leaves nothing queued inside the scheduler's read-ahead.
+    window: int = 64
     grace: float = 30.0
     claim_batch: int = 32
     refresh: float = 0.25
@@ -94,8 +107,8 @@ class DrainSettings:
     handle_signals: bool = False
 
     def __post_init__(self) -> None:
-        if self.tpm_limit <= 0 or self.claim_batch <= 0 or self.refresh <= 0:
-            raise ValueError("tpm_limit, claim_batch and refresh must be positive")
+        if min(self.tpm_limit, self.window, self.claim_batch, self.refresh) <= 0:
+            raise ValueError("tpm_limit, window, claim_batch and refresh must be positive")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
 
@@ -188,7 +201,7 @@ async def _watch_signals(control: StopControl) -> None:
 
 
 async def drain_queue(
-    queue: SqliteQueue,
+    queue: JobQueue,
     mapper: Mapper,
     settings: DrainSettings,
     *,
@@ -217,12 +230,19 @@ async def drain_queue(
         if figures is not None:
             progress.rate_limited, progress.retries = figures
 
+    window = anyio.Semaphore(settings.window)
+
     async def intake() -> AsyncGenerator[ClaimedJob, None]:
         while not control.stopping:
-            batch = queue.claim(settings.claim_batch)
+            batch = queue.claim(min(settings.claim_batch, settings.window))
             if not batch:
-                return
+                pause = queue.retry_claim_after()
+                if pause is None:
+                    return
+                await anyio.sleep(pause)  # other workers hold jobs that may come back
+                continue
             for job in batch:
+                await window.acquire()
                 if control.stopping:
                     return  # claimed but unsent jobs go back to pending below
                 yield job
@@ -248,6 +268,7 @@ async def drain_queue(
                         try:
                             async for result in results:
                                 _record(queue, progress, result)
+                                window.release()
                         finally:
                             close = getattr(results, "aclose", None)
                             if close is not None:
@@ -276,7 +297,7 @@ async def drain_queue(
     return DrainReport(summary=summary, fatal=fatal)
 
 
-def _record(queue: SqliteQueue, progress: DrainProgress, result: ResultLike) -> None:
+def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> None:
     job = result.metadata
     if not isinstance(job, ClaimedJob):
         raise TypeError("the mapper must keep the ClaimedJob as the result's metadata")
@@ -293,7 +314,7 @@ def _record(queue: SqliteQueue, progress: DrainProgress, result: ResultLike) -> 
 
 
 def _summarise(
-    queue: SqliteQueue,
+    queue: JobQueue,
     progress: DrainProgress,
     settings: DrainSettings,
     *,
@@ -324,3 +345,148 @@ def _summarise(
         stopped=stopped,
         output=str(output) if output is not None else None,
     )
+
+
+def scheduler_mapper(scheduler: Scheduler) -> Mapper:
+    """Send claimed jobs through ``scheduler.map``; each Request carries its ClaimedJob back."""
+
+    def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[ResultLike]:
+        requests = (Request(body=j.body, endpoint=j.endpoint, metadata=j) async for j in jobs)
+        return scheduler.map(requests)
+
+    return mapper
+
+
+def price_of(config: Config) -> Pricer:
+    """Dollars for tokens per model from the price table; None if a used model has no price."""
+    table = PriceTable.from_config(config)
+
+    def pricer(by_model: Mapping[str, Sequence[int]]) -> float | None:
+        total = 0.0
+        for model, (prompt, completion) in by_model.items():
+            price = table.get(model)
+            if price is None:
+                return None
+            total += (prompt * price.input + completion * price.output) / 1e6
+        return total
+
+    return pricer
+
+
+def load_source(
+    queue: JobQueue, source: Path, *, folder: FolderPrompt | None = None
+) -> LoadReport | None:
+    """Queue the jobs of ``source``; None when this exact file was loaded already (a resume).
+
+    Loading is idempotent (a job is keyed by its id and line), so a load cut short by a crash
+    is simply done again; the fingerprint only saves re-reading a large unchanged file.
+    """
+    queue.bind_source(str(source.resolve()))
+    fingerprint = None
+    if source.is_file():
+        stat = source.stat()
+        fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
+        if queue.get_meta("loaded") == fingerprint:
+            return None
+    report = queue.load(iter_jobs(source, folder=folder))
+    if fingerprint is not None:
+        queue.set_meta("loaded", fingerprint)
+    return report
+
+
+async def run_drain(
+    config: Config,
+    source: Path,
+    *,
+    output: Path,
+    queue_path: Path,
+    folder: FolderPrompt | None = None,
+    renderer: ProgressRenderer | None = None,
+    control: StopControl | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    handle_signals: bool = False,
+    on_load: Callable[[LoadReport | None], None] | None = None,
+) -> DrainReport:
+    """Load ``source`` into the queue at ``queue_path``, drain it through a Scheduler, export."""
+    with SqliteQueue(queue_path, exclusive=True) as queue:
+        report = load_source(queue, source, folder=folder)
+        if on_load is not None:
+            on_load(report)
+        return await _drain_with_scheduler(
+            queue,
+            config,
+            output=output,
+            renderer=renderer,
+            control=control,
+            transport=transport,
+            handle_signals=handle_signals,
+        )
+
+
+async def run_redis_drain(
+    config: Config,
+    source: Path | None = None,
+    *,
+    output: Path | None = None,
+    folder: FolderPrompt | None = None,
+    renderer: ProgressRenderer | None = None,
+    control: StopControl | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    handle_signals: bool = False,
+    on_load: Callable[[LoadReport | None], None] | None = None,
+) -> DrainReport:
+    """Drain the shared Redis queue with the shared limit, as one of any number of workers.
+
+    ``source``, if given, is added first (idempotently, so every worker may pass it).
+    """
+    from .queues.redis_streams import RedisStreamsQueue
+
+    with RedisStreamsQueue.from_config(config) as queue:
+        if source is not None:
+            report = load_source(queue, source, folder=folder)
+            if on_load is not None:
+                on_load(report)
+        return await _drain_with_scheduler(
+            queue,
+            config,
+            output=output,
+            renderer=renderer,
+            control=control,
+            transport=transport,
+            handle_signals=handle_signals,
+        )
+
+
+async def _drain_with_scheduler(
+    queue: JobQueue,
+    config: Config,
+    *,
+    output: Path | None,
+    renderer: ProgressRenderer | None,
+    control: StopControl | None,
+    transport: httpx.AsyncBaseTransport | None,
+    handle_signals: bool,
+) -> DrainReport:
+    settings = DrainSettings(
+        tpm_limit=config.limits.tpm,
+        window=config.concurrency.max_in_flight,
+        grace=config.drain.grace,
+        handle_signals=handle_signals,
+    )
+    # The Scheduler shares the limit through Redis when queue.redis_url is set.
+    async with Scheduler(config, transport=transport) as scheduler:
+
+        def counters() -> tuple[int, int]:
+            stats = scheduler.stats()
+            return stats.rate_limited, stats.retries
+
+        return await drain_queue(
+            queue,
+            scheduler_mapper(scheduler),
+            settings,
+            renderer=renderer,
+            control=control,
+            output=output,
+            pricer=price_of(config),
+            counters=counters,
+        )

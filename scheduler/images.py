@@ -13,7 +13,7 @@ from __future__ import annotations
 import binascii
 import collections
 import os
-import struct
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Generator, MutableMapping
@@ -33,6 +33,7 @@ from .errors import (
     ImageTooLarge,
     UnsupportedImage,
 )
+from .image_headers import NeedMoreBytes, parse_header
 
 __all__ = [
     "ImageInfo",
@@ -83,179 +84,6 @@ def short_source(source: ImageSource) -> str:
     if "://" in text[:12] and len(text) > _SOURCE_CHARS * 2:
         return text[: _SOURCE_CHARS * 2] + "..."
     return text
-
-
-# --- header parsing ----------------------------------------------------------------------------
-
-
-class _NeedMore(Exception):
-    """The header goes on past the bytes read so far."""
-
-
-_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-_UNSUPPORTED: tuple[tuple[bytes, str], ...] = (
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"\x00\x00\x01\x00", "ICO"),
-    (b"%PDF", "PDF"),
-    (b"8BPS", "PSD"),
-    (b"\xff\x0a", "JPEG XL"),
-    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
-    (b"<svg", "SVG"),
-    (b"<?xml", "SVG/XML"),
-)
-
-
-def _need(data: bytes, end: int) -> None:
-    if len(data) < end:
-        raise _NeedMore
-
-
-def _parse_png(data: bytes) -> tuple[int, int, bool]:
-    _need(data, 24)
-    if data[12:16] != b"IHDR":
-        raise ValueError("PNG without an IHDR chunk")
-    width, height = struct.unpack_from(">II", data, 16)
-    # APNG: an acTL chunk anywhere before the first IDAT.
-    pos = 8
-    while True:
-        _need(data, pos + 8)
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if kind == b"acTL":
-            return width, height, True
-        if kind in (b"IDAT", b"IEND"):
-            return width, height, False
-        pos += 12 + length
-
-
-def _parse_jpeg(data: bytes) -> tuple[int, int, bool]:
-    pos = 2
-    while True:
-        _need(data, pos + 2)
-        if data[pos] != 0xFF:
-            raise ValueError(f"bad JPEG marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        pos += 2
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            continue
-        if marker in (0xD9, 0xDA):
-            raise ValueError("JPEG without a frame header (SOF) before its scan")
-        _need(data, pos + 2)
-        (length,) = struct.unpack_from(">H", data, pos)
-        if length < 2:
-            raise ValueError(f"bad JPEG segment length at byte {pos}")
-        if marker in _SOF:
-            _need(data, pos + 7)
-            height, width = struct.unpack_from(">HH", data, pos + 3)
-            return width, height, False
-        pos += length
-
-
-def _parse_webp(data: bytes) -> tuple[int, int, bool]:
-    _need(data, 30)
-    kind = data[12:16]
-    if kind == b"VP8 ":
-        if data[23:26] != b"\x9d\x01\x2a":
-            raise ValueError("VP8 frame without its start code")
-        width, height = struct.unpack_from("<HH", data, 26)
-        return width & 0x3FFF, height & 0x3FFF, False
-    if kind == b"VP8L":
-        if data[20] != 0x2F:
-            raise ValueError("VP8L stream without its signature")
-        (bits,) = struct.unpack_from("<I", data, 21)
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, False
-    if kind == b"VP8X":
-        animated = bool(data[20] & 0x02)
-        width = int.from_bytes(data[24:27], "little") + 1
-        height = int.from_bytes(data[27:30], "little") + 1
-        return width, height, animated
-    raise ValueError(f"unknown WEBP chunk {kind!r}")
-
-
-def _skip_sub_blocks(data: bytes, pos: int) -> int:
-    while True:
-        _need(data, pos + 1)
-        size = data[pos]
-        pos += 1 + size
-        if size == 0:
-            return pos
-
-
-def _parse_gif(data: bytes) -> tuple[int, int, bool]:
-    _need(data, 13)
-    width, height = struct.unpack_from("<HH", data, 6)
-    flags = data[10]
-    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    frames = 0
-    while True:
-        _need(data, pos + 1)
-        block = data[pos]
-        if block == 0x3B:  # trailer
-            return width, height, False
-        if block == 0x21:  # extension: label, then sub-blocks
-            pos = _skip_sub_blocks(data, pos + 2)
-        elif block == 0x2C:  # image descriptor
-            frames += 1
-            if frames > 1:
-                return width, height, True
-            _need(data, pos + 10)
-            packed = data[pos + 9]
-            pos += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
-            pos = _skip_sub_blocks(data, pos + 1)  # LZW code size, then image data
-        else:
-            raise ValueError(f"bad GIF block 0x{block:02x} at byte {pos}")
-
-
-def _sniff(data: bytes) -> str:
-    """The format named by the leading bytes, or a ValueError naming what it is instead."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return "webp"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if len(data) < 12:
-        raise _NeedMore
-    for magic, name in _UNSUPPORTED:
-        if data.lstrip().startswith(magic):
-            raise _Unsupported(f"{name} is not accepted (PNG, JPEG, WEBP or non-animated GIF)")
-    if data[4:8] == b"ftyp":
-        brand = data[8:12].decode("latin-1").strip()
-        raise _Unsupported(f"{brand or 'ISO media'} (HEIF/AVIF/MP4) is not accepted")
-    raise _Unsupported("unrecognised format (not PNG, JPEG, WEBP or GIF)")
-
-
-class _Unsupported(Exception):
-    pass
-
-
-_PARSERS = {"png": _parse_png, "jpeg": _parse_jpeg, "webp": _parse_webp, "gif": _parse_gif}
-
-
-def _parse(data: bytes, source: str, *, complete: bool) -> tuple[str, int, int, bool]:
-    """(format, width, height, animated) from leading bytes; _NeedMore if more could help."""
-    if complete and not data:
-        raise CorruptImage(source, "empty (0 bytes)")
-    try:
-        fmt = _sniff(data)
-        width, height, animated = _PARSERS[fmt](data)
-    except _NeedMore:
-        if not complete:
-            raise
-        if len(data) < 12:
-            raise CorruptImage(source, f"too short to be an image ({len(data)} bytes)") from None
-        raise CorruptImage(source, f"truncated {_sniff(data).upper()} header") from None
-    except _Unsupported as exc:
-        raise UnsupportedImage(source, str(exc)) from None
-    except (ValueError, struct.error) as exc:
-        raise CorruptImage(source, f"undecodable {fmt.upper()} header: {exc}") from None
-    return fmt, width, height, animated
 
 
 def _validate(
@@ -342,7 +170,7 @@ def _probe_data_url_header(url: str, source: str, config: ImagesConfig) -> Image
     comma = url.find(",", 0, 256)
     if comma < 0 or not url[:comma].lower().endswith(";base64"):
         data = _data_url_bytes(url, source, config)
-        return _validate(_parse(data, source, complete=True), len(data), source, config)
+        return _validate(parse_header(data, source, complete=True), len(data), source, config)
     start = comma + 1
     length = len(url) - start
     if length % 4:
@@ -355,9 +183,9 @@ def _probe_data_url_header(url: str, source: str, config: ImagesConfig) -> Image
     while True:
         data = _b64decode(url[start : start + chars], source)
         try:
-            parsed = _parse(data, source, complete=chars >= length)
+            parsed = parse_header(data, source, complete=chars >= length)
             break
-        except _NeedMore:
+        except NeedMoreBytes:
             chars *= 8
     return _validate(parsed, size, source, config)
 
@@ -371,9 +199,9 @@ def _probe_file(path: Path, source: str, config: ImagesConfig) -> ImageInfo:
             data = fh.read(_FIRST_READ)
             while True:
                 try:
-                    parsed = _parse(data, source, complete=len(data) >= size)
+                    parsed = parse_header(data, source, complete=len(data) >= size)
                     break
-                except _NeedMore:
+                except NeedMoreBytes:
                     more = fh.read(max(len(data), _FIRST_READ))
                     if not more:  # the file shrank under us
                         size = len(data)
@@ -465,15 +293,15 @@ def _probe_http(
                 raise _too_large(source, len(data), config)
             if parsed is None and len(data) >= next_try:
                 try:
-                    parsed = _parse(data, source, complete=False)
-                except _NeedMore:
+                    parsed = parse_header(data, source, complete=False)
+                except NeedMoreBytes:
                     next_try = len(data) * 2
             if parsed is not None and length is not None:
                 break  # the header and the size are known: stop downloading
     finally:
         stream.close()
     if parsed is None:
-        parsed = _parse(data, source, complete=True)
+        parsed = parse_header(data, source, complete=True)
     return _validate(parsed, length if length is not None else len(data), source, config)
 
 
@@ -510,7 +338,7 @@ def probe_image(
         label = short_source(source)
         if len(data) > config.max_bytes:
             raise _too_large(label, len(data), config)
-        return _validate(_parse(data, label, complete=True), len(data), label, config)
+        return _validate(parse_header(data, label, complete=True), len(data), label, config)
     kind, text = _classify(source)
     label = short_source(source)
     if kind == "data":
@@ -519,7 +347,7 @@ def probe_image(
         data = _data_url_bytes(text, label, config)
         if len(data) > config.max_bytes:
             raise _too_large(label, len(data), config)
-        return _validate(_parse(data, label, complete=True), len(data), label, config)
+        return _validate(parse_header(data, label, complete=True), len(data), label, config)
     if kind == "http":
         if cache is not None:
             hit = cache.get(text)
@@ -557,7 +385,7 @@ def read_image_bytes(
             data = _read_file(_local_path(text, label, config), label, config)
     if len(data) > config.max_bytes:
         raise _too_large(label, len(data), config)
-    info = _validate(_parse(data, label, complete=True), len(data), label, config)
+    info = _validate(parse_header(data, label, complete=True), len(data), label, config)
     return data, info
 
 
@@ -607,19 +435,25 @@ class ImageProber:
 
 
 class _LRU(collections.OrderedDict[str, ImageInfo]):
-    """A bounded mapping that forgets the least recently used URL."""
+    """A bounded, thread-safe mapping that forgets the least recently used URL.
+
+    Thread-safe because the scheduler prices image requests in worker threads.
+    """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
+        self.lock = threading.Lock()
 
     def get(self, key: str, default: ImageInfo | None = None) -> ImageInfo | None:  # type: ignore[override]
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return default
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+            return default
 
     def __setitem__(self, key: str, value: ImageInfo) -> None:
-        super().__setitem__(key, value)
-        if len(self) > self.size:
-            self.popitem(last=False)
+        with self.lock:
+            super().__setitem__(key, value)
+            while len(self) > self.size:
+                self.popitem(last=False)

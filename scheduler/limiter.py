@@ -23,7 +23,9 @@ How a request is admitted (:meth:`Limiter.acquire`):
   it provably does not delay the head. Only arrivals are backfilled, never queued waiters.
 
 The clock is ``anyio.current_time()``, read only here; the arithmetic lives in the pure core.
-A Limiter belongs to one event loop and is not thread-safe.
+A Limiter belongs to one event loop and is not thread-safe. The service's limits are per model:
+one Limiter serves one model (or models sharing a limit), since :meth:`Limiter.observe` adopts
+whatever limit the headers it sees announce.
 """
 
 from __future__ import annotations

@@ -53,6 +53,10 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _clip(text: str, width: int = 160) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _short(n: float) -> str:
     return f"{n / 1000:.1f}k" if abs(n) >= 10_000 else f"{n:.0f}"
 
@@ -260,7 +264,7 @@ class LiveRenderer:
         figures = Text(
             f"TPM {_short(snapshot.tpm)}/{_short(snapshot.tpm_limit)} ({share:.0%})"
             f"  429s {snapshot.rate_limited}  retries {snapshot.retries}"
-            f"  elapsed {format_seconds(snapshot.elapsed)}  ETA {format_seconds(snapshot.eta)}"
+            f"  ETA {format_seconds(snapshot.eta)}  ({format_seconds(snapshot.elapsed)})"
         )
         return Group(head, bar, figures)
 
@@ -365,7 +369,9 @@ class DrainSummary:
             lines.append(f"Results: {self.output}")
         if self.failures_total:
             lines.append(f"Failed jobs ({self.failures_total}):")
-            lines.extend(f"  {f.custom_id} (line {f.line}): {f.reason}" for f in self.failures)
+            lines.extend(
+                f"  {f.custom_id} (line {f.line}): {_clip(f.reason)}" for f in self.failures
+            )
             if self.failures_total > len(self.failures):
                 lines.append(f"  ... and {self.failures_total - len(self.failures)} more")
         return "\n".join(lines)

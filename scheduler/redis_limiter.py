@@ -15,14 +15,14 @@ once, settle, header feedback, a shared cooldown after a 429), built as *reserva
   since every request holds its place from the moment it is scheduled.
 - The concurrent acquires of one process go in one script call, in order (whoever finds no call
   in flight sends everything queued), so local FIFO holds and round trips per request fall below
-  one under load. ``release``, ``settle`` and cancellation move the schedule back (or forward);
-  the adjustment rides with the call in flight, or goes at once when there is none.
+  one under load. ``release``, ``settle`` and cancellation move the schedule back (or forward):
+  a refund rides with this process's next call (or ``aclose``), a charge goes at once.
 - With ``lease_seconds > 0`` a process takes a slice of the shared capacity (``lease_seconds``
   of the limit, at least the head request) in one call and hands it out locally, in order. The
   slice is charged to the shared schedule when taken, so the shared limit holds; what is left
-  when it expires goes back with the next call (or on ``aclose``). Settles and releases adjust
-  the slice locally. A cooldown another process starts reaches this one at its next lease, so
-  keep leases short (tens of milliseconds to a second).
+  when it expires goes back with the next call (or on ``aclose``), as do refunds and releases;
+  extra usage comes out of the slice. A cooldown another process starts reaches this one at
+  its next lease, so keep leases short (tens of milliseconds to a second).
 
 ``stats()`` is local and synchronous: levels and limits are those the last script answered,
 projected to now; counters are this process's. ``round_trips`` and ``leases`` count calls.
@@ -356,7 +356,7 @@ class RedisLimiter:
 
     async def _acquire_leased(self, tokens: int, requests: int) -> tuple[_Slot, float]:
         async with self._lease_lock:
-            start = now = anyio.current_time()
+            now = anyio.current_time()
             lease = self._lease
             fits = lease.tokens >= tokens and lease.requests >= requests
             if not (fits and now < lease.expires and lease.slot is not None):
@@ -391,13 +391,14 @@ class RedisLimiter:
             assert lease.slot is not None
             lease.tokens -= tokens
             lease.requests -= requests
+            wait = max(0.0, lease.start - now)
             try:
-                await self._sleep(lease.start - now)
+                await self._sleep(wait)
             except BaseException:
                 lease.tokens += tokens
                 lease.requests += requests
                 raise
-            return lease.slot, anyio.current_time() - start
+            return lease.slot, wait
 
     async def _sleep(self, wait: float) -> None:
         """Sleep the script's answer; closing the limiter ends it with ClosedResourceError."""
@@ -432,13 +433,17 @@ class RedisLimiter:
 
     async def _adjust(self, *, tokens: int, requests: int) -> None:
         """Charge this many more tokens and requests to the schedule (negative gives back)."""
-        if self.lease_seconds > 0:
+        if self.lease_seconds > 0 and tokens >= 0 and requests >= 0:
+            # Extra usage comes out of the slice; a refund goes back to the shared schedule
+            # instead, since the slice it came from may have expired.
             self._lease.tokens -= tokens
             self._lease.requests -= requests
             return
         self._give_tokens -= tokens
         self._give_requests -= requests
-        if not self._closed:
+        # A refund only helps acquires scheduled after it, and this process's next call carries
+        # it; a charge must reach the other processes at once, or they could overshoot.
+        if (tokens > 0 or requests > 0) and self.lease_seconds == 0 and not self._closed:
             await self._exchange(None)
 
     # -- server feedback -----------------------------------------------------------------------

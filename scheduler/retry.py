@@ -36,16 +36,28 @@ class stop_after_elapsed(stop_base):
     """Stop when the next attempt would start ``seconds`` or more after the first one.
 
     Like tenacity's ``stop_before_delay``, but on the event loop's clock rather than
-    ``time.monotonic``, so virtual time (trio's MockClock) is honoured.
+    ``time.monotonic``, so virtual time (trio's MockClock) is honoured. ``since`` gives the
+    start (dispatch passes when the first request was sent, so time queued for admission
+    before it does not count); by default it is when the strategy was made.
     """
 
-    def __init__(self, seconds: float, *, clock: Callable[[], float] = anyio.current_time) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        since: Callable[[], float | None] | None = None,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
         self.seconds = seconds
         self.clock = clock
-        self.started = clock()
+        self.created = clock()
+        self.since = since
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.clock() - self.started + retry_state.upcoming_sleep >= self.seconds
+        started = self.since() if self.since is not None else None
+        if started is None:
+            started = self.created
+        return self.clock() - started + retry_state.upcoming_sleep >= self.seconds
 
 
 class wait_server_hint(wait_base):
@@ -64,8 +76,16 @@ class wait_server_hint(wait_base):
         return float(self.fallback(retry_state))
 
 
-def retrying(config: RetryConfig, *, label: str = "request") -> AsyncRetrying:
-    """A fresh tenacity controller for one job; ``label`` names the job in the retry log."""
+def retrying(
+    config: RetryConfig,
+    *,
+    label: str = "request",
+    since: Callable[[], float | None] | None = None,
+) -> AsyncRetrying:
+    """A fresh tenacity controller for one job; ``label`` names the job in the retry log.
+
+    ``since`` is when the retry time budget starts (see ``stop_after_elapsed``).
+    """
 
     def log_retry(retry_state: RetryCallState) -> None:
         outcome = retry_state.outcome
@@ -87,7 +107,10 @@ def retrying(config: RetryConfig, *, label: str = "request") -> AsyncRetrying:
     return AsyncRetrying(
         sleep=anyio.sleep,
         retry=retry_if_exception_type(RetryableError),
-        stop=stop_after_attempt(config.max_attempts) | stop_after_elapsed(config.max_retry_time),
+        stop=(
+            stop_after_attempt(config.max_attempts)
+            | stop_after_elapsed(config.max_retry_time, since=since)
+        ),
         wait=wait_server_hint(backoff, cap=config.max_server_wait),
         before_sleep=log_retry,
         reraise=True,

@@ -161,6 +161,12 @@ RATE = (
             reply(503, err("overloaded"), retry_after="2"), ServerError, 2.0, id="503-retry-after"
         ),
         pytest.param(
+            reply(500, err("x"), x_ratelimit_remaining_tokens="0", x_ratelimit_reset_tokens="30s"),
+            ServerError,
+            None,
+            id="5xx-ignores-reset-header",
+        ),
+        pytest.param(
             reply(500, err("no"), x_should_retry="false"), JobFailed, None, id="should-retry-false"
         ),
         pytest.param(
@@ -211,6 +217,12 @@ def test_server_hint_prefers_headers_over_message() -> None:
     )
     assert server_hint(RateLimitHeaders(reset_tokens=9.0, remaining_tokens=0), "slow down") == 9.0
     assert server_hint(RateLimitHeaders(), "slow down") is None
+    not_empty = RateLimitHeaders(reset_tokens=9.0, remaining_tokens=10, reset_requests=0.5)
+    assert server_hint(not_empty, "slow down") is None
+    assert (
+        server_hint(RateLimitHeaders(reset_tokens=9.0, remaining_tokens=0), "", rate_limited=False)
+        is None
+    )
 
 
 @pytest.mark.parametrize(

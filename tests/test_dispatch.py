@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -367,7 +368,7 @@ async def test_map_surfaces_an_error_of_the_input_after_finishing_in_flight_work
 async def test_cancelling_map_midway_leaves_no_task_running() -> None:
     """Leaving the map early cancels its work: no task is left and no request is sent later."""
     server = ScriptedServer(script(ok_response()))
-    limiter = FakeLimiter(interval=0.002)
+    limiter = FakeLimiter(interval=0.005)
     before = {t.id for t in anyio.get_running_tasks()}
     async with scheduler(server, limiter) as s:
         async with s.map(chat(job=i) for i in range(1000)) as results:
@@ -570,3 +571,65 @@ def test_scheduler_built_outside_an_event_loop(backend: str) -> None:
             return await s.submit(chat())
 
     assert anyio.run(main, backend=backend).ok
+
+
+async def test_responses_endpoint_settles_with_its_usage() -> None:
+    """A Responses body goes to /v1/responses and the reservation settles to its total_tokens."""
+    usage = {"input_tokens": 50, "output_tokens": 7, "total_tokens": 57}
+    server = ScriptedServer(
+        lambda body, n: httpx.Response(200, json={"output": [], "usage": usage})
+    )
+    limiter = FakeLimiter()
+    async with scheduler(server, limiter) as s:
+        result = await s.submit({"model": "gpt-4o", "input": "hi"}, endpoint="/v1/responses")
+    assert result.ok and result.usage == usage
+    assert str(server.calls[0][1].url) == "https://api.test/v1/responses"
+    assert limiter.settled == [(100, 57)]
+
+
+async def test_cancelling_the_whole_scheduler_leaves_no_task_running() -> None:
+    """An outer timeout around the scheduler with a map in progress ends cleanly, nothing left."""
+    server = ScriptedServer(script(ok_response()))
+    before = {t.id for t in anyio.get_running_tasks()}
+    with anyio.move_on_after(0.05) as scope:
+        async with scheduler(server, FakeLimiter(interval=0.01)) as s:
+            async for _ in s.map(chat() for _ in range(10_000)):
+                pass
+    assert scope.cancelled_caught
+    assert {t.id for t in anyio.get_running_tasks()} - before == set()
+    sent = len(server.calls)
+    await anyio.sleep(0.03)
+    assert len(server.calls) == sent < 50
+
+
+async def test_streams_never_iterated_or_iterated_plainly_are_closed() -> None:
+    """A map never iterated, and one read to the end without ``async with``, leak no stream."""
+    import gc
+
+    server = ScriptedServer(script(ok_response()))
+    async with scheduler(server) as s:
+        s.map([chat()])
+        assert len([r async for r in s.map([chat(), chat()])]) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert len(server.calls) == 2
+
+
+@virtual_time()
+async def test_time_queued_for_admission_does_not_use_the_retry_budget() -> None:
+    """A job that waited 100 s for the limiter still gets its retries within a 30 s budget."""
+
+    class SlowFirstAdmission(FakeLimiter):
+        async def acquire(self, *, tokens: int, requests: int = 1) -> Any:
+            if not self.acquired:
+                await anyio.sleep(100.0)
+            return await super().acquire(tokens=tokens, requests=requests)
+
+    server = ScriptedServer(script(error_response(503), error_response(503), ok_response()))
+    limiter = SlowFirstAdmission()
+    async with scheduler(server, limiter, **{"retry.max_retry_time": 30.0}) as s:
+        result = await s.submit(chat())
+    assert result.ok and result.attempts == 3
+    assert server.times()[0] == pytest.approx(100.0, abs=1e-6)

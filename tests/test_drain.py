@@ -61,15 +61,25 @@ def fake_mapper(
             if job.custom_id in bad:
                 err = FakeError(type="JobFailed", message="400 bad image", code="invalid_image")
                 yield FakeResult(
-                    status="failed", status_code=400, body=None, usage=None, attempts=1,
-                    error=err, metadata=job,
-                )  # fmt: skip
+                    status="failed",
+                    status_code=400,
+                    body=None,
+                    usage=None,
+                    attempts=1,
+                    error=err,
+                    metadata=job,
+                )
             else:
                 usage = {"prompt_tokens": 90, "completion_tokens": 10, "total_tokens": 100}
                 yield FakeResult(
-                    status="ok", status_code=200, body={"echo": job.custom_id}, usage=usage,
-                    attempts=2, error=None, metadata=job,
-                )  # fmt: skip
+                    status="ok",
+                    status_code=200,
+                    body={"echo": job.custom_id},
+                    usage=usage,
+                    attempts=2,
+                    error=None,
+                    metadata=job,
+                )
 
     return mapper
 
@@ -94,9 +104,12 @@ async def test_full_drain_records_every_job_once(queue: SqliteQueue, tmp_path: P
     """Every job is sent, recorded and exported exactly once; failures name their line."""
     out = tmp_path / "out.jsonl"
     report = await drain_queue(
-        queue, fake_mapper(bad=frozenset({"j05"})), SETTINGS, output=out,
+        queue,
+        fake_mapper(bad=frozenset({"j05"})),
+        SETTINGS,
+        output=out,
         pricer=lambda by_model: sum(p * 1e-6 + c * 2e-6 for p, c in by_model.values()),
-    )  # fmt: skip
+    )
     summary = report.summary
     assert report.fatal is None
     assert summary.counts == {"pending": 0, "in_flight": 0, "done": 19, "failed": 2}

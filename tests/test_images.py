@@ -20,6 +20,7 @@ from scheduler.errors import (
     ImageTooLarge,
     UnsupportedImage,
 )
+from scheduler.image_headers import NeedMoreBytes, parse_header
 from scheduler.images import ImageInfo, ImageProber, probe_image, read_image_bytes, short_source
 
 
@@ -360,3 +361,19 @@ def test_read_image_bytes_returns_validated_bytes(tmp_path: Path) -> None:
 def test_short_source(source: str | bytes, expected: str) -> None:
     """Sources are named briefly: bytes counted, data URLs cut to their first characters."""
     assert short_source(source) == expected
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_every_prefix_asks_for_more_or_is_right(fmt: str) -> None:
+    """Streaming safety: a cut header either asks for more bytes or gives the right answer."""
+    data = encode(fmt, (77, 55))
+    expected = ("jpeg" if fmt == "JPEG" else fmt.lower(), 77, 55, False)
+    answers = 0
+    for cut in range(len(data) + 1):
+        try:
+            parsed = parse_header(data[:cut], "x", complete=False)
+        except NeedMoreBytes:
+            continue
+        assert parsed == expected, cut
+        answers += 1
+    assert answers > 0

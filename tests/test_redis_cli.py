@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,17 @@ def test_export_redis_writes_batch_output(tmp_path: Path, redis_url: str) -> Non
     assert [line["custom_id"] for line in lines] == ["r1", "r2", "3"]
     assert lines[0]["response"]["body"] == {"id": "r1"}
     assert lines[2]["error"]["line"] == 3
+
+
+def test_drain_needs_an_input_or_a_redis_queue(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vsched drain` with neither INPUT nor --redis says what to give."""
+    monkeypatch.delenv("VSCHED_QUEUE_REDIS_URL", raising=False)
+    retry_log = logging.getLogger("scheduler.retry")
+    level = retry_log.level
+    try:
+        assert main(["drain"]) == EXIT_USAGE
+    finally:
+        retry_log.setLevel(level)  # the drain command quietens retry warnings for the process
+    assert "--redis" in capsys.readouterr().err

@@ -310,3 +310,27 @@ def test_config_picks_the_shared_limiter(redis_url: str) -> None:
     assert isinstance(Scheduler(shared).limiter, RedisLimiter)
     with pytest.raises(ConfigError):
         load_config(env={}, overrides={"limits.lease_seconds": -1.0})
+
+
+async def test_refunds_ride_along_and_charges_go_at_once(redis_url: str) -> None:
+    """A refund waits for the next call (no round trip of its own); an extra charge is sent now."""
+    async with make(redis_url) as limiter, make(redis_url) as other:
+        refunded = await limiter.acquire(tokens=500)
+        charged = await limiter.acquire(tokens=100)
+        assert limiter.round_trips == 2
+        await refunded.settle(100)
+        assert limiter.round_trips == 2
+        await charged.settle(800)  # carries the refund: 100 + 800 = 900 of 1,000 charged
+        assert limiter.round_trips == 3
+        await other.acquire(tokens=100)
+        assert other.stats().wait_time == 0
+
+
+async def test_leased_release_goes_to_the_schedule_not_the_slice(redis_url: str) -> None:
+    """A release under leasing is returned to the shared schedule; the local slice stays as is."""
+    async with make(redis_url, lease_seconds=0.1) as limiter:  # slices of 1,000 tokens
+        reservation = await limiter.acquire(tokens=600)
+        await reservation.release()
+        await limiter.acquire(tokens=600)  # 400 left in the slice: a second lease is needed
+        assert limiter.leases == 2
+        assert limiter.stats().wait_time < 0.05, "the release came back with the second lease"

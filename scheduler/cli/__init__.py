@@ -23,7 +23,16 @@ EXIT_USAGE = 2
 EXIT_FATAL = 3
 
 # Subcommand modules, in the order `vsched --help` lists them.
-_COMMANDS: tuple[str, ...] = ("estimate", "status", "retry_failed", "export", "enqueue", "sim")
+_COMMANDS: tuple[str, ...] = (
+    "demo",
+    "drain",
+    "estimate",
+    "status",
+    "retry_failed",
+    "export",
+    "enqueue",
+    "sim",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

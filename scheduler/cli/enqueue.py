@@ -13,7 +13,7 @@ from ..jobs import iter_jsonl_jobs
 from ..queues.redis_streams import RedisStreamsQueue
 from .common import add_config_flag, config_from_args
 
-__all__ = ["add_redis_flags", "open_queue", "redis_config", "register", "run"]
+__all__ = ["add_redis_flags", "redis_config", "register", "run"]
 
 
 def add_redis_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,14 +37,6 @@ def redis_config(args: argparse.Namespace, overrides: dict[str, Any] | None = No
     return config
 
 
-def open_queue(config: Config) -> RedisStreamsQueue:
-    """The shared queue the config names."""
-    queue = config.queue
-    return RedisStreamsQueue(
-        queue.redis_url, name=queue.redis_name, reclaim_after=queue.reclaim_after
-    )
-
-
 def register(subparsers: Any) -> None:
     """Add the ``enqueue`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -63,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise InputError(f"{source}: no such file (enqueue takes a JSONL file)")
     config = redis_config(args)
-    with open_queue(config) as queue:
+    with RedisStreamsQueue.from_config(config) as queue:
         queue.bind_source(str(source.resolve()))
         report = queue.load(iter_jsonl_jobs(source))
         counts = queue.counts()

@@ -6,10 +6,13 @@ import argparse
 import json
 from typing import Any
 
+import anyio
+
 from ..cost import CostModel
 from ..estimate import EstimateReport, PriceTable, estimate_jobs
 from ..images import ImageProber
 from ..jobs import iter_jobs
+from ..prepare import PrepareStats, prepare_bodies
 from ..progress import format_seconds
 from . import EXIT_FAILED, EXIT_OK
 from .common import add_config_flag, config_from_args
@@ -37,6 +40,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not read http(s) image headers; charge such images their detail's maximum",
     )
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="also prepare local and inline images as dispatch would (decodes them: slower) and "
+        "show image tokens and upload bytes before and after",
+    )
     add_config_flag(parser)
     parser.set_defaults(run=run)
 
@@ -48,11 +57,27 @@ def run(args: argparse.Namespace) -> int:
     with ImageProber(config.images, fetch=not args.no_fetch) as probe:
         model = CostModel(config, probe=probe, check_base64=True)
         report = estimate_jobs(iter_jobs(args.file), model, PriceTable.from_config(config), tpm=tpm)
+    prepared = None
+    if args.prepare:
+        jobs = ((job.body, job.metadata) for job in iter_jobs(args.file) if job.body is not None)
+        prepared = anyio.run(prepare_bodies, jobs, config)
     if args.json:
-        print(json.dumps({"file": args.file, **report.to_dict(tpm=tpm, rpm=rpm)}))
+        extra = {"preparation": prepared.to_dict()} if prepared is not None else {}
+        print(json.dumps({"file": args.file, **report.to_dict(tpm=tpm, rpm=rpm), **extra}))
     else:
         print(_text(args.file, report, tpm=tpm, rpm=rpm, counter=model.counter.name))
+        if prepared is not None:
+            print(_preparation_text(prepared))
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _preparation_text(stats: PrepareStats) -> str:
+    failed = f", {stats.failed:,} failed" if stats.failed else ""
+    return (
+        f"Preparation: {stats.images:,} local/inline images ({stats.reencoded:,} re-encoded"
+        f"{failed}): image tokens {stats.tokens_in:,} -> {stats.tokens_out:,},"
+        f" upload {stats.bytes_in:,} -> {stats.bytes_out:,} bytes"
+    )
 
 
 def _text(path: str, report: EstimateReport, *, tpm: int, rpm: int, counter: str) -> str:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..queues.jsonl import write_results
+from ..queues.redis_streams import RedisStreamsQueue
 from ..queues.sqlite import SqliteQueue
 from .common import add_config_flag, config_from_args
-from .enqueue import add_redis_flags, open_queue, redis_config
+from .enqueue import add_redis_flags, redis_config
 from .queue_paths import add_queue_flags, default_output, is_queue_file, locate_queue
 
 __all__ = ["register", "run"]
@@ -58,7 +59,7 @@ def _run_redis(args: argparse.Namespace) -> int:
     config = redis_config(args)
     name = config.queue.redis_name
     output = Path(args.output or config.drain.output or f"{name}.results.jsonl")
-    with open_queue(config) as queue:
+    with RedisStreamsQueue.from_config(config) as queue:
         report = write_results(queue.records(), output)
         counts = queue.counts()
     pending = counts["pending"] + counts["in_flight"]

@@ -94,6 +94,18 @@ class JobRecord:
 class JobQueue(Protocol):
     """The methods every durable queue offers (SQLite here, Redis Streams in issue 9)."""
 
+    def bind_source(self, source: str) -> None:
+        """Tie the queue to one input; loading another input into it is a usage error."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """A value stored beside the jobs (the input's fingerprint)."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a value beside the jobs."""
+        ...
+
     def load(self, jobs: Iterable[Job]) -> LoadReport:
         """Add jobs not already queued (same id and line); re-loading the same input adds none."""
         ...
@@ -104,6 +116,13 @@ class JobQueue(Protocol):
 
     def claim(self, limit: int) -> list[ClaimedJob]:
         """Mark up to ``limit`` pending jobs in flight, oldest first, and return them."""
+        ...
+
+    def retry_claim_after(self) -> float | None:
+        """After an empty claim: seconds until claiming again may find work, None when finished.
+
+        A queue shared by several drains (Redis) may get jobs back from a worker that dies.
+        """
         ...
 
     def record(self, outcomes: Sequence[Outcome]) -> int:
@@ -124,6 +143,14 @@ class JobQueue(Protocol):
 
     def records(self, states: Iterable[State] = ("done", "failed")) -> Iterator[JobRecord]:
         """Jobs in the given states in load order, streamed."""
+        ...
+
+    def save_run(self, started: float, finished: float, stats: Mapping[str, Any]) -> None:
+        """Remember the figures of one drain run, for ``vsched status``."""
+        ...
+
+    def last_run(self) -> dict[str, Any] | None:
+        """The figures of the most recent run; None if none."""
         ...
 
     def close(self) -> None:

@@ -33,11 +33,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError, InputError
 from ..jobs import Job
 from . import STATES, ClaimedJob, JobRecord, LoadReport, Outcome, State
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["RedisStreamsQueue"]
 
@@ -172,6 +175,14 @@ class RedisStreamsQueue:
             target=self._beat, name=f"vsched-heartbeat-{name}", daemon=True
         )
         self._heartbeat.start()
+
+    @classmethod
+    def from_config(cls, config: Config) -> RedisStreamsQueue:
+        """The queue ``queue.redis_url`` and ``queue.redis_name`` name."""
+        queue = config.queue
+        if not queue.redis_url:
+            raise ConfigError("queue.redis_url: set it to share the queue through Redis")
+        return cls(queue.redis_url, name=queue.redis_name, reclaim_after=queue.reclaim_after)
 
     def close(self) -> None:
         """Stop the heartbeat and close the connection (jobs still held are reclaimed later)."""

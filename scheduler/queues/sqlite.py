@@ -91,8 +91,9 @@ class SqliteQueue:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise InputError(f"queue {self.path}: unknown schema version {version}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if version == 0:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self.close()
             raise InputError(f"queue {self.path}: not a vsched queue ({exc})") from None
@@ -247,6 +248,10 @@ class SqliteQueue:
             )
             for _, key, custom_id, line, endpoint, body, metadata in rows
         ]
+
+    def retry_claim_after(self) -> float | None:
+        """None: one drain holds this queue, so an empty claim means nothing is left to take."""
+        return None
 
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Store each in-flight job's result and final state in one transaction.

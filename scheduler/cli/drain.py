@@ -1,0 +1,235 @@
+"""``vsched drain``: push a JSONL file or a folder of images through the limit, durably.
+
+Every flag has a config key (shown in brackets in ``--help``), so a TOML file can hold them all.
+Exit codes: 0 every job done, 1 some jobs failed (or were left pending), 2 usage or input
+error, 3 a fatal stop (quota, authentication), 130 stopped by Ctrl-C / SIGTERM (re-run the
+same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..config import Config
+from ..drain import DrainReport, run_drain, run_redis_drain
+from ..errors import InputError
+from ..jobs import FolderPrompt
+from ..progress import make_renderer
+from ..queues import LoadReport
+from . import EXIT_FAILED, EXIT_FATAL, EXIT_OK
+from .common import add_config_flag, config_from_args
+from .enqueue import add_redis_flags
+from .queue_paths import default_output, default_queue
+
+__all__ = ["EXIT_STOPPED", "add_drain_flags", "drain_overrides", "exit_code", "register", "run"]
+
+EXIT_STOPPED = 130
+
+
+def add_drain_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags shared by ``drain`` and ``demo``: limits, progress and stopping."""
+    parser.add_argument("--tpm", type=int, help="tokens-per-minute limit [limits.tpm]")
+    parser.add_argument("--rpm", type=int, help="requests-per-minute limit [limits.rpm]")
+    parser.add_argument(
+        "--max-in-flight", type=int, help="requests on the wire at once [concurrency.max_in_flight]"
+    )
+    parser.add_argument(
+        "--grace", type=float, help="seconds in-flight requests may finish on stop [drain.grace]"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "log", "json", "quiet"),
+        help="progress display [drain.progress]",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--json-log", action="store_true", help="progress as JSON lines")
+    add_config_flag(parser)
+
+
+def drain_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the shared drain flags (None means "not given").
+
+    Without ``-v`` the per-attempt retry warnings are silenced: the progress display counts
+    429s and retries, and a flood of log lines would tear the live bar.
+    """
+    if not getattr(args, "verbose", 0):
+        logging.getLogger("scheduler.retry").setLevel(logging.ERROR)
+    progress = args.progress
+    if args.quiet:
+        progress = "quiet"
+    elif args.json_log:
+        progress = "json"
+    return {
+        "limits.tpm": args.tpm,
+        "limits.rpm": args.rpm,
+        "concurrency.max_in_flight": args.max_in_flight,
+        "drain.grace": args.grace,
+        "drain.progress": progress,
+    }
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``drain`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "drain",
+        help="send every job of a JSONL file or folder of images, durably (re-run to resume)",
+        description=(
+            "Load jobs into a durable queue and send them as fast as the limits allow. "
+            "Re-running the same command resumes: done jobs are skipped, jobs cut off by a "
+            "crash are sent again, and the output lists every job exactly once."
+        ),
+    )
+    parser.add_argument(
+        "source",
+        metavar="INPUT",
+        nargs="?",
+        help="JSONL (Batch API or one body per line) or image folder; optional with --redis",
+    )
+    parser.add_argument("-o", "--output", metavar="PATH", help="results JSONL [drain.output]")
+    parser.add_argument("--queue", metavar="PATH", help="queue database [queue.path]")
+    add_redis_flags(parser)
+    parser.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help="with --redis: seconds of the shared limit per round trip [limits.lease_seconds]",
+    )
+    parser.add_argument("--base-url", help="OpenAI-compatible base URL [api.base_url]")
+    parser.add_argument("--prompt", help="text sent with each image of a folder [drain.prompt]")
+    parser.add_argument("--model", help="model for a folder of images [drain.model]")
+    parser.add_argument(
+        "--detail", choices=("low", "high", "auto"), help="image detail [drain.detail]"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, help="completion reserve per image [drain.max_tokens]"
+    )
+    add_drain_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def folder_prompt(config: Config) -> FolderPrompt | None:
+    """How a folder of images becomes requests, or None when no prompt is configured."""
+    drain = config.drain
+    if not drain.prompt:
+        return None
+    return FolderPrompt(
+        prompt=drain.prompt,
+        model=drain.model or config.cost.default_model,
+        detail=drain.detail,
+        max_tokens=drain.max_tokens,
+    )
+
+
+def exit_code(report: DrainReport) -> int:
+    """3 on a fatal stop, 130 when stopped by a signal, 1 if any job is not done, else 0."""
+    counts = report.summary.counts
+    if report.fatal is not None:
+        return EXIT_FATAL
+    if report.summary.stopped:
+        return EXIT_STOPPED
+    if counts.get("failed", 0) or counts.get("pending", 0) or counts.get("in_flight", 0):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _announce(report: LoadReport | None, queue: Path, quiet: bool) -> None:
+    if quiet:
+        return
+    if report is None:
+        print(f"vsched: resuming queue {queue}", file=sys.stderr)
+        return
+    extra = []
+    if report.malformed:
+        extra.append(f"{report.malformed} malformed")
+    if report.duplicates:
+        extra.append(f"{report.duplicates} duplicate ids")
+    note = f" ({', '.join(extra)})" if extra else ""
+    print(f"vsched: queued {report.added} new jobs{note} in {queue}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, drain, export, print the summary; the exit code says how it ended."""
+    overrides = {
+        **drain_overrides(args),
+        "drain.output": args.output,
+        "queue.path": args.queue,
+        "api.base_url": args.base_url,
+        "drain.prompt": args.prompt,
+        "drain.model": args.model,
+        "drain.detail": args.detail,
+        "drain.max_tokens": args.max_tokens,
+    }
+    config = config_from_args(
+        args,
+        {
+            **overrides,
+            "queue.redis_url": args.redis,
+            "queue.redis_name": args.queue_name,
+            "limits.lease_seconds": args.lease,
+        },
+    )
+    if config.queue.redis_url:
+        return _run_redis(args, config)
+    if args.source is None:
+        raise InputError("give the INPUT to drain (or --redis URL to work on a shared queue)")
+    source = Path(args.source)
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    output = default_output(source, config)
+    queue = default_queue(output, config)
+    quiet = config.drain.progress == "quiet"
+    renderer = make_renderer(config.drain.progress, interval=config.drain.log_interval)
+
+    async def main() -> DrainReport:
+        return await run_drain(
+            config,
+            source,
+            output=output,
+            queue_path=queue,
+            folder=folder_prompt(config),
+            renderer=renderer,
+            handle_signals=True,
+            on_load=lambda report: _announce(report, queue, quiet),
+        )
+
+    report = anyio.run(main)
+    print(report.summary.render())
+    if report.summary.counts.get("pending"):
+        print("Run the same command again to resume the pending jobs.")
+    return exit_code(report)
+
+
+def _run_redis(args: argparse.Namespace, config: Config) -> int:
+    """One worker on the shared Redis queue (``--redis`` or ``queue.redis_url``)."""
+    source = Path(args.source) if args.source is not None else None
+    output = Path(config.drain.output) if config.drain.output else None
+    quiet = config.drain.progress == "quiet"
+    renderer = make_renderer(config.drain.progress, interval=config.drain.log_interval)
+    name = config.queue.redis_name
+
+    def announce(report: LoadReport | None) -> None:
+        if not quiet and report is not None:
+            print(
+                f"vsched: queued {report.added} new jobs in Redis queue {name!r}", file=sys.stderr
+            )
+
+    async def main() -> DrainReport:
+        return await run_redis_drain(
+            config,
+            source,
+            output=output,
+            folder=folder_prompt(config),
+            renderer=renderer,
+            handle_signals=True,
+            on_load=announce,
+        )
+
+    report = anyio.run(main)
+    print(report.summary.render())
+    return exit_code(report)

@@ -1,0 +1,484 @@
+"""Image preparation: upright, no bigger than the model sees, and within a token budget.
+
+The model ignores EXIF metadata and resizes every image before it looks at it, so a sideways
+phone photo arrives sideways and most of a 12-megapixel upload is thrown away on arrival.
+Before dispatch, each local or inline image is:
+
+1. turned upright by its EXIF orientation (the metadata is then dropped);
+2. shrunk to the size the model's profile works at for the request's ``detail``, so its token
+   cost is exactly unchanged (never enlarged);
+3. optionally fitted into a per-image token budget, by switching to ``detail: "low"`` or by
+   shrinking further at the same detail, whichever lets the model see more pixels;
+4. re-encoded (JPEG at the configured quality; PNG, or lossless WEBP for a WEBP source, when
+   the image has transparency), unless nothing changed or the original bytes are smaller and
+   still valid.
+
+``prepare_image`` is the synchronous core (it decodes pixels, so it belongs in a worker thread);
+``ImagePreparer`` is the async hook the scheduler calls, running that core through
+``anyio.to_thread`` with a bounded number of threads so that memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, cast
+
+import anyio
+import anyio.to_thread
+from PIL import Image, ImageOps
+
+from .client import inline_local_images
+from .config import Config, ImagesConfig
+from .cost import profile_image_tokens, working_size
+from .errors import CorruptImage, ImageError, InputError, UnsupportedImage
+from .images import ImageInfo
+from .profiles import ModelProfile, ProfileTable
+
+__all__ = [
+    "BUDGET_METADATA_KEY",
+    "DetailChoice",
+    "ImagePreparer",
+    "PrepareStats",
+    "PreparedImage",
+    "choose_detail",
+    "job_token_budget",
+    "prepare_bodies",
+    "prepare_image",
+]
+
+#: The key of a job's ``metadata`` mapping that sets that job's per-image token budget.
+BUDGET_METADATA_KEY = "image_token_budget"
+
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetailChoice:
+    """The detail to send an image at, the pixel size to send it at, and what it costs."""
+
+    detail: str
+    width: int
+    height: int
+    tokens: int
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"size must be positive, got {self.width}x{self.height}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedImage:
+    """An image ready to upload, with what preparation did to it."""
+
+    data: bytes = field(repr=False)
+    mime: str
+    detail: str
+    width: int
+    height: int
+    tokens: int
+    original_width: int
+    original_height: int
+    original_bytes: int
+    original_tokens: int
+    oriented: bool
+    resized: bool
+    reencoded: bool
+
+    @property
+    def bytes_saved(self) -> int:
+        """Upload bytes saved by preparation (negative if a needed rotation grew the file)."""
+        return self.original_bytes - len(self.data)
+
+    def data_url(self) -> str:
+        """The image as a ``data:`` URL for an ``image_url`` content part."""
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareStats:
+    """Totals over every image an ``ImagePreparer`` has handled (``failed``: refused ones)."""
+
+    images: int = 0
+    reencoded: int = 0
+    failed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """The totals as a JSON-ready mapping."""
+        return {
+            "images": self.images,
+            "reencoded": self.reencoded,
+            "failed": self.failed,
+            "bytes_before": self.bytes_in,
+            "bytes_after": self.bytes_out,
+            "image_tokens_before": self.tokens_in,
+            "image_tokens_after": self.tokens_out,
+        }
+
+    @property
+    def bytes_saved(self) -> int:
+        """Upload bytes saved so far."""
+        return self.bytes_in - self.bytes_out
+
+
+def job_token_budget(metadata: Any) -> int | None:
+    """A job's own per-image token budget (its metadata's ``image_token_budget``), if it has one."""
+    if not isinstance(metadata, Mapping) or BUDGET_METADATA_KEY not in metadata:
+        return None
+    value = metadata[BUDGET_METADATA_KEY]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{BUDGET_METADATA_KEY}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def choose_detail(
+    width: int,
+    height: int,
+    *,
+    detail: str,
+    profile: ModelProfile,
+    token_budget: int = 0,
+    shrink: bool = True,
+) -> DetailChoice:
+    """Pick the detail and pixel size to send an upright ``width`` x ``height`` image at.
+
+    Without a budget (0) the detail is kept and the size is the model's working size (or the
+    original size when ``shrink`` is off): the token cost is unchanged. Over a budget, the
+    options are ``low`` (if the profile has it) and the same detail shrunk until it fits; the
+    one that fits and shows the model more pixels wins. When nothing fits, the cheapest does.
+    """
+
+    def tokens(w: int, h: int, d: str) -> int:
+        return profile_image_tokens(w, h, d, profile)
+
+    def seen(w: int, h: int, d: str) -> tuple[int, int]:
+        return working_size(w, h, detail=d, profile=profile)
+
+    size = seen(width, height, detail) if shrink else (width, height)
+    keep = DetailChoice(detail=detail, width=size[0], height=size[1], tokens=tokens(*size, detail))
+    if token_budget <= 0 or keep.tokens <= token_budget:
+        return keep
+
+    options = [keep]
+    if detail != "low" and "low" in profile.details:
+        low = seen(width, height, "low") if shrink else (width, height)
+        options.append(
+            DetailChoice(detail="low", width=low[0], height=low[1], tokens=tokens(*low, "low"))
+        )
+    if detail != "low":
+        smaller = _largest_within(size, lambda w, h: tokens(w, h, detail) <= token_budget)
+        if smaller is not None:
+            options.append(
+                DetailChoice(
+                    detail=detail,
+                    width=smaller[0],
+                    height=smaller[1],
+                    tokens=tokens(*smaller, detail),
+                )
+            )
+
+    def area_seen(choice: DetailChoice) -> int:
+        w, h = seen(choice.width, choice.height, choice.detail)
+        return w * h
+
+    fitting = [c for c in options if c.tokens <= token_budget]
+    if fitting:
+        return max(fitting, key=lambda c: (area_seen(c), -c.tokens))
+    return min(options, key=lambda c: (c.tokens, -area_seen(c)))
+
+
+def _largest_within(
+    size: tuple[int, int], fits: Callable[[int, int], bool]
+) -> tuple[int, int] | None:
+    """The largest downscale of ``size`` (same aspect ratio) for which ``fits(w, h)`` holds."""
+    width, height = size
+    longest = max(width, height)
+
+    def scaled(side: int) -> tuple[int, int]:
+        ratio = side / longest
+        return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+    low, high = 1, longest - 1
+    if high < low or not fits(*scaled(low)):
+        return None
+    # Token counts never decrease as the same picture grows, so a binary search finds the edge.
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(*scaled(middle)):
+            low = middle
+        else:
+            high = middle - 1
+    return scaled(low)
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    model: str,
+    detail: str = "auto",
+    profiles: ProfileTable | None = None,
+    config: ImagesConfig | None = None,
+    token_budget: int | None = None,
+    source: str = "<bytes>",
+) -> PreparedImage:
+    """Orient, shrink and re-encode one image (decodes pixels: call it from a worker thread).
+
+    ``token_budget`` overrides ``config.token_budget`` when given. Raises ``UnsupportedImage``
+    for animated or non-accepted formats and ``CorruptImage`` for undecodable bytes.
+    """
+    config = config or ImagesConfig()
+    profiles = profiles or ProfileTable.from_config()
+    budget = config.token_budget if token_budget is None else token_budget
+    try:
+        return _prepare(data, model, detail, profiles, config, budget, source)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL reports undecodable bytes as OSError (UnidentifiedImageError) or SyntaxError.
+        raise CorruptImage(source, f"cannot decode: {exc}") from None
+
+
+def _prepare(
+    data: bytes,
+    model: str,
+    detail: str,
+    profiles: ProfileTable,
+    config: ImagesConfig,
+    budget: int,
+    source: str,
+) -> PreparedImage:
+    image = Image.open(io.BytesIO(data))
+    fmt = image.format or ""
+    if fmt not in _FORMATS:
+        raise UnsupportedImage(source, f"{fmt or 'unknown'} is not PNG, JPEG, WEBP or GIF")
+    if getattr(image, "is_animated", False):
+        raise UnsupportedImage(source, "animated images are not accepted")
+
+    width, height = image.size
+    # Only EXIF read with the header counts: a PNG's late eXIf chunk would cost a full decode.
+    has_exif = config.orient and "exif" in image.info
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if has_exif else 1
+    if orientation not in range(1, 9):
+        orientation = 1
+    upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+    profile = profiles.resolve(model)
+
+    def tokens(w: int, h: int, d: str) -> int:
+        return profile_image_tokens(w, h, d, profile)
+
+    original_tokens = tokens(*upright, detail)
+    choice = choose_detail(
+        *upright,
+        detail=detail,
+        profile=profile,
+        token_budget=budget,
+        shrink=config.shrink,
+    )
+    target = (choice.width, choice.height)
+    # The original bytes stay valid when they need no turning and cost the same as the target.
+    original_valid = orientation == 1 and tokens(*upright, choice.detail) == choice.tokens
+
+    def unchanged() -> PreparedImage:
+        return PreparedImage(
+            data=data,
+            mime=_FORMATS[fmt],
+            detail=choice.detail,
+            width=width,
+            height=height,
+            tokens=choice.tokens,
+            original_width=width,
+            original_height=height,
+            original_bytes=len(data),
+            original_tokens=original_tokens,
+            oriented=False,
+            resized=False,
+            reencoded=False,
+        )
+
+    if original_valid and target == upright:
+        return unchanged()
+
+    if fmt == "JPEG":
+        # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 size, never below the target.
+        stored = (target[1], target[0]) if orientation in _SWAPS_AXES else target
+        image.draft(image.mode, stored)
+    image.load()
+    icc_profile = image.info.get("icc_profile")
+    picture: Image.Image = ImageOps.exif_transpose(image) if orientation != 1 else image
+    transparent = _has_transparency(picture)
+    picture = picture.convert("RGBA" if transparent else _opaque_mode(picture))
+    if picture.size != target:
+        picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+    out = io.BytesIO()
+    options: dict[str, Any] = {"icc_profile": icc_profile} if icc_profile else {}
+    if transparent:
+        out_format = "WEBP" if fmt == "WEBP" else "PNG"
+        if out_format == "WEBP":
+            options.update(lossless=True)
+        picture.save(out, format=out_format, **options)
+    else:
+        out_format = "JPEG"
+        picture.save(out, format="JPEG", quality=config.jpeg_quality, **options)
+    encoded = out.getvalue()
+    if original_valid and len(encoded) >= len(data):
+        return unchanged()  # never make a file bigger when the original is just as good
+    return PreparedImage(
+        data=encoded,
+        mime=_FORMATS[out_format],
+        detail=choice.detail,
+        width=picture.width,
+        height=picture.height,
+        tokens=choice.tokens,
+        original_width=width,
+        original_height=height,
+        original_bytes=len(data),
+        original_tokens=original_tokens,
+        oriented=orientation != 1,
+        resized=target != upright,
+        reencoded=True,
+    )
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    """True when some pixel is not fully opaque (an all-opaque alpha channel does not count)."""
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if "A" not in image.getbands():
+        return False
+    low, _ = cast(tuple[int, int], image.getchannel("A").getextrema())
+    return low < 255
+
+
+def _opaque_mode(image: Image.Image) -> str:
+    """The JPEG mode for an opaque image: grey stays grey, everything else becomes RGB."""
+    return "L" if image.mode in ("L", "LA") else "RGB"
+
+
+class ImagePreparer:
+    """The scheduler's preparation hook: runs ``prepare_image`` in bounded worker threads.
+
+    One instance per scheduler. Images are prepared at dispatch time, so only in-flight images
+    are held in memory; the caller keeps a job's prepared body for its retries and drops it when
+    the job ends.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        profiles: ProfileTable | None = None,
+        threads: int | None = None,
+    ) -> None:
+        config = config or Config()
+        self._config = config.images
+        self._default_model = config.cost.default_model
+        self._profiles = profiles or ProfileTable.from_config(config)
+        # One CPU is left to the event loop by default: decoding threads that take every core
+        # make the loop wait for a CPU, and its heartbeat stalls.
+        threads = threads or config.images.prepare_threads or max(1, (os.cpu_count() or 1) - 1)
+        self._threads = anyio.CapacityLimiter(threads)
+        self._stats = PrepareStats()
+
+    @property
+    def threads(self) -> anyio.CapacityLimiter:
+        """The limiter that bounds how many images are decoded at once."""
+        return self._threads
+
+    def stats(self) -> PrepareStats:
+        """Totals over every image prepared so far."""
+        return self._stats
+
+    async def __call__(
+        self,
+        data: bytes,
+        info: ImageInfo,
+        *,
+        detail: str,
+        model: str,
+        token_budget: int | None = None,
+        source: str = "<image>",
+    ) -> PreparedImage:
+        """Prepare one image in a worker thread; refuse animated images before any work.
+
+        ``token_budget`` is the job's own budget (None: ``images.token_budget``); an empty
+        ``model`` means ``cost.default_model``, as in the cost model.
+        """
+        if info.animated:
+            raise UnsupportedImage(source, f"animated {info.format.upper()} is not accepted")
+        budget = self._config.token_budget if token_budget is None else token_budget
+        work = partial(
+            prepare_image,
+            data,
+            model=model or self._default_model,
+            detail=detail,
+            profiles=self._profiles,
+            config=self._config,
+            token_budget=budget,
+            source=source,
+        )
+        try:
+            if self._config.orient or self._config.shrink or budget:
+                prepared = await anyio.to_thread.run_sync(work, limiter=self._threads)
+            else:
+                prepared = work()  # everything off: a header read, no decode, no thread needed
+        except ImageError:
+            self._stats = dataclasses.replace(self._stats, failed=self._stats.failed + 1)
+            raise
+        old = self._stats
+        self._stats = dataclasses.replace(
+            old,
+            images=old.images + 1,
+            reencoded=old.reencoded + prepared.reencoded,
+            bytes_in=old.bytes_in + prepared.original_bytes,
+            bytes_out=old.bytes_out + len(prepared.data),
+            tokens_in=old.tokens_in + prepared.original_tokens,
+            tokens_out=old.tokens_out + prepared.tokens,
+        )
+        return prepared
+
+
+async def prepare_bodies(
+    jobs: Iterable[tuple[Mapping[str, Any], Any]],
+    config: Config | None = None,
+    *,
+    preparer: ImagePreparer | None = None,
+    concurrency: int = 8,
+) -> PrepareStats:
+    """Prepare the images of (body, metadata) pairs as dispatch would, keeping only the totals.
+
+    For ``vsched estimate --prepare``: the prepared bodies are dropped at once; a job whose
+    images cannot be prepared counts in ``failed`` and the others go on.
+    """
+    config = config or Config()
+    preparer = preparer or ImagePreparer(config)
+    slots = anyio.Semaphore(concurrency)
+
+    async def one(body: Mapping[str, Any], metadata: Any) -> None:
+        try:
+            await inline_local_images(
+                body,
+                images=config.images,
+                preparer=preparer,
+                token_budget=job_token_budget(metadata),
+            )
+        except InputError:
+            pass  # counted by the preparer (or reported by the cost estimate)
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as tg:
+        for body, metadata in jobs:
+            await slots.acquire()
+            tg.start_soon(one, body, metadata)
+    return preparer.stats()
