@@ -1,6 +1,7 @@
 """The clients under test, each driven the way its users would drive it, against one target.
 
-- ``vsched``: ``Scheduler.map`` with its default configuration and the limits it is told.
+- ``vsched``: ``Scheduler.map`` with its default configuration and the limits it is told, except
+  image preparation (off: the peers send images as they are; ``vsched-prepare`` has it on).
 - ``vsched-settle-actual`` / ``vsched-settle-none``: the same with ``limits.settle`` forced, to
   compare the two settle policies (correct each charge to real usage, or keep the estimate).
 - ``sdk-semaphore``: the do-it-yourself baseline: the official ``openai`` SDK (its own retries:
@@ -81,6 +82,7 @@ async def _run_vsched(
     target: Target,
     *,
     settle: Literal["none", "actual"] | None = None,
+    prepare: bool = False,
 ) -> list[JobOutcome]:
     from scheduler.config import Secret, load_config
     from scheduler.dispatch import Scheduler
@@ -96,6 +98,10 @@ async def _run_vsched(
             "limits.rpm": target.rpm,
             "limits.settle": settle,
             "concurrency.max_in_flight": MAX_IN_FLIGHT,
+            # Image preparation (EXIF turn, shrink to the working size) decodes every image in a
+            # worker thread; the peers send images as they are, so the race runs without it.
+            "images.orient": None if prepare else False,
+            "images.shrink": None if prepare else False,
         },
     )
     transport = None if target.app is None else httpx.ASGITransport(app=target.app)
@@ -110,8 +116,13 @@ async def _run_vsched(
 
 
 async def run_vsched(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
-    """vsched with its default configuration (only the limits and the base URL set)."""
+    """vsched with its default configuration, image preparation aside."""
     return await _run_vsched(bodies, target)
+
+
+async def run_vsched_prepare(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
+    """vsched with its image preparation on, as it is by default (costs CPU, saves upload)."""
+    return await _run_vsched(bodies, target, prepare=True)
 
 
 async def run_vsched_settle_actual(
@@ -269,6 +280,7 @@ async def run_sdk_pyrate(bodies: Sequence[dict[str, Any]], target: Target) -> li
 
 CONTENDERS: dict[str, Contender] = {
     "vsched": run_vsched,
+    "vsched-prepare": run_vsched_prepare,
     "vsched-settle-actual": run_vsched_settle_actual,
     "vsched-settle-none": run_vsched_settle_none,
     "sdk-semaphore": run_sdk_semaphore,

@@ -18,8 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +30,7 @@ from .scenarios import RunSpec
 from .vclock import run_virtual
 from .workload import make_bodies
 
-__all__ = ["RunRecord", "StatusRecorder", "ideal_tokens", "run_loopback", "run_virtual_time"]
+__all__ = ["RunRecord", "ideal_tokens", "run_loopback", "run_virtual_time"]
 
 ASGIApp = Callable[..., Awaitable[None]]
 _SIM_BASE = "http://sim/v1"
@@ -51,7 +50,7 @@ class RunRecord:
     warmup: float
     total_tokens: int  # the server's admission charge of every job, once
     outcomes: list[JobOutcome]
-    statuses: dict[str, int]  # HTTP answers the server gave, by status (or "dropped")
+    statuses: dict[str, int]  # the server's answers: "200", "429", and each fault kind
     rejected: dict[str, int]  # the simulator's 429s by kind (tokens, requests, ...)
     series: list[int]  # tokens the server charged, per second from the first request
     rejected_series: list[int]  # 429s the server gave, per second from the first request
@@ -67,44 +66,6 @@ class RunRecord:
         return data
 
 
-class StatusRecorder:
-    """ASGI middleware that counts the answers the server gives, by HTTP status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.statuses: Counter[str] = Counter()
-
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http" or scope["path"] == "/sim/stats":
-            await self.app(scope, receive, send)
-            return
-        if scope["path"] == "/bench/statuses":
-            body = json.dumps(dict(self.statuses)).encode()
-            headers = [(b"content-type", b"application/json")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        answered = False
-
-        async def recording_send(message: Any) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                answered = True
-                self.statuses[str(message["status"])] += 1
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            if not answered:
-                self.statuses["dropped"] += 1
-
-
 @functools.lru_cache(maxsize=16)
 def ideal_tokens(spec: RunSpec) -> int:
     """What the server charges for every job once: the numerator of the ideal drain time."""
@@ -115,12 +76,19 @@ def ideal_tokens(spec: RunSpec) -> int:
     return sum(pricer.charge(body, endpoint="/v1/chat/completions").tokens for body in bodies)
 
 
+def _answers(snapshot: dict[str, Any]) -> dict[str, int]:
+    """The simulator's counters as answers by kind: completions, 429s, each fault."""
+    answers = {"200": int(snapshot.get("completed", 0))}
+    answers["429"] = sum(int(n) for n in snapshot.get("rejected", {}).values())
+    answers.update({f"fault {kind}": int(n) for kind, n in snapshot.get("faults", {}).items()})
+    return answers
+
+
 def _record(
     spec: RunSpec,
     contender: str,
     *,
     outcomes: list[JobOutcome],
-    statuses: dict[str, int],
     snapshot: dict[str, Any],
     drain: float,
     cpu: float,
@@ -137,7 +105,7 @@ def _record(
         warmup=spec.size.warmup,
         total_tokens=ideal_tokens(spec),
         outcomes=outcomes,
-        statuses=dict(sorted(statuses.items())),
+        statuses=_answers(snapshot),
         rejected=dict(snapshot.get("rejected", {})),
         series=[row["charged_tokens"] for row in snapshot.get("series", [])],
         rejected_series=[row["rejected"] for row in snapshot.get("series", [])],
@@ -156,12 +124,11 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
 
     async def main() -> RunRecord:
         app = create_app(spec.sim_settings())
-        recorder = StatusRecorder(app)
         target = Target(
             base_url=_SIM_BASE,
             tpm=spec.told_tpm,
             rpm=spec.told_rpm,
-            app=recorder,
+            app=app,
             timeout=spec.size.timeout,
         )
         start = anyio.current_time()
@@ -171,7 +138,6 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
             spec,
             contender,
             outcomes=outcomes,
-            statuses=dict(recorder.statuses),
             snapshot=app.stats.snapshot(),
             drain=drain,
             cpu=cpu,
@@ -247,14 +213,12 @@ def run_loopback(spec: RunSpec, contender: str) -> RunRecord:
         if done.returncode != 0:
             raise RuntimeError(f"{contender} on {spec.scenario.name} failed:\n{done.stderr}")
         report = json.loads(done.stdout.splitlines()[-1])
-        statuses = httpx.get(f"{base}/bench/statuses", timeout=10.0).json()
         snapshot = httpx.get(f"{base}/sim/stats", timeout=10.0).json()
     outcomes = [JobOutcome(ok=ok, latency=lat, attempts=att) for ok, lat, att in report["outcomes"]]
     return _record(
         spec,
         contender,
         outcomes=outcomes,
-        statuses=statuses,
         snapshot=snapshot,
         drain=report["drain"],
         cpu=report["cpu"],

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .harness import StatusRecorder, client_main
+from .harness import client_main
 from .scenarios import SCENARIOS
 
 
@@ -33,13 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.role == "serve":
-        import uvicorn
-
-        from scheduler.sim import create_app
+        from scheduler.sim.server import bind, serve
 
         spec = SCENARIOS[args.scenario].spec("loopback", quick=True)
-        app = StatusRecorder(create_app(spec.sim_settings()))
-        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+        serve(spec.sim_settings(), bind("127.0.0.1", args.port), log_level="warning")
         return 0
     logging.getLogger("scheduler").setLevel(logging.ERROR)
     spec = dataclasses.replace(

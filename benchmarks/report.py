@@ -35,6 +35,7 @@ COLUMNS = (
 # One colour per contender in every panel.
 _COLOURS = {
     "vsched": "tab:blue",
+    "vsched-prepare": "tab:brown",
     "vsched-settle-actual": "tab:cyan",
     "vsched-settle-none": "tab:green",
     "sdk-semaphore": "tab:red",
