@@ -264,7 +264,7 @@ class LiveRenderer:
         figures = Text(
             f"TPM {_short(snapshot.tpm)}/{_short(snapshot.tpm_limit)} ({share:.0%})"
             f"  429s {snapshot.rate_limited}  retries {snapshot.retries}"
-            f"  elapsed {format_seconds(snapshot.elapsed)}  ETA {format_seconds(snapshot.eta)}"
+            f"  ETA {format_seconds(snapshot.eta)}  ({format_seconds(snapshot.elapsed)})"
         )
         return Group(head, bar, figures)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK, build_parser
+from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_USAGE, build_parser, main
 from scheduler.cli.demo import make_images
 from scheduler.cli.drain import EXIT_STOPPED, exit_code, folder_prompt
 from scheduler.config import load_config
@@ -48,6 +48,13 @@ def _report(stopped: str | None = None, fatal: bool = False, **counts: int) -> D
 def test_exit_codes(report: DrainReport, code: int) -> None:
     """0 all done, 1 failures, 3 fatal stop, 130 stopped by a signal."""
     assert exit_code(report) == code
+
+
+def test_missing_input_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Draining a path that does not exist exits 2 and creates no queue."""
+    assert main(["drain", str(tmp_path / "nope.jsonl")]) == EXIT_USAGE
+    assert "no such file or folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_drain_flags_reach_the_config() -> None:

@@ -102,27 +102,38 @@ def test_full_drain_writes_every_job_once(tmp_path: Path, sim: RunningSim) -> No
     assert len(_ids(tmp_path / "jobs.results.jsonl")) == 150
 
 
+def _wait_for_done(queue: Path, at_least: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if queue.exists() and _counts(queue)["done"] >= at_least:
+            return
+        time.sleep(0.02)
+
+
 def test_kill_9_at_random_points_then_resume_keeps_every_job_once(tmp_path: Path) -> None:
-    """Repeated kill -9 mid-drain, then a resume: every job appears exactly once."""
-    slow = LatencyModel(base=0.3, per_token=0.0, jitter=0.5)
+    """Repeated kill -9 (at start-up and mid-drain), then a resume: every job appears once."""
+    slow = LatencyModel(base=0.1, per_token=0.0, jitter=0.5)
     source = _batch_file(tmp_path / "jobs.jsonl", 200)
+    queue = tmp_path / "jobs.queue.sqlite"
     rng = random.Random(6)
     with running(SimSettings(tpm=10_000_000, rpm=100_000, latency=slow)) as sim:
         args = _args(source, sim, "--max-in-flight", "16")
-        for _ in range(4):
-            proc = subprocess.Popen(
-                args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            time.sleep(rng.uniform(0.5, 1.5))
+        proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, 0.5))  # during start-up or loading
+        proc.kill()
+        proc.wait()
+        for target in sorted(rng.sample(range(10, 180), 4)):
+            proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL)
+            _wait_for_done(queue, target, proc)
+            time.sleep(rng.uniform(0.0, 0.1))
             proc.kill()
-            proc.wait()
-        counts = _counts(tmp_path / "jobs.queue.sqlite")
-        assert 0 < counts["done"] < 200, "the kills must land mid-drain"
+            assert proc.wait() == -signal.SIGKILL, "the drain must still be running when killed"
+        assert _counts(queue)["done"] < 200
         final = _drain(source, sim)
     assert final.returncode == EXIT_OK, final.stderr
     ids = _ids(tmp_path / "jobs.results.jsonl")
     assert sorted(ids) == sorted(f"job-{i}" for i in range(200))
-    with SqliteQueue(tmp_path / "jobs.queue.sqlite") as q:
+    with SqliteQueue(queue) as q:
         assert q.total_claims() >= 200
 
 

@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if args.source is None:
         raise InputError("give the INPUT to drain (or --redis URL to work on a shared queue)")
     source = Path(args.source)
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
     output = default_output(source, config)
     queue = default_queue(output, config)
     quiet = config.drain.progress == "quiet"

@@ -91,8 +91,9 @@ class SqliteQueue:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise InputError(f"queue {self.path}: unknown schema version {version}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if version == 0:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self.close()
             raise InputError(f"queue {self.path}: not a vsched queue ({exc})") from None
