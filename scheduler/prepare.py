@@ -58,6 +58,9 @@ BUDGET_METADATA_KEY = "image_token_budget"
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
 _FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+# Even a blank JPEG takes about one byte per 61 pixels (Pillow, any quality): a file under one
+# byte per 128 pixels of the target cannot be beaten by a re-encode, so it is not decoded.
+_PIXELS_PER_BYTE_FLOOR = 128
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,7 +308,9 @@ def _prepare(
             reencoded=False,
         )
 
-    if original_valid and target == upright:
+    if original_valid and (
+        target == upright or len(data) * _PIXELS_PER_BYTE_FLOOR <= target[0] * target[1]
+    ):
         return unchanged()
 
     if fmt == "JPEG":
