@@ -136,7 +136,13 @@ class PrepareStats:
 
 
 def job_token_budget(metadata: Any) -> int | None:
-    """A job's own per-image token budget (its metadata's ``image_token_budget``), if it has one."""
+    """A job's own per-image token budget (its metadata's ``image_token_budget``), if it has one.
+
+    ``metadata`` is a Request's metadata: a mapping, or (from ``vsched drain``) the queue's
+    ``Job``, whose own ``metadata`` is the one of its JSONL line.
+    """
+    if not isinstance(metadata, Mapping):
+        metadata = getattr(metadata, "metadata", None)
     if not isinstance(metadata, Mapping) or BUDGET_METADATA_KEY not in metadata:
         return None
     value = metadata[BUDGET_METADATA_KEY]

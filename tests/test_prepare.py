@@ -21,6 +21,7 @@ from scheduler.cost import image_tokens
 from scheduler.dispatch import Scheduler
 from scheduler.errors import CorruptImage, InputError, UnsupportedImage
 from scheduler.images import ImageInfo
+from scheduler.jobs import Job
 from scheduler.prepare import (
     DetailChoice,
     ImagePreparer,
@@ -345,6 +346,9 @@ def test_budget_shrinks_the_pixels() -> None:
         ({"other": 1}, None),
         ({"image_token_budget": 500}, 500),
         ({"image_token_budget": 0}, 0),  # a job can switch the global budget off
+        # vsched drain passes the queue's Job, which carries its JSONL line's metadata.
+        (Job(id="1", line=1, body={}, metadata={"image_token_budget": 200}), 200),
+        (Job(id="2", line=2, body={}), None),
     ],
 )
 def test_job_token_budget(metadata: Any, expected: int | None) -> None:
