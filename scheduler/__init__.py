@@ -16,6 +16,7 @@ from .dispatch import (
     SchedulerStats,
     run_batch,
 )
+from .drain import run_drain
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -41,6 +42,7 @@ from .errors import (
     VschedError,
 )
 from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
+from .jobs import Job, iter_jobs
 from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
 from .prepare import (
     DetailChoice,
@@ -51,6 +53,7 @@ from .prepare import (
     prepare_image,
 )
 from .profiles import ModelProfile, ProfileTable
+from .queues.sqlite import SqliteQueue
 from .redis_limiter import RedisLimiter
 
 __version__ = "0.1.0"
@@ -75,6 +78,7 @@ __all__ = [
     "ImageProber",
     "ImageTooLarge",
     "InputError",
+    "Job",
     "JobFailed",
     "Limiter",
     "LimiterReservation",
@@ -100,6 +104,7 @@ __all__ = [
     "SchedulerStats",
     "Secret",
     "ServerError",
+    "SqliteQueue",
     "TokenBucket",
     "TransportError",
     "UnknownModel",
@@ -109,10 +114,12 @@ __all__ = [
     "choose_detail",
     "estimate_cost",
     "image_tokens",
+    "iter_jobs",
     "load_config",
     "prepare_image",
     "probe_image",
     "read_image_bytes",
     "run_batch",
+    "run_drain",
     "working_size",
 ]

@@ -310,7 +310,14 @@ def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> Non
         model=str(job.body.get("model", "")),
         prompt_tokens=prompt,
         completion_tokens=completion,
+        charged_tokens=_charged(result),
     )
+
+
+def _charged(result: ResultLike) -> int:
+    """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown."""
+    total = getattr(getattr(result, "cost", None), "total", 0)
+    return total if isinstance(total, int) else 0
 
 
 def _summarise(
@@ -335,6 +342,7 @@ def _summarise(
     return DrainSummary(
         counts={str(state): n for state, n in counts.items()},
         tokens=progress.tokens,
+        charged=progress.charged,
         price=price if price is None or math.isfinite(price) else None,
         tpm_limit=settings.tpm_limit,
         wall_time=wall_time,

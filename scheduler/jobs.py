@@ -15,9 +15,12 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # dispatch pulls in httpx and the cost model; parsing needs neither
+    from .dispatch import Request
 
 __all__ = [
     "ENDPOINTS",
@@ -58,6 +61,15 @@ class Job:
             raise ValueError("a Job has exactly one of body and error")
         if not self.id:
             raise ValueError("a Job needs a non-empty id")
+
+    @property
+    def request(self) -> Request | None:
+        """The job as the Scheduler's ``Request``; None for a line that cannot be sent."""
+        from .dispatch import Request
+
+        if self.body is None:
+            return None
+        return Request(body=self.body, endpoint=self.endpoint, metadata=self.metadata)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -58,6 +58,9 @@ BUDGET_METADATA_KEY = "image_token_budget"
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
 _FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+# Even a blank JPEG takes about one byte per 61 pixels (Pillow, any quality): a file under one
+# byte per 128 pixels of the target cannot be beaten by a re-encode, so it is not decoded.
+_PIXELS_PER_BYTE_FLOOR = 128
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,7 +136,13 @@ class PrepareStats:
 
 
 def job_token_budget(metadata: Any) -> int | None:
-    """A job's own per-image token budget (its metadata's ``image_token_budget``), if it has one."""
+    """A job's own per-image token budget (its metadata's ``image_token_budget``), if it has one.
+
+    ``metadata`` is a Request's metadata: a mapping, or (from ``vsched drain``) the queue's
+    ``Job``, whose own ``metadata`` is the one of its JSONL line.
+    """
+    if not isinstance(metadata, Mapping):
+        metadata = getattr(metadata, "metadata", None)
     if not isinstance(metadata, Mapping) or BUDGET_METADATA_KEY not in metadata:
         return None
     value = metadata[BUDGET_METADATA_KEY]
@@ -305,7 +314,9 @@ def _prepare(
             reencoded=False,
         )
 
-    if original_valid and target == upright:
+    if original_valid and (
+        target == upright or len(data) * _PIXELS_PER_BYTE_FLOOR <= target[0] * target[1]
+    ):
         return unchanged()
 
     if fmt == "JPEG":

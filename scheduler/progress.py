@@ -5,6 +5,11 @@ tokens per second, with the time passed in. The renderers draw its snapshots: a 
 a terminal, a plain line every few seconds otherwise (or a JSON object per line), nothing when
 quiet. :class:`DrainSummary` is the final account: jobs by state, tokens, estimated price, mean
 use of the limit, 429s, and the wall time against the ideal ``total tokens / TPM``.
+
+Two views of tokens are kept, as the service does: *charged* is what the limit counts (the
+estimate a request is admitted with: prompt plus completion reserve), *used* is the billed usage
+the server reports. Tokens per minute, utilisation and the ideal time are about the limit, so
+they use the charged tokens whenever the results carry them, the used tokens otherwise.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class ProgressSnapshot:
     failed: int
     remaining: int
     tokens: int
+    charged: int
     tpm: float
     tpm_limit: int
     rate_limited: int
@@ -127,6 +133,7 @@ class DrainProgress:
         self.tpm_limit = tpm_limit
         self.started = started
         self.tokens = 0
+        self.charged = 0
         self.retries = 0
         self.rate_limited = 0
         self.finished_this_run = 0
@@ -143,8 +150,9 @@ class DrainProgress:
         model: str = "",
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        charged_tokens: int = 0,
     ) -> None:
-        """Count one finished job and the tokens it used."""
+        """Count one finished job, the tokens it used and those the limit charged for it."""
         if ok:
             self.done += 1
         else:
@@ -158,7 +166,8 @@ class DrainProgress:
             split = self.by_model.setdefault(model, [0, 0])
             split[0] += prompt_tokens
             split[1] += completion_tokens
-        self._tokens.add(now, used)
+        self.charged += charged_tokens
+        self._tokens.add(now, charged_tokens or used)
         self._jobs.add(now, 1)
 
     def snapshot(self, now: float) -> ProgressSnapshot:
@@ -173,6 +182,7 @@ class DrainProgress:
             failed=self.failed,
             remaining=self.remaining,
             tokens=self.tokens,
+            charged=self.charged,
             tpm=tpm,
             tpm_limit=self.tpm_limit,
             rate_limited=self.rate_limited,
@@ -322,11 +332,17 @@ class DrainSummary:
     failures_total: int = 0
     stopped: str | None = None
     output: str | None = None
+    charged: int = 0
+
+    @property
+    def limit_tokens(self) -> int:
+        """The tokens the limit counted: charged when known, else used."""
+        return self.charged or self.tokens
 
     @property
     def ideal_time(self) -> float:
         """Seconds the run's tokens need at exactly the limit."""
-        return self.tokens * 60.0 / self.tpm_limit if self.tpm_limit else 0.0
+        return self.limit_tokens * 60.0 / self.tpm_limit if self.tpm_limit else 0.0
 
     @property
     def utilisation(self) -> float:
@@ -338,6 +354,7 @@ class DrainSummary:
         return {
             "counts": dict(self.counts),
             "tokens": self.tokens,
+            "charged": self.charged,
             "price": self.price,
             "tpm_limit": self.tpm_limit,
             "wall_time": round(self.wall_time, 3),
@@ -355,9 +372,10 @@ class DrainSummary:
         """The summary as text for the terminal."""
         counts = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in self.counts.items())
         price = "unknown (no price for the model)" if self.price is None else f"${self.price:.4f}"
+        charged = f", {self.charged:,} charged against the limit" if self.charged else ""
         lines = [
             f"Jobs: {counts}",
-            f"Tokens: {self.tokens:,} used, estimated price {price}",
+            f"Tokens: {self.tokens:,} used (billed){charged}, estimated price {price}",
             f"Limit: {self.tpm_limit:,} TPM, mean utilisation {self.utilisation:.0%}",
             f"429s: {self.rate_limited}, retries: {self.retries}",
             f"Wall time: {format_seconds(self.wall_time)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -92,3 +93,12 @@ def redis_url(redis_server: str) -> str:
         sock.sendall(b"FLUSHALL\r\n")
         assert sock.recv(16).startswith(b"+OK")
     return f"{redis_server}/0"
+
+
+@pytest.fixture(autouse=True)
+def _restore_retry_log_level() -> Iterator[None]:
+    """Undo the drain command's quietening of retry warnings (it sets a process-wide level)."""
+    retry_log = logging.getLogger("scheduler.retry")
+    level = retry_log.level
+    yield
+    retry_log.setLevel(level)

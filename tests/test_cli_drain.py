@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from PIL import Image
 
 from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_USAGE, build_parser, main
 from scheduler.cli.demo import make_images
-from scheduler.cli.drain import EXIT_STOPPED, exit_code, folder_prompt
+from scheduler.cli.drain import EXIT_STOPPED, exit_code, folder_prompt, run_report
 from scheduler.config import load_config
 from scheduler.drain import DrainReport
 from scheduler.errors import QuotaExceeded
@@ -55,6 +57,22 @@ def test_missing_input_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["drain", str(tmp_path / "nope.jsonl")]) == EXIT_USAGE
     assert "no such file or folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_retry_warnings_are_silenced_only_during_the_drain() -> None:
+    """Without -v retry warnings are muted while draining, and the level is restored after."""
+    logger = logging.getLogger("scheduler.retry")
+    seen = []
+
+    async def drain() -> DrainReport:
+        seen.append(logger.level)
+        return _report(done=1)
+
+    before = logger.level
+    run_report(argparse.Namespace(verbose=0), drain)
+    run_report(argparse.Namespace(verbose=1), drain)
+    assert seen == [logging.ERROR, before]
+    assert logger.level == before
 
 
 def test_drain_flags_reach_the_config() -> None:

@@ -36,6 +36,11 @@ class FakeError:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FakeCost:
+    total: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FakeResult:
     status: str
     status_code: int | None
@@ -44,6 +49,7 @@ class FakeResult:
     attempts: int
     error: FakeError | None
     metadata: Any
+    cost: FakeCost | None = None
 
 
 def fake_mapper(
@@ -79,6 +85,7 @@ def fake_mapper(
                     attempts=2,
                     error=None,
                     metadata=job,
+                    cost=FakeCost(total=150),
                 )
 
     return mapper
@@ -114,6 +121,7 @@ async def test_full_drain_records_every_job_once(queue: SqliteQueue, tmp_path: P
     assert report.fatal is None
     assert summary.counts == {"pending": 0, "in_flight": 0, "done": 19, "failed": 2}
     assert summary.tokens == 1900
+    assert summary.charged == 19 * 150
     assert summary.retries == 19
     assert summary.price == pytest.approx(19 * (90e-6 + 20e-6))
     assert summary.wall_time >= 0

@@ -21,6 +21,7 @@ from scheduler.cost import image_tokens
 from scheduler.dispatch import Scheduler
 from scheduler.errors import CorruptImage, InputError, UnsupportedImage
 from scheduler.images import ImageInfo
+from scheduler.jobs import Job
 from scheduler.prepare import (
     DetailChoice,
     ImagePreparer,
@@ -263,6 +264,19 @@ def test_smaller_original_is_kept(detail: str, size: tuple[int, int]) -> None:
     assert prepared.tokens == image_tokens(*size, detail=detail, model="gpt-4o")
 
 
+def test_tiny_file_is_sent_without_decoding() -> None:
+    """A file smaller than any re-encode could be is passed through without decoding it."""
+    data = bytearray(_encode(Image.new("1", (4032, 3024)), "PNG"))
+    assert len(data) < 4000
+    start = data.index(b"IDAT") + 8
+    data[start : start + 40] = bytes(40)  # pixel data a decoder would refuse
+    data = bytes(data)
+    with pytest.raises(CorruptImage):  # a budget that needs new pixels has to decode it
+        prepare_image(data, model="gpt-4o", detail="high", token_budget=500)
+    prepared = prepare_image(data, model="gpt-4o", detail="high")
+    assert prepared.data is data and not prepared.reencoded
+
+
 def test_grey_and_cmyk_jpegs_are_reencoded_as_jpeg() -> None:
     """Greyscale stays greyscale; CMYK becomes RGB (every viewer and model reads it)."""
     grey = prepare_image(_encode(_quadrants(3000, 1000).convert("L"), "JPEG"), model="gpt-4o")
@@ -332,6 +346,9 @@ def test_budget_shrinks_the_pixels() -> None:
         ({"other": 1}, None),
         ({"image_token_budget": 500}, 500),
         ({"image_token_budget": 0}, 0),  # a job can switch the global budget off
+        # vsched drain passes the queue's Job, which carries its JSONL line's metadata.
+        (Job(id="1", line=1, body={}, metadata={"image_token_budget": 200}), 200),
+        (Job(id="2", line=2, body={}), None),
     ],
 )
 def test_job_token_budget(metadata: Any, expected: int | None) -> None:
@@ -362,7 +379,7 @@ def test_prepare_image_refuses_animated_gif() -> None:
     [
         (b"not an image at all", CorruptImage),
         (_encode(_quadrants(64, 64), "BMP"), UnsupportedImage),
-        (_encode(_quadrants(3000, 1000), "JPEG")[:5000], CorruptImage),  # truncated
+        (_encode(_photo((3000, 1000)), "JPEG")[:50_000], CorruptImage),  # truncated
     ],
 )
 def test_unreadable_images_raise_image_errors(data: bytes, error: type[Exception]) -> None:
@@ -531,7 +548,7 @@ def test_estimate_shows_tokens_and_bytes_before_and_after_preparation(
     photo = tmp_path / "IMG_0001.jpg"
     photo.write_bytes(_with_orientation(_photo((2100, 1575)), 6))
     broken = tmp_path / "broken.jpg"
-    broken.write_bytes(_encode(_photo((2100, 1575)), "JPEG")[:3000])  # header fine, pixels cut
+    broken.write_bytes(_encode(_photo((2100, 1575)), "JPEG")[:50_000])  # header fine, pixels cut
 
     def line(url: str, **extra: Any) -> str:
         image = {"type": "image_url", "image_url": {"url": url, "detail": "high"}}

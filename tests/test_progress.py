@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -110,9 +111,23 @@ def test_summary_reports_utilisation_ideal_time_and_failures() -> None:
     assert summary.utilisation == pytest.approx(0.75)
     text = summary.render()
     assert "9 done, 2 failed" in text
-    assert "estimated price $0.1250" in text
+    assert "Tokens: 30,000 used (billed), estimated price $0.1250" in text
     assert "mean utilisation 75%" in text
     assert "Wall time: 1m20s (ideal at the limit: 1m00s)" in text
     assert "x (line 4): line 4: not valid JSON" in text
     assert "... and 1 more" in text
     assert summary.to_dict()["utilisation"] == 0.75
+    charged = dataclasses.replace(summary, charged=36_000)
+    assert charged.ideal_time == 72.0, "the limit counts charged tokens when they are known"
+    assert charged.utilisation == pytest.approx(0.9)
+    assert "30,000 used (billed), 36,000 charged against the limit" in charged.render()
+
+
+def test_tpm_counts_charged_tokens_when_known() -> None:
+    """The live tokens-per-minute figure is what the limit counted, the estimate if given."""
+    progress = DrainProgress(done=0, failed=0, remaining=2, tpm_limit=1000, started=0.0)
+    progress.add(ok=True, now=0.5, prompt_tokens=10, completion_tokens=5, charged_tokens=40)
+    progress.add(ok=True, now=1.5, prompt_tokens=10, completion_tokens=5)
+    snap = progress.snapshot(2.0)
+    assert (snap.tokens, snap.charged) == (30, 40)
+    assert snap.tpm == pytest.approx((40 + 15) * 30.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -72,10 +71,24 @@ def test_drain_needs_an_input_or_a_redis_queue(
 ) -> None:
     """`vsched drain` with neither INPUT nor --redis says what to give."""
     monkeypatch.delenv("VSCHED_QUEUE_REDIS_URL", raising=False)
-    retry_log = logging.getLogger("scheduler.retry")
-    level = retry_log.level
-    try:
-        assert main(["drain"]) == EXIT_USAGE
-    finally:
-        retry_log.setLevel(level)  # the drain command quietens retry warnings for the process
+    assert main(["drain"]) == EXIT_USAGE
     assert "--redis" in capsys.readouterr().err
+
+
+def test_status_and_retry_failed_on_a_redis_queue(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --redis` counts the shared queue; `retry-failed --redis` re-queues its failures."""
+    source = _write_batch(tmp_path / "jobs.jsonl", 2)
+    assert main(["enqueue", str(source), "--redis", redis_url]) == EXIT_OK
+    with RedisStreamsQueue(redis_url) as queue:
+        job = queue.claim(1)[0]
+        error = {"code": "server_error", "message": "line 1: 500"}
+        queue.record([Outcome(key=job.key, ok=False, attempts=3, error=error)])
+    capsys.readouterr()
+    assert main(["status", "--redis", redis_url, "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"] == {"pending": 1, "in_flight": 0, "done": 0, "failed": 2}
+    assert [f["custom_id"] for f in report["failures"]] == ["r1", "3"]
+    assert main(["retry-failed", "--redis", redis_url]) == EXIT_OK
+    assert "Re-queued 1 failed jobs" in capsys.readouterr().err

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import anyio
 from PIL import Image, ImageDraw
 
 from ..config import Secret
@@ -22,7 +21,7 @@ from ..drain import DrainReport, run_drain
 from ..jobs import FolderPrompt
 from ..progress import make_renderer
 from .common import config_from_args
-from .drain import add_drain_flags, drain_overrides, exit_code
+from .drain import add_drain_flags, drain_overrides, exit_code, run_report
 from .queue_paths import default_output, default_queue
 
 __all__ = ["SIZES", "make_images", "register", "run"]
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 handle_signals=True,
             )
 
-        report = anyio.run(main)
+        report = run_report(args, main)
     print(report.summary.render())
     print(f"Queue: {queue} (try `vsched status {queue}`)")
     return exit_code(report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ from .common import add_config_flag, config_from_args
 from .enqueue import add_redis_flags
 from .queue_paths import default_output, default_queue
 
-__all__ = ["EXIT_STOPPED", "add_drain_flags", "drain_overrides", "exit_code", "register", "run"]
+__all__ = [
+    "EXIT_STOPPED",
+    "add_drain_flags",
+    "drain_overrides",
+    "exit_code",
+    "register",
+    "run",
+    "run_report",
+]
 
 EXIT_STOPPED = 130
 
@@ -53,13 +62,7 @@ def add_drain_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def drain_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Config overrides from the shared drain flags (None means "not given").
-
-    Without ``-v`` the per-attempt retry warnings are silenced: the progress display counts
-    429s and retries, and a flood of log lines would tear the live bar.
-    """
-    if not getattr(args, "verbose", 0):
-        logging.getLogger("scheduler.retry").setLevel(logging.ERROR)
+    """Config overrides from the shared drain flags (None means "not given")."""
     progress = args.progress
     if args.quiet:
         progress = "quiet"
@@ -72,6 +75,22 @@ def drain_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "drain.grace": args.grace,
         "drain.progress": progress,
     }
+
+
+def run_report(args: argparse.Namespace, main: Callable[[], Awaitable[DrainReport]]) -> DrainReport:
+    """Run a drain, with the per-attempt retry warnings silenced unless ``-v``.
+
+    The progress display counts 429s and retries; a flood of log lines would tear the live bar.
+    The logger's level is restored afterwards (``main()`` may run in-process, as in tests).
+    """
+    logger = logging.getLogger("scheduler.retry")
+    level = logger.level
+    if not getattr(args, "verbose", 0):
+        logger.setLevel(logging.ERROR)
+    try:
+        return anyio.run(main)
+    finally:
+        logger.setLevel(level)
 
 
 def register(subparsers: Any) -> None:
@@ -198,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             on_load=lambda report: _announce(report, queue, quiet),
         )
 
-    report = anyio.run(main)
+    report = run_report(args, main)
     print(report.summary.render())
     if report.summary.counts.get("pending"):
         print("Run the same command again to resume the pending jobs.")
@@ -230,6 +249,6 @@ def _run_redis(args: argparse.Namespace, config: Config) -> int:
             on_load=announce,
         )
 
-    report = anyio.run(main)
+    report = run_report(args, main)
     print(report.summary.render())
     return exit_code(report)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from typing import Any
 
+from ..queues import JobQueue
+from ..queues.redis_streams import RedisStreamsQueue
 from ..queues.sqlite import SqliteQueue
 from .common import add_config_flag, config_from_args
+from .enqueue import add_redis_flags, redis_config
 from .queue_paths import add_queue_flags, locate_queue
 
 __all__ = ["register", "run"]
@@ -20,15 +24,23 @@ def register(subparsers: Any) -> None:
         help="re-queue the failed jobs of a drain queue (run `vsched drain` again to send them)",
     )
     add_queue_flags(parser)
+    add_redis_flags(parser)
     add_config_flag(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Move failed jobs that have a request back to pending; malformed lines stay failed."""
-    config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
-    path = locate_queue(args.target, config)
-    with SqliteQueue(path) as queue:
+    queue: JobQueue
+    if args.redis:
+        config = redis_config(args)
+        queue = RedisStreamsQueue.from_config(config)
+        path: Any = f"Redis queue {config.queue.redis_name!r}"
+    else:
+        config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
+        path = locate_queue(args.target, config)
+        queue = SqliteQueue(path)
+    with closing(queue):
         requeued = queue.retry_failed()
         left = queue.counts()["failed"]
     note = f"; {left} malformed lines stay failed (fix the input)" if left else ""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
 from ..progress import format_seconds
+from ..queues import JobQueue
+from ..queues.redis_streams import RedisStreamsQueue
 from ..queues.sqlite import SqliteQueue
 from .common import add_config_flag, config_from_args
+from .enqueue import add_redis_flags, redis_config
 from .queue_paths import add_queue_flags, locate_queue
 
 __all__ = ["register", "run"]
@@ -21,6 +25,7 @@ def register(subparsers: Any) -> None:
         "status", help="show a drain queue: jobs per state, last run, failures"
     )
     add_queue_flags(parser)
+    add_redis_flags(parser)
     add_config_flag(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--failures", type=int, default=20, help="failed jobs to list (20)")
@@ -29,9 +34,16 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the queue's counts, the figures of its last run and its first failures."""
-    config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
-    path = locate_queue(args.target, config)
-    with SqliteQueue(path) as queue:
+    queue: JobQueue
+    if args.redis:
+        config = redis_config(args)
+        queue = RedisStreamsQueue.from_config(config)
+        path: Any = f"Redis queue {config.queue.redis_name!r}"
+    else:
+        config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
+        path = locate_queue(args.target, config)
+        queue = SqliteQueue(path)
+    with closing(queue):
         counts = queue.counts()
         last = queue.last_run()
         failures: list[dict[str, Any]] = []
