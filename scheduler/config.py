@@ -87,7 +87,7 @@ class LimitsConfig:
 
     tpm: int = 30_000
     rpm: int = 500
-    burst_seconds: float = 3.0
+    burst_seconds: float = 1.0
     settle: Literal["none", "actual"] = "none"
     learn_from_headers: bool = True
     backfill: bool = False

@@ -469,7 +469,7 @@ async def test_aclose_fails_waiters_and_later_calls() -> None:
 
 def test_from_config_and_protocol() -> None:
     """from_config copies the [limits] section, and Limiter satisfies RateLimiter."""
-    limiter = Limiter.from_config(LimitsConfig(tpm=1234, rpm=56, settle="none"))
+    limiter = Limiter.from_config(LimitsConfig(tpm=1234, rpm=56, settle="none", burst_seconds=3.0))
     assert isinstance(limiter, RateLimiter)
     stats = limiter.stats()
     assert (stats.tpm, stats.rpm, stats.token_capacity) == (1234, 56, pytest.approx(1234 / 20))
