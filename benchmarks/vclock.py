@@ -3,21 +3,26 @@
 Why our own and not trio's ``MockClock``: the SDK-based contenders (openai, aiolimiter,
 pyrate-limiter) only run on asyncio, and every contender must share one clock to be compared.
 vsched and the simulator read time through ``anyio.current_time()``, which on asyncio is
-``loop.time()``, so they follow this clock too. Why not the ``looptime`` package: it is 40 lines
-here, with no dependency and no no-op cycles to tune.
+``loop.time()``, so they follow this clock too. Why not the ``looptime`` package: this is short,
+has no dependency, and knows about anyio's worker threads.
 
 Only in-process work belongs on this loop (``httpx.ASGITransport``): a real socket would see the
-clock race ahead of the wall. CPU time is not virtual: work costs zero virtual seconds.
+clock race ahead of the wall. CPU time is not virtual: work costs zero virtual seconds, and so
+does work in worker threads: while one runs (``loop.run_in_executor``, ``anyio.to_thread``) the
+clock waits for it instead of jumping to the next timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import selectors
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["VirtualTimeLoop", "run_virtual"]
+import anyio.to_thread
+
+__all__ = ["RESOLUTION", "VirtualTimeLoop", "run_virtual"]
 
 _T = TypeVar("_T")
 
@@ -30,14 +35,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self._virtual_now = 0.0
+        self.thread_jobs = 0  # work in worker threads whose result the loop still awaits
         real_select: Callable[[float | None], list[Any]] = self._selector.select  # type: ignore[attr-defined]
 
         def select(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
             ready = real_select(0)
             if ready:
                 return ready
-            if timeout is None:
-                # Nothing scheduled: only another thread can wake us (self-pipe); wait for it.
+            if timeout is None or (self.thread_jobs and timeout > 0):
+                # Only another thread can wake us (its result comes through the self-pipe).
                 return real_select(None)
             if timeout > 0 or not self._ready:  # type: ignore[attr-defined]
                 # A timer is next. Move at least one resolution step, as a real clock would:
@@ -52,12 +58,43 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """Virtual seconds since the loop was made."""
         return self._virtual_now
 
+    def run_in_executor(  # type: ignore[override]
+        self, executor: concurrent.futures.Executor | None, func: Callable[..., _T], *args: Any
+    ) -> asyncio.Future[_T]:
+        """Run ``func`` in a thread, holding the clock until its result is back."""
+        future = super().run_in_executor(executor, func, *args)
+        self.thread_jobs += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _: object) -> None:
+        self.thread_jobs -= 1
+
+
+async def _counted_run_sync(func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``anyio.to_thread.run_sync`` that holds a virtual clock while the thread works."""
+    loop = asyncio.get_running_loop()
+    virtual = isinstance(loop, VirtualTimeLoop)
+    if virtual:
+        loop.thread_jobs += 1  # type: ignore[attr-defined]
+    try:
+        return await _REAL_RUN_SYNC(func, *args, **kwargs)
+    finally:
+        if virtual:
+            loop.thread_jobs -= 1  # type: ignore[attr-defined]
+
+
+_REAL_RUN_SYNC = anyio.to_thread.run_sync
+
 
 def run_virtual(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run ``main()`` to completion on a fresh virtual-time loop and close it."""
     loop = VirtualTimeLoop()
+    anyio.to_thread.run_sync = _counted_run_sync  # type: ignore[assignment]
     try:
         return loop.run_until_complete(main())
     finally:
+        anyio.to_thread.run_sync = _REAL_RUN_SYNC
         loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
+import anyio.to_thread
 import pytest
 
 from benchmarks.__main__ import main
@@ -38,6 +40,20 @@ def test_virtual_loop_jumps_over_sleeps() -> None:
         return asyncio.get_running_loop().time()
 
     assert run_virtual(sleepy) == pytest.approx(3600.0)
+
+
+def test_virtual_loop_waits_for_worker_threads() -> None:
+    """A worker thread's result arrives before a pending 10 s timer: threads cost no time."""
+
+    async def threaded() -> float:
+        sleeper = asyncio.ensure_future(asyncio.sleep(10.0))
+        await anyio.to_thread.run_sync(time.sleep, 0.02)
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.02)
+        now = asyncio.get_running_loop().time()
+        sleeper.cancel()
+        return now
+
+    assert run_virtual(threaded) < 0.01
 
 
 @pytest.mark.parametrize(
