@@ -59,6 +59,7 @@ class _Attempts:
     count: int = 0
     first_sent: float | None = None
     status_code: int | None = None
+    request_id: str | None = None
     body: Mapping[str, Any] | None = None
 
 
@@ -335,6 +336,7 @@ class Scheduler:
                 error=ErrorInfo.from_exception(exc),
                 metadata=request.metadata,
                 request=request,
+                request_id=state.request_id,
             )
         self._count_attempts(state)
         self._counts["succeeded"] += 1
@@ -353,6 +355,7 @@ class Scheduler:
             error=None,
             metadata=request.metadata,
             request=request,
+            request_id=state.request_id,
         )
 
     def _count_attempts(self, state: _Attempts) -> None:
@@ -394,6 +397,7 @@ class Scheduler:
                     await reservation.release()
             raise
         state.status_code = reply.status_code
+        state.request_id = reply.request_id
         error = classify(reply, secret=self._client.secret)
         with anyio.CancelScope(shield=True):
             await self._limiter.observe(reply.headers)

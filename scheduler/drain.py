@@ -82,6 +82,8 @@ class ResultLike(Protocol):
     @property
     def error(self) -> ErrorLike | None: ...
     @property
+    def request_id(self) -> str | None: ...
+    @property
     def metadata(self) -> Any: ...
 
 
@@ -192,6 +194,7 @@ def outcome_of(result: ResultLike, job: ClaimedJob) -> Outcome:
         body=result.body,
         error=error,
         tokens=prompt + completion,
+        request_id=result.request_id,
     )
 
 

@@ -58,6 +58,17 @@ async def test_faults_and_rate_limits_are_recovered() -> None:
     assert stats.usage_tokens == snapshot["usage_tokens"]
 
 
+async def test_results_carry_the_simulators_request_ids() -> None:
+    """The simulator answers with an x-request-id per request and each Result keeps its own."""
+    _, transport = sim(tpm=1_000_000, rpm=10_000)
+    config = make_config(**{"api.base_url": "http://sim/v1"})
+    async with Scheduler(config, transport=transport) as s, s.map(body(i) for i in range(5)) as rs:
+        done = [r async for r in rs]
+    ids = [r.request_id for r in done]
+    assert all(i is not None and i.startswith("req_sim") for i in ids), ids
+    assert len(set(ids)) == 5
+
+
 async def test_spent_budget_stops_the_run_and_nothing_more_is_sent() -> None:
     """Once the budget is spent the simulator says insufficient_quota; the run stops at once."""
     app, transport = sim(tpm=1_000_000, rpm=10_000, budget=2_000)
