@@ -4,7 +4,6 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
 from .bucket import BucketPair, TokenBucket
-from .client import PrepareHook
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
 from .dispatch import (
@@ -55,6 +54,7 @@ from .prepare import (
 from .profiles import ModelProfile, ProfileTable
 from .queues.sqlite import SqliteQueue
 from .redis_limiter import RedisLimiter
+from .uploads import PrepareHook
 
 __version__ = "0.1.0"
 

@@ -2,26 +2,22 @@
 
 ``OpenAIClient.post`` sends one attempt and returns a ``Reply`` whatever the status;
 ``classify`` turns a reply into the error it means (or None for a success), following the
-hierarchy in ``errors.py``. ``inline_local_images`` turns local image references into data URLs
-at dispatch time, through the optional ``PrepareHook`` (``scheduler.prepare.ImagePreparer``).
+hierarchy in ``errors.py``. Bodies arrive ready to send: image inlining lives upstream, in
+``uploads.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
-import functools
 import json
 import re
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any
 
-import anyio
 import httpx
 
-from .config import ApiConfig, ImagesConfig
+from .config import ApiConfig
 from .errors import (
     APIError,
     AuthenticationFailed,
@@ -34,17 +30,12 @@ from .errors import (
     TransportError,
 )
 from .headers import RateLimitHeaders, parse_duration
-from .images import ImageInfo, read_image_bytes, short_source
 
 __all__ = [
     "BILLING_CODES",
     "OpenAIClient",
-    "PrepareHook",
-    "PreparedUpload",
     "Reply",
     "classify",
-    "has_images",
-    "inline_local_images",
     "request_was_sent",
     "server_hint",
 ]
@@ -64,39 +55,7 @@ BILLING_CODES = frozenset(
 
 _TRY_AGAIN = re.compile(r"try again in\s+((?:\d+(?:\.\d+)?(?:ms|us|µs|ns|h|m|s)?)+)", re.I)
 _TOO_LARGE = re.compile(r"request too large", re.I)
-_MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 _MAX_MESSAGE = 500
-
-
-class PreparedUpload(Protocol):
-    """What a prepare hook returns: the bytes to send, their MIME type, the detail to send at."""
-
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def mime(self) -> str: ...
-    @property
-    def detail(self) -> str: ...
-
-
-class PrepareHook(Protocol):
-    """Rewrites one image before upload (EXIF orientation, shrink to the size the model uses).
-
-    Called at dispatch time with the validated bytes of a local or inline image, the part's
-    detail and the body's model; ``token_budget`` is the job's per-image budget (None: the
-    hook's default). ``scheduler.prepare.ImagePreparer`` is the standard hook.
-    """
-
-    async def __call__(
-        self,
-        data: bytes,
-        info: ImageInfo,
-        *,
-        detail: str,
-        model: str,
-        token_budget: int | None = None,
-        source: str = "<image>",
-    ) -> PreparedUpload: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,100 +260,3 @@ class OpenAIClient:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
-
-
-# --- images: local references become data URLs at dispatch time -----------------------------
-
-
-@dataclass(slots=True)
-class _ImageRef:
-    holder: MutableMapping[str, Any]
-    key: str
-    url: str
-    detail: str
-
-
-def _image_refs(body: Mapping[str, Any]) -> Iterator[_ImageRef]:
-    """Every image URL in a Chat Completions or Responses body, with where it is stored."""
-    messages = body.get("messages")
-    items = messages if isinstance(messages, list) else body.get("input")
-    if not isinstance(items, list):
-        return
-    for item in items:
-        if not isinstance(item, MutableMapping):
-            continue
-        parts = item.get("content")
-        candidates = parts if isinstance(parts, list) else [item]
-        for part in candidates:
-            if not isinstance(part, MutableMapping):
-                continue
-            kind = part.get("type")
-            if kind == "image_url":
-                inner = part.get("image_url")
-                if isinstance(inner, MutableMapping) and isinstance(inner.get("url"), str):
-                    yield _ImageRef(inner, "url", inner["url"], str(inner.get("detail", "auto")))
-                elif isinstance(inner, str):
-                    yield _ImageRef(part, "image_url", inner, str(part.get("detail", "auto")))
-            elif kind == "input_image" and isinstance(part.get("image_url"), str):
-                yield _ImageRef(
-                    part, "image_url", part["image_url"], str(part.get("detail", "auto"))
-                )
-
-
-def _is_local(url: str) -> bool:
-    return url.startswith("file://") or ("://" not in url and not url.startswith("data:"))
-
-
-def has_images(body: Mapping[str, Any]) -> bool:
-    """True when the body references images, so pricing it may read files or URLs or decode
-    base64: work for a worker thread, not the event loop."""
-    return any(True for _ in _image_refs(body))
-
-
-def _data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-async def inline_local_images(
-    body: Mapping[str, Any],
-    *,
-    images: ImagesConfig,
-    preparer: PrepareHook | None = None,
-    token_budget: int | None = None,
-) -> Mapping[str, Any]:
-    """The body to send: local images read (in a worker thread) and inlined as data URLs.
-
-    With a ``preparer``, inline data URLs are prepared too, and the part's ``detail`` is set to
-    the one the preparer chose. The caller's body is never
-    mutated; a body with nothing to rewrite is returned as is.
-    """
-    refs = [
-        ref
-        for ref in _image_refs(body)
-        if _is_local(ref.url) or (preparer is not None and ref.url.startswith("data:"))
-    ]
-    if not refs:
-        return body
-    rewritten = copy.deepcopy(dict(body))
-    model = str(body.get("model", ""))
-    for ref in _image_refs(rewritten):
-        if not (_is_local(ref.url) or (preparer is not None and ref.url.startswith("data:"))):
-            continue
-        data, info = await anyio.to_thread.run_sync(
-            functools.partial(read_image_bytes, ref.url, config=images)
-        )
-        mime = _MIME.get(info.format, "application/octet-stream")
-        if preparer is not None:
-            prepared = await preparer(
-                data,
-                info,
-                detail=ref.detail,
-                model=model,
-                token_budget=token_budget,
-                source=short_source(ref.url),
-            )
-            data, mime = prepared.data, prepared.mime
-            if prepared.detail != ref.detail:
-                ref.holder["detail"] = prepared.detail
-        ref.holder[ref.key] = await anyio.to_thread.run_sync(_data_url, data, mime)
-    return rewritten

@@ -23,15 +23,7 @@ import anyio
 import httpx
 from anyio.abc import ObjectSendStream, TaskGroup
 
-from .client import (
-    OpenAIClient,
-    PrepareHook,
-    Reply,
-    classify,
-    has_images,
-    inline_local_images,
-    request_was_sent,
-)
+from .client import OpenAIClient, Reply, classify, request_was_sent
 from .config import Config, load_config
 from .cost import CostModel, RequestCost
 from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
@@ -40,6 +32,7 @@ from .limiter import RateLimiter
 from .prepare import ImagePreparer, job_token_budget
 from .redis_limiter import limiter_from_config
 from .retry import retrying
+from .uploads import PrepareHook, has_images, inline_local_images
 
 __all__ = [
     "ErrorInfo",

@@ -33,12 +33,12 @@ import anyio
 import anyio.to_thread
 from PIL import Image, ImageOps
 
-from .client import inline_local_images
 from .config import Config, ImagesConfig
 from .cost import profile_image_tokens, working_size
 from .errors import CorruptImage, ImageError, InputError, UnsupportedImage
 from .images import ImageInfo
 from .profiles import ModelProfile, ProfileTable
+from .uploads import inline_local_images
 
 __all__ = [
     "BUDGET_METADATA_KEY",

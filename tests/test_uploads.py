@@ -1,0 +1,101 @@
+"""Image uploads: local and inline images become (prepared) data URLs; the caller's body stays."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from dispatch_fakes import anyio_backend, make_config  # noqa: F401
+from PIL import Image
+
+from scheduler.uploads import inline_local_images
+
+pytestmark = pytest.mark.anyio
+
+
+def png_bytes(width: int = 4, height: int = 3) -> bytes:
+    """A small valid PNG."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 10, 10)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_local_images_become_data_urls(tmp_path: Any) -> None:
+    """Paths and file:// URLs are inlined; http URLs and the caller's body are left alone."""
+    data = png_bytes()
+    path = tmp_path / "cat.png"
+    path.write_bytes(data)
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": str(path), "detail": "low"}},
+                    {"type": "image_url", "image_url": {"url": path.as_uri()}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            }
+        ],
+    }
+    sent = await inline_local_images(body, images=make_config().images)
+    parts = sent["messages"][0]["content"]
+    expected = "data:image/png;base64," + base64.b64encode(data).decode()
+    assert parts[1]["image_url"] == {"url": expected, "detail": "low"}
+    assert parts[2]["image_url"]["url"] == expected
+    assert parts[3]["image_url"]["url"] == "https://example.com/a.png"
+    assert body["messages"][0]["content"][1]["image_url"]["url"] == str(path)
+
+
+async def test_preparer_rewrites_local_and_inline_images(tmp_path: Any) -> None:
+    """The hook gets bytes, info, detail, model and budget; its bytes and detail are sent."""
+    path = tmp_path / "cat.png"
+    path.write_bytes(png_bytes())
+    calls: list[tuple[int, str, str, str]] = []
+
+    @dataclass
+    class Prepared:
+        data: bytes
+        mime: str
+        detail: str
+
+    async def preparer(
+        data: bytes, info: Any, *, detail: str, model: str, token_budget: int | None, source: str
+    ) -> Prepared:
+        calls.append((len(data), info.format, detail, model, token_budget))
+        return Prepared(b"prepared", "image/jpeg", "low" if detail == "high" else detail)
+
+    inline = "data:image/png;base64," + base64.b64encode(png_bytes(2, 2)).decode()
+    body = {
+        "model": "gpt-4.1-mini",
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_image", "image_url": str(path), "detail": "high"},
+                    {"type": "input_image", "image_url": inline},
+                ],
+            }
+        ],
+    }
+    sent = await inline_local_images(
+        body, images=make_config().images, preparer=preparer, token_budget=300
+    )
+    prepared = "data:image/jpeg;base64," + base64.b64encode(b"prepared").decode()
+    parts = sent["input"][0]["content"]
+    assert [p["image_url"] for p in parts] == [prepared, prepared]
+    assert [p.get("detail") for p in parts] == ["low", None], "the preparer's detail is sent"
+    assert [c[1:] for c in calls] == [
+        ("png", "high", "gpt-4.1-mini", 300),
+        ("png", "auto", "gpt-4.1-mini", 300),
+    ]
+
+
+async def test_body_without_local_images_is_returned_as_is() -> None:
+    """Nothing to inline means no copy: the same object goes out."""
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    assert await inline_local_images(body, images=make_config().images) is body
