@@ -28,7 +28,7 @@ import anyio.abc
 import httpx
 
 from .config import Config
-from .dispatch import Request, Scheduler
+from .dispatch import Scheduler
 from .errors import FatalError
 from .estimate import PriceTable
 from .jobs import FolderPrompt, iter_jobs
@@ -36,6 +36,7 @@ from .progress import DrainProgress, DrainSummary, Failure, ProgressRenderer, Qu
 from .queues import ClaimedJob, JobQueue, LoadReport, Outcome
 from .queues.jsonl import write_results
 from .queues.sqlite import SqliteQueue
+from .results import Request
 
 __all__ = [
     "DrainReport",

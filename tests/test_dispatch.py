@@ -23,8 +23,9 @@ from dispatch_fakes import (  # noqa: F401
     virtual_time,
 )
 
-from scheduler.dispatch import Request, Result, Scheduler, run_batch
+from scheduler.dispatch import Scheduler, run_batch
 from scheduler.errors import AuthenticationFailed, QuotaExceeded
+from scheduler.results import Request, Result
 
 pytestmark = pytest.mark.anyio
 
