@@ -319,7 +319,13 @@ def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> Non
 
 
 def _charged(result: ResultLike) -> int:
-    """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown."""
+    """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown.
+
+    A job that was never sent (bad input, a request over the limit) charged nothing, even though
+    its estimate is known.
+    """
+    if result.attempts < 1:
+        return 0
     total = getattr(getattr(result, "cost", None), "total", 0)
     return total if isinstance(total, int) else 0
 

@@ -142,6 +142,29 @@ async def test_full_drain_records_every_job_once(queue: SqliteQueue, tmp_path: P
     assert queue.last_run() is not None
 
 
+async def test_jobs_never_sent_charge_nothing_against_the_limit(queue: SqliteQueue) -> None:
+    """A job refused before sending (e.g. over the limit) adds nothing to the charged tokens."""
+
+    async def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[FakeResult]:
+        async for job in jobs:
+            await anyio.sleep(1.0)
+            oversize = job.custom_id == "j01"
+            yield FakeResult(
+                status="failed" if oversize else "ok",
+                status_code=None if oversize else 200,
+                body=None if oversize else {},
+                usage=None if oversize else {"prompt_tokens": 90, "completion_tokens": 10},
+                attempts=0 if oversize else 1,
+                error=FakeError(type="RequestTooLarge", message="too big") if oversize else None,
+                metadata=job,
+                cost=FakeCost(total=900_000 if oversize else 150),
+            )
+
+    report = await drain_queue(queue, mapper, SETTINGS)
+    assert report.summary.counts["failed"] == 2
+    assert report.summary.charged == 19 * 150
+
+
 async def test_fatal_error_stops_with_pending_jobs_intact(queue: SqliteQueue) -> None:
     """A quota error stops the drain; answered jobs are recorded and the rest stay pending."""
     report = await drain_queue(queue, fake_mapper(fatal_after=3), SETTINGS)
