@@ -211,6 +211,7 @@ class OpenAIClient:
             ),
             transport=transport,
         )
+        self._targets: dict[tuple[str, str], httpx.URL] = {}
 
     def __repr__(self) -> str:
         return f"OpenAIClient(base_url={self._api.base_url!r}, azure={self._azure})"
@@ -239,14 +240,21 @@ class OpenAIClient:
 
     async def post(self, endpoint: str, body: Mapping[str, Any]) -> Reply:
         """Send one attempt; any status comes back as a Reply, transport failures raise."""
-        url, params = self.url(endpoint, body)
+        key = (endpoint, str(body.get("model", "")) if self._azure else "")
+        target = self._targets.get(key)
+        if target is None:
+            url, params = self.url(endpoint, body)
+            # Parsed once per endpoint (and Azure deployment), not once per request.
+            target = self._targets[key] = httpx.URL(url, params=params or None)
         try:
-            response = await self._http.post(url, params=params, json=body)
+            response = await self._http.post(target, json=body)
         except httpx.TimeoutException as exc:
             raise TransportError(f"timeout: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
             reason = _clip(str(exc), self._secret) or type(exc).__name__
             raise TransportError(f"transport error: {reason}") from exc
+        # One pass over the headers: httpx.Headers scans its whole list on every lookup.
+        headers = dict(response.headers.items())
         text = response.text
         try:
             payload = json.loads(text) if text else None
@@ -256,8 +264,8 @@ class OpenAIClient:
             status_code=response.status_code,
             json=payload,
             text=text,
-            headers=RateLimitHeaders.from_headers(response.headers),
-            request_id=response.headers.get("x-request-id"),
+            headers=RateLimitHeaders.from_headers(headers),
+            request_id=headers.get("x-request-id"),
         )
 
     async def aclose(self) -> None:

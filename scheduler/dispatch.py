@@ -33,7 +33,7 @@ from .prepare import ImagePreparer, job_token_budget
 from .redis_limiter import limiter_from_config
 from .results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from .retry import retrying
-from .uploads import PrepareHook, has_images, inline_local_images
+from .uploads import PrepareHook, has_heavy_images, inline_local_images
 
 __all__ = ["ResultStream", "Scheduler", "run_batch"]
 
@@ -299,7 +299,7 @@ class Scheduler:
         estimate = functools.partial(
             self._cost_model.estimate, request.body, endpoint=request.endpoint
         )
-        if has_images(request.body):
+        if has_heavy_images(request.body):
             return await anyio.to_thread.run_sync(estimate)
         return estimate()
 

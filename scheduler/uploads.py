@@ -10,18 +10,22 @@ from __future__ import annotations
 import base64
 import copy
 import functools
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
 from .config import ImagesConfig
 from .images import ImageInfo, read_image_bytes, short_source
 
-__all__ = ["PrepareHook", "PreparedUpload", "has_images", "inline_local_images"]
+__all__ = ["PrepareHook", "PreparedUpload", "has_heavy_images", "inline_local_images"]
 
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+# Data URLs up to this many characters are decoded (and images up to half as many bytes encoded)
+# on the event loop: tens of microseconds, less than a hop to a worker thread costs.
+_INLINE_CHARS = 64 * 1024
+_T = TypeVar("_T")
 
 
 class PreparedUpload(Protocol):
@@ -94,14 +98,23 @@ def _is_local(url: str) -> bool:
     return url.startswith("file://") or ("://" not in url and not url.startswith("data:"))
 
 
-def has_images(body: Mapping[str, Any]) -> bool:
-    """True when the body references images, so pricing it may read files or URLs or decode
-    base64: work for a worker thread, not the event loop."""
-    return any(True for _ in _image_refs(body))
+def _is_small_data(url: str) -> bool:
+    return url.startswith("data:") and len(url) <= _INLINE_CHARS
+
+
+def has_heavy_images(body: Mapping[str, Any]) -> bool:
+    """True when pricing or inlining the body reads a file or URL or decodes a large data URL:
+    work for a worker thread, not the event loop (small data URLs take microseconds)."""
+    return any(not _is_small_data(ref.url) for ref in _image_refs(body))
 
 
 def _data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+async def _off_loop(small: bool, func: Callable[[], _T]) -> _T:
+    """Run ``func`` on the loop when the work is small, else in a worker thread."""
+    return func() if small else await anyio.to_thread.run_sync(func)
 
 
 async def inline_local_images(
@@ -114,25 +127,20 @@ async def inline_local_images(
     """The body to send: local images read (in a worker thread) and inlined as data URLs.
 
     With a ``preparer``, inline data URLs are prepared too, and the part's ``detail`` is set to
-    the one the preparer chose. The caller's body is never
-    mutated; a body with nothing to rewrite is returned as is.
+    the one the preparer chose; a data URL the preparer leaves as it is goes out untouched. The
+    caller's body is never mutated; a body with nothing to rewrite is returned as is (no copy).
     """
-    refs = [
-        ref
-        for ref in _image_refs(body)
-        if _is_local(ref.url) or (preparer is not None and ref.url.startswith("data:"))
-    ]
-    if not refs:
-        return body
-    rewritten = copy.deepcopy(dict(body))
     model = str(body.get("model", ""))
-    for ref in _image_refs(rewritten):
-        if not (_is_local(ref.url) or (preparer is not None and ref.url.startswith("data:"))):
+    changes: list[tuple[int, str, str | None]] = []  # (image index, new URL, new detail)
+    for index, ref in enumerate(_image_refs(body)):
+        inline = ref.url.startswith("data:")
+        if not (_is_local(ref.url) or (preparer is not None and inline)):
             continue
-        data, info = await anyio.to_thread.run_sync(
-            functools.partial(read_image_bytes, ref.url, config=images)
+        data, info = await _off_loop(
+            _is_small_data(ref.url), functools.partial(read_image_bytes, ref.url, config=images)
         )
         mime = _MIME.get(info.format, "application/octet-stream")
+        detail = ref.detail
         if preparer is not None:
             prepared = await preparer(
                 data,
@@ -142,8 +150,21 @@ async def inline_local_images(
                 token_budget=token_budget,
                 source=short_source(ref.url),
             )
-            data, mime = prepared.data, prepared.mime
-            if prepared.detail != ref.detail:
-                ref.holder["detail"] = prepared.detail
-        ref.holder[ref.key] = await anyio.to_thread.run_sync(_data_url, data, mime)
+            unchanged = prepared.data == data and prepared.detail == ref.detail
+            if inline and unchanged and ref.url.startswith(f"data:{prepared.mime};base64,"):
+                continue
+            data, mime, detail = prepared.data, prepared.mime, prepared.detail
+        url = await _off_loop(
+            len(data) <= _INLINE_CHARS // 2, functools.partial(_data_url, data, mime)
+        )
+        changes.append((index, url, detail if detail != ref.detail else None))
+    if not changes:
+        return body
+    rewritten = copy.deepcopy(dict(body))
+    refs = list(_image_refs(rewritten))
+    for index, url, new_detail in changes:
+        ref = refs[index]
+        ref.holder[ref.key] = url
+        if new_detail is not None:
+            ref.holder["detail"] = new_detail
     return rewritten

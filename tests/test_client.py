@@ -330,3 +330,45 @@ async def test_transport_failures(failure: httpx.TransportError, sent: bool) -> 
     finally:
         await client.aclose()
     assert request_was_sent(caught.value) is sent
+
+
+async def test_azure_requests_reach_each_models_deployment() -> None:
+    """URLs are built once per endpoint and model, so each model keeps its own Azure deployment."""
+    seen: list[str] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={})
+
+    config = make_config(
+        **{"api.base_url": "https://res.openai.azure.com", "api.azure_api_version": "2024-10-21"}
+    )
+    client = OpenAIClient(config.api, transport=httpx.MockTransport(handle))
+    try:
+        for model in ("gpt-4o", "gpt-4.1", "gpt-4o"):
+            await client.post("/v1/chat/completions", {"model": model})
+    finally:
+        await client.aclose()
+    base = "https://res.openai.azure.com/openai/deployments"
+    query = "chat/completions?api-version=2024-10-21"
+    assert seen == [f"{base}/{m}/{query}" for m in ("gpt-4o", "gpt-4.1", "gpt-4o")]
+
+
+async def test_reply_carries_headers_and_request_id_whatever_their_case() -> None:
+    """Rate-limit headers and x-request-id are read whatever case the server sends them in."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        headers = {
+            "X-Request-ID": "req_42",
+            "X-RateLimit-Remaining-Tokens": "7",
+            "Retry-After": "2",
+        }
+        return httpx.Response(429, json={"error": {"message": "slow"}}, headers=headers)
+
+    client = OpenAIClient(make_config().api, transport=httpx.MockTransport(handle))
+    try:
+        answer = await client.post("/v1/chat/completions", {"model": "gpt-4o"})
+    finally:
+        await client.aclose()
+    assert answer.request_id == "req_42"
+    assert answer.headers.remaining_tokens == 7 and answer.headers.retry_after == 2.0

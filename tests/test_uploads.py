@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from dispatch_fakes import anyio_backend, make_config  # noqa: F401
 from PIL import Image
 
-from scheduler.uploads import inline_local_images
+from scheduler.uploads import has_heavy_images, inline_local_images
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +100,82 @@ async def test_body_without_local_images_is_returned_as_is() -> None:
     """Nothing to inline means no copy: the same object goes out."""
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     assert await inline_local_images(body, images=make_config().images) is body
+
+
+@dataclass
+class Unchanged:
+    """What a preparer with nothing to do returns: the bytes it was given."""
+
+    data: bytes
+    mime: str
+    detail: str
+
+
+async def keep(
+    data: bytes, info: Any, *, detail: str, model: str, token_budget: int | None, source: str
+) -> Unchanged:
+    """A preparer that changes nothing (orientation, shrinking and budgets all off)."""
+    return Unchanged(data, f"image/{info.format}", detail)
+
+
+def png_url(width: int = 4, height: int = 3, mime: str = "image/png") -> str:
+    """A PNG as a base64 data URL, labelled with ``mime``."""
+    return f"data:{mime};base64," + base64.b64encode(png_bytes(width, height)).decode()
+
+
+async def test_data_urls_the_preparer_leaves_alone_are_sent_without_a_copy() -> None:
+    """A data URL the preparer returns unchanged goes out as it came: no re-encoding, no copy."""
+    part = {"type": "image_url", "image_url": {"url": png_url(), "detail": "low"}}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]}
+    assert await inline_local_images(body, images=make_config().images, preparer=keep) is body
+
+
+async def test_a_mislabelled_data_url_is_still_rewritten_with_its_real_type() -> None:
+    """A PNG labelled image/jpeg is re-labelled even when the preparer keeps its bytes."""
+    part = {"type": "input_image", "image_url": png_url(mime="image/jpeg")}
+    body = {"model": "gpt-4o", "input": [{"role": "user", "content": [part]}]}
+    sent = await inline_local_images(body, images=make_config().images, preparer=keep)
+    assert sent["input"][0]["content"][0]["image_url"] == png_url()
+    assert part["image_url"] == png_url(mime="image/jpeg"), "the caller's body is untouched"
+
+
+@pytest.mark.parametrize(
+    ("url", "heavy"),
+    [
+        pytest.param(None, False, id="no image"),
+        pytest.param(png_url(), False, id="small data URL: decoded on the loop"),
+        pytest.param("data:image/png;base64," + "A" * 100_000, True, id="large data URL"),
+        pytest.param("photos/cat.png", True, id="local path"),
+        pytest.param("file:///photos/cat.png", True, id="file URL"),
+        pytest.param("https://example.com/cat.png", True, id="remote URL"),
+    ],
+)
+def test_has_heavy_images(url: str | None, heavy: bool) -> None:
+    """Only files, remote URLs and large data URLs send pricing and inlining to a thread."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": "what is this"}]
+    if url is not None:
+        content.append({"type": "image_url", "image_url": {"url": url}})
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
+    assert has_heavy_images(body) is heavy
+
+
+async def test_large_data_url_is_prepared_in_a_worker_thread() -> None:
+    """A data URL over the on-loop size is still decoded, prepared and re-encoded correctly."""
+    noisy = Image.frombytes("RGB", (200, 200), random.Random(0).randbytes(200 * 200 * 3))
+    out = io.BytesIO()
+    noisy.save(out, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    calls: list[int] = []
+
+    async def shrink(
+        data: bytes, info: Any, *, detail: str, model: str, token_budget: int | None, source: str
+    ) -> Unchanged:
+        calls.append(len(data))
+        return Unchanged(png_bytes(), "image/png", "low")
+
+    part = {"type": "image_url", "image_url": {"url": url}}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]}
+    assert has_heavy_images(body), "over the on-loop size"
+    sent = await inline_local_images(body, images=make_config().images, preparer=shrink)
+    assert calls == [len(out.getvalue())]
+    assert sent["messages"][0]["content"][0]["image_url"] == {"url": png_url(), "detail": "low"}
