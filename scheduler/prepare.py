@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import Any, cast
 
 import anyio
@@ -470,6 +470,12 @@ def _opaque_mode(image: Image.Image) -> str:
     return "L" if image.mode in ("1", "L", "LA") else "RGB"
 
 
+@cache
+def _preparation_threads() -> ThreadPoolExecutor:
+    """The threads every preparer decodes on: as many as were ever busy at once, at most 64."""
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vsched-prepare")
+
+
 class ImagePreparer:
     """The scheduler's preparation hook: runs ``prepare_image`` in its own few worker threads.
 
@@ -479,11 +485,11 @@ class ImagePreparer:
 
     Memory stays bounded whatever ``max_in_flight`` and the image sizes: at most ``threads``
     images are worked on at once, they hold at most ``decode_pixels`` decoded pixels together
-    (``DecodeBudget``), and the work runs on this preparer's own threads, not on anyio's shared
-    pool. The last matters as much as the others: the C allocator gives each thread that
-    allocates an arena of its own and keeps freed pixel buffers there, so decodes spread over
-    anyio's 40 pooled threads left ~50 MB behind in each (794 MB peak RSS in the overhead
-    benchmark, against 140 MB on a fixed thread).
+    (``DecodeBudget``), and the work runs on the module's own preparation threads (shared by
+    every preparer, an idle one reused before another is started), not on anyio's pool. The
+    last matters as much as the others: the C allocator gives each thread that allocates an
+    arena of its own and keeps freed pixel buffers there, so decodes spread over anyio's 40
+    pooled threads left tens of MB behind in each.
     """
 
     def __init__(
@@ -502,8 +508,6 @@ class ImagePreparer:
         # make the loop wait for a CPU, and its heartbeat stalls.
         threads = threads or config.images.prepare_threads or max(1, (os.cpu_count() or 1) - 1)
         self._threads = anyio.CapacityLimiter(threads)
-        # Started on first use; its idle threads end when the preparer is garbage-collected.
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vsched-prepare")
         self._decode_budget = DecodeBudget(decode_pixels)
         self._stats = PrepareStats()
 
@@ -523,7 +527,7 @@ class ImagePreparer:
 
     def _on_own_thread(self, work: Callable[[], PreparedImage]) -> PreparedImage:
         """Run ``work`` on one of this preparer's threads (called from an anyio worker)."""
-        return self._pool.submit(work).result()
+        return _preparation_threads().submit(work).result()
 
     async def __call__(
         self,

@@ -571,6 +571,10 @@ async def test_concurrent_decodes_are_bounded_in_count_and_pixels(
             with lock:
                 del loading[threading.get_ident()]
 
+    def live() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("vsched-prepare")}
+
+    before = live()
     monkeypatch.setattr(Image.Image, "load", load)
     for limit, expected_decodes in ((7_000_000, 2), (3_000_000, 1)):
         most_pixels = most_decodes = 0
@@ -583,10 +587,10 @@ async def test_concurrent_decodes_are_bounded_in_count_and_pixels(
         assert 1 <= most_decodes <= expected_decodes and most_pixels <= limit
         assert preparer.decode_budget.peak <= limit and preparer.decode_budget.held == 0
         assert preparer.decode_budget.waits > 0
-        # The same few threads every time: freed pixel buffers are reused, not left behind in
-        # the allocator arenas of every pooled thread that ever decoded.
-        assert 1 <= len(threads) <= 3
-        assert all(name.startswith("vsched-prepare") for name in threads)
+        # The same few threads every time, for every preparer: freed pixel buffers are reused,
+        # not left behind in the allocator arenas of every pooled thread that ever decoded.
+        assert threads and threads <= live()
+        assert len(live()) <= max(3, len(before))
 
 
 def test_detail_choice_rejects_empty_sizes() -> None:
