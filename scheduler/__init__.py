@@ -6,15 +6,7 @@ The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 from .bucket import BucketPair, TokenBucket
 from .config import Config, Secret, load_config
 from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
-from .dispatch import (
-    ErrorInfo,
-    Request,
-    Result,
-    ResultStream,
-    Scheduler,
-    SchedulerStats,
-    run_batch,
-)
+from .dispatch import ResultStream, Scheduler, run_batch
 from .drain import run_drain
 from .errors import (
     APIError,
@@ -54,6 +46,7 @@ from .prepare import (
 from .profiles import ModelProfile, ProfileTable
 from .queues.sqlite import SqliteQueue
 from .redis_limiter import RedisLimiter
+from .results import ErrorInfo, Request, Result, SchedulerStats
 from .uploads import PrepareHook
 
 __version__ = "0.1.0"

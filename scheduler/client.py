@@ -60,12 +60,14 @@ _MAX_MESSAGE = 500
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
-    """One HTTP answer: status, parsed JSON (None when the body is not JSON), rate-limit headers."""
+    """One HTTP answer: status, parsed JSON (None when the body is not JSON), rate-limit headers,
+    and the server's ``x-request-id`` (None when it sent none)."""
 
     status_code: int
     json: Any
     text: str = field(repr=False)
     headers: RateLimitHeaders
+    request_id: str | None = None
 
 
 def request_was_sent(exc: BaseException) -> bool:
@@ -255,6 +257,7 @@ class OpenAIClient:
             json=payload,
             text=text,
             headers=RateLimitHeaders.from_headers(response.headers),
+            request_id=response.headers.get("x-request-id"),
         )
 
     async def aclose(self) -> None:

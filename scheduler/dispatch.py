@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import anyio
 import httpx
@@ -31,100 +31,13 @@ from .images import ImageProber
 from .limiter import RateLimiter
 from .prepare import ImagePreparer, job_token_budget
 from .redis_limiter import limiter_from_config
+from .results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from .retry import retrying
 from .uploads import PrepareHook, has_images, inline_local_images
 
-__all__ = [
-    "ErrorInfo",
-    "Request",
-    "Result",
-    "ResultStream",
-    "Scheduler",
-    "SchedulerStats",
-    "run_batch",
-]
+__all__ = ["ResultStream", "Scheduler", "run_batch"]
 
 log = logging.getLogger("scheduler.dispatch")
-
-CHAT_COMPLETIONS = "/v1/chat/completions"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Request:
-    """One job: a request body, its endpoint, and the caller's metadata (returned as is)."""
-
-    body: Mapping[str, Any]
-    endpoint: str = CHAT_COMPLETIONS
-    metadata: Any = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.body, Mapping):
-            raise TypeError(f"Request.body: expected a mapping, got {type(self.body).__name__}")
-        if not self.endpoint.startswith("/"):
-            raise ValueError(f"Request.endpoint: expected a path such as {CHAT_COMPLETIONS}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ErrorInfo:
-    """Why a job failed: the error class name, its message, and the server's status and code."""
-
-    type: str
-    message: str
-    status_code: int | None = None
-    code: str | None = None
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Describe an exception from the hierarchy in ``errors.py``."""
-        if isinstance(exc, APIError):
-            return cls(
-                type=type(exc).__name__,
-                message=exc.message,
-                status_code=exc.status_code,
-                code=exc.code,
-            )
-        return cls(type=type(exc).__name__, message=str(exc))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Result:
-    """The outcome of one job.
-
-    ``latency`` runs from dispatch (the job got an in-flight slot) to the outcome, limiter waits
-    and retries included; ``attempts`` counts the tries (0 when the job failed before sending);
-    ``cost`` is the estimate the limiter was charged and ``usage`` what the server reported.
-    """
-
-    status: Literal["ok", "failed"]
-    status_code: int | None
-    body: dict[str, Any] | None
-    usage: dict[str, Any] | None
-    attempts: int
-    latency: float
-    cost: RequestCost | None
-    error: ErrorInfo | None
-    metadata: Any
-    request: Request
-
-    @property
-    def ok(self) -> bool:
-        """True when the server answered with a usable success."""
-        return self.status == "ok"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SchedulerStats:
-    """Counters since the scheduler started; tokens are the estimate charged vs. reported usage."""
-
-    started: int
-    succeeded: int
-    failed: int
-    in_flight: int
-    attempts: int
-    retries: int
-    rate_limited: int
-    estimated_tokens: int
-    usage_tokens: int
 
 
 class _Stopped(Exception):
@@ -146,6 +59,7 @@ class _Attempts:
     count: int = 0
     first_sent: float | None = None
     status_code: int | None = None
+    request_id: str | None = None
     body: Mapping[str, Any] | None = None
 
 
@@ -422,6 +336,7 @@ class Scheduler:
                 error=ErrorInfo.from_exception(exc),
                 metadata=request.metadata,
                 request=request,
+                request_id=state.request_id,
             )
         self._count_attempts(state)
         self._counts["succeeded"] += 1
@@ -440,6 +355,7 @@ class Scheduler:
             error=None,
             metadata=request.metadata,
             request=request,
+            request_id=state.request_id,
         )
 
     def _count_attempts(self, state: _Attempts) -> None:
@@ -481,6 +397,7 @@ class Scheduler:
                     await reservation.release()
             raise
         state.status_code = reply.status_code
+        state.request_id = reply.request_id
         error = classify(reply, secret=self._client.secret)
         with anyio.CancelScope(shield=True):
             await self._limiter.observe(reply.headers)

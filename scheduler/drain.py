@@ -28,7 +28,7 @@ import anyio.abc
 import httpx
 
 from .config import Config
-from .dispatch import Request, Scheduler
+from .dispatch import Scheduler
 from .errors import FatalError
 from .estimate import PriceTable
 from .jobs import FolderPrompt, iter_jobs
@@ -36,6 +36,7 @@ from .progress import DrainProgress, DrainSummary, Failure, ProgressRenderer, Qu
 from .queues import ClaimedJob, JobQueue, LoadReport, Outcome
 from .queues.jsonl import write_results
 from .queues.sqlite import SqliteQueue
+from .results import Request
 
 __all__ = [
     "DrainReport",
@@ -80,6 +81,8 @@ class ResultLike(Protocol):
     def attempts(self) -> int: ...
     @property
     def error(self) -> ErrorLike | None: ...
+    @property
+    def request_id(self) -> str | None: ...
     @property
     def metadata(self) -> Any: ...
 
@@ -191,6 +194,7 @@ def outcome_of(result: ResultLike, job: ClaimedJob) -> Outcome:
         body=result.body,
         error=error,
         tokens=prompt + completion,
+        request_id=result.request_id,
     )
 
 
@@ -315,7 +319,13 @@ def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> Non
 
 
 def _charged(result: ResultLike) -> int:
-    """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown."""
+    """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown.
+
+    A job that was never sent (bad input, a request over the limit) charged nothing, even though
+    its estimate is known.
+    """
+    if result.attempts < 1:
+        return 0
     total = getattr(getattr(result, "cost", None), "total", 0)
     return total if isinstance(total, int) else 0
 

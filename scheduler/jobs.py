@@ -15,12 +15,10 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .errors import InputError
-
-if TYPE_CHECKING:  # dispatch pulls in httpx and the cost model; parsing needs neither
-    from .dispatch import Request
+from .results import Request
 
 __all__ = [
     "ENDPOINTS",
@@ -65,8 +63,6 @@ class Job:
     @property
     def request(self) -> Request | None:
         """The job as the Scheduler's ``Request``; None for a line that cannot be sent."""
-        from .dispatch import Request
-
         if self.body is None:
             return None
         return Request(body=self.body, endpoint=self.endpoint, metadata=self.metadata)

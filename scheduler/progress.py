@@ -388,8 +388,15 @@ class DrainSummary:
         if self.failures_total:
             lines.append(f"Failed jobs ({self.failures_total}):")
             lines.extend(
-                f"  {f.custom_id} (line {f.line}): {_clip(f.reason)}" for f in self.failures
+                f"  {f.custom_id} (line {f.line}): {_clip(_without_line(f.reason, f.line))}"
+                for f in self.failures
             )
             if self.failures_total > len(self.failures):
                 lines.append(f"  ... and {self.failures_total - len(self.failures)} more")
         return "\n".join(lines)
+
+
+def _without_line(reason: str, line: int) -> str:
+    """The reason without its own ``line N:`` prefix, which the listing already shows."""
+    prefix = f"line {line}: "
+    return reason[len(prefix) :] if reason.startswith(prefix) else reason

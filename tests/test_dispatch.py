@@ -23,8 +23,9 @@ from dispatch_fakes import (  # noqa: F401
     virtual_time,
 )
 
-from scheduler.dispatch import Request, Result, Scheduler, run_batch
+from scheduler.dispatch import Scheduler, run_batch
 from scheduler.errors import AuthenticationFailed, QuotaExceeded
+from scheduler.results import Request, Result
 
 pytestmark = pytest.mark.anyio
 
@@ -308,6 +309,25 @@ async def test_requests_on_the_wire_get_the_grace_period(grace: float, finished:
             async for result in results:
                 got.append(result)  # noqa: PERF401 - keep what came before the error
     assert [r.ok for r in got] == ([True] if finished else [])
+
+
+async def test_result_carries_the_last_answers_request_id() -> None:
+    """A Result keeps the x-request-id of its last answer, failed or not; None without one."""
+    server = ScriptedServer(
+        script(
+            error_response(500, **{"x-request-id": "req_first"}),
+            ok_response(**{"x-request-id": "req_second"}),
+            error_response(400, "bad image", **{"x-request-id": "req_bad"}),
+            ok_response(),
+        )
+    )
+    async with scheduler(server, FakeLimiter()) as s:
+        retried = await s.submit(chat())
+        refused = await s.submit(chat())
+        silent = await s.submit(chat())
+    assert (retried.ok, retried.attempts, retried.request_id) == (True, 2, "req_second")
+    assert (refused.ok, refused.request_id) == (False, "req_bad")
+    assert silent.ok and silent.request_id is None
 
 
 async def test_request_too_large_fails_only_its_job() -> None:

@@ -8,8 +8,9 @@ import httpx
 import pytest
 from dispatch_fakes import API_KEY, make_config, virtual_time
 
-from scheduler.dispatch import Result, Scheduler
+from scheduler.dispatch import Scheduler
 from scheduler.errors import QuotaExceeded
+from scheduler.results import Result
 from scheduler.sim import create_app
 from scheduler.sim.settings import FaultRates, LatencyModel, SimSettings
 
@@ -55,6 +56,17 @@ async def test_faults_and_rate_limits_are_recovered() -> None:
     assert sum(snapshot["faults"].values()) > 0
     assert stats.retries == sum(r.attempts - 1 for r in done) > 0
     assert stats.usage_tokens == snapshot["usage_tokens"]
+
+
+async def test_results_carry_the_simulators_request_ids() -> None:
+    """The simulator answers with an x-request-id per request and each Result keeps its own."""
+    _, transport = sim(tpm=1_000_000, rpm=10_000)
+    config = make_config(**{"api.base_url": "http://sim/v1"})
+    async with Scheduler(config, transport=transport) as s, s.map(body(i) for i in range(5)) as rs:
+        done = [r async for r in rs]
+    ids = [r.request_id for r in done]
+    assert all(i is not None and i.startswith("req_sim") for i in ids), ids
+    assert len(set(ids)) == 5
 
 
 async def test_spent_budget_stops_the_run_and_nothing_more_is_sent() -> None:

@@ -50,6 +50,7 @@ class FakeResult:
     error: FakeError | None
     metadata: Any
     cost: FakeCost | None = None
+    request_id: str | None = None
 
 
 def fake_mapper(
@@ -74,6 +75,7 @@ def fake_mapper(
                     attempts=1,
                     error=err,
                     metadata=job,
+                    request_id=f"req_{job.custom_id}",
                 )
             else:
                 usage = {"prompt_tokens": 90, "completion_tokens": 10, "total_tokens": 100}
@@ -86,6 +88,7 @@ def fake_mapper(
                     error=None,
                     metadata=job,
                     cost=FakeCost(total=150),
+                    request_id=f"req_{job.custom_id}",
                 )
 
     return mapper
@@ -133,8 +136,33 @@ async def test_full_drain_records_every_job_once(queue: SqliteQueue, tmp_path: P
     bad = next(x for x in lines if x["custom_id"] == "j05")
     assert bad["error"]["message"] == "line 5: 400 bad image"
     assert bad["response"]["status_code"] == 400
+    assert bad["response"]["request_id"] == "req_j05"
+    assert all(x["response"]["request_id"] == f"req_{x['custom_id']}" for x in lines[:3])
     assert queue.total_claims() == 20
     assert queue.last_run() is not None
+
+
+async def test_jobs_never_sent_charge_nothing_against_the_limit(queue: SqliteQueue) -> None:
+    """A job refused before sending (e.g. over the limit) adds nothing to the charged tokens."""
+
+    async def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[FakeResult]:
+        async for job in jobs:
+            await anyio.sleep(1.0)
+            oversize = job.custom_id == "j01"
+            yield FakeResult(
+                status="failed" if oversize else "ok",
+                status_code=None if oversize else 200,
+                body=None if oversize else {},
+                usage=None if oversize else {"prompt_tokens": 90, "completion_tokens": 10},
+                attempts=0 if oversize else 1,
+                error=FakeError(type="RequestTooLarge", message="too big") if oversize else None,
+                metadata=job,
+                cost=FakeCost(total=900_000 if oversize else 150),
+            )
+
+    report = await drain_queue(queue, mapper, SETTINGS)
+    assert report.summary.counts["failed"] == 2
+    assert report.summary.charged == 19 * 150
 
 
 async def test_fatal_error_stops_with_pending_jobs_intact(queue: SqliteQueue) -> None:

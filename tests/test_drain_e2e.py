@@ -95,6 +95,7 @@ def test_full_drain_writes_every_job_once(tmp_path: Path, sim: RunningSim) -> No
     assert sorted(x["custom_id"] for x in lines) == sorted(f"job-{i}" for i in range(150))
     assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in lines)
     assert lines[7]["metadata"] == {"i": 7}
+    assert all(x["response"]["request_id"].startswith("req_sim") for x in lines)
     assert "150 done" in done.stdout
     again = _drain(source, sim)
     assert again.returncode == EXIT_OK

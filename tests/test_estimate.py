@@ -154,3 +154,18 @@ def test_cli_request_over_the_tpm_limit(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["estimate", str(path), "--tpm", "500", "--json"]) == 1
     (failed,) = json.loads(capsys.readouterr().out)["failed_lines"]
     assert failed["line"] == 1 and "more than the TPM limit (500)" in failed["reason"]
+
+
+def test_cli_failed_batch_lines_name_their_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed Batch API line is listed with its custom_id as well as its line number."""
+    line = {
+        "custom_id": "invoice-17",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": chat_body("data:image/png;base64,@@@@"),
+    }
+    path = write_jsonl(tmp_path / "batch.jsonl", [line])
+    assert main(["estimate", str(path)]) == 1
+    assert "  invoice-17: line 1: image data:" in capsys.readouterr().out

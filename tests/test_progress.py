@@ -114,7 +114,8 @@ def test_summary_reports_utilisation_ideal_time_and_failures() -> None:
     assert "Tokens: 30,000 used (billed), estimated price $0.1250" in text
     assert "mean utilisation 75%" in text
     assert "Wall time: 1m20s (ideal at the limit: 1m00s)" in text
-    assert "x (line 4): line 4: not valid JSON" in text
+    assert "x (line 4): not valid JSON" in text
+    assert "line 4: line 4" not in text, "the line number is shown once"
     assert "... and 1 more" in text
     assert summary.to_dict()["utilisation"] == 0.75
     charged = dataclasses.replace(summary, charged=36_000)

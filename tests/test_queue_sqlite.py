@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,13 +112,14 @@ def test_export_writes_batch_output_once_per_job(queue: SqliteQueue, tmp_path: P
     """Export writes every finished job once in Batch API output format, in load order."""
     queue.load([*_jobs(3), Job(id="4", line=4, metadata={"m": 1}, error="line 4: bad")])
     queue.claim(3)
-    queue.record([_ok("j2"), _ok("j1")])
+    queue.record([dataclasses.replace(_ok("j2"), request_id="req_j2"), _ok("j1")])
     out = tmp_path / "out.jsonl"
     report = write_results(queue.records(), out)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert (report.done, report.failed) == (2, 1)
     assert [x["custom_id"] for x in lines] == ["j1", "j2", "4"]
     assert lines[0]["response"] == {"status_code": 200, "request_id": None, "body": {"id": "j1"}}
+    assert lines[1]["response"]["request_id"] == "req_j2", "the server's request id is kept"
     assert lines[0]["error"] is None
     assert lines[0]["id"].startswith("batch_req_")
     assert lines[2]["response"] is None

@@ -98,5 +98,10 @@ def _text(path: str, report: EstimateReport, *, tpm: int, rpm: int, counter: str
     lines.append(f"Minimum drain time at {tpm:,} TPM / {rpm:,} RPM: {drain}")
     if report.failed:
         lines.append(f"Failed lines ({len(report.failed):,}):")
-        lines.extend(f"  {failed.reason}" for failed in report.failed)
+        lines.extend(
+            f"  {failed.reason}"
+            if failed.id == str(failed.line)
+            else f"  {failed.id}: {failed.reason}"
+            for failed in report.failed
+        )
     return "\n".join(lines)
