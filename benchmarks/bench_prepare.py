@@ -11,12 +11,14 @@ EXIF orientations a phone writes (1, 6, 8, 3), then prepares every one for ``--m
   save, without libjpeg's DCT scaling, for comparison.
 
 Run: ``python benchmarks/bench_prepare.py --count 20 --repeat 3``. The load average is printed
-before and after: on a shared machine the figures are only as good as it was idle.
+before and after: on a shared machine the figures are only as good as it was idle. On Linux each
+line also gives the process's peak resident memory over that line's runs (photos held included).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
@@ -76,6 +78,21 @@ def timed(run: Callable[[], list[PreparedImage] | list[bytes]]) -> tuple[float, 
     outputs = run()
     elapsed = time.perf_counter() - start
     return elapsed, [len(o.data) if isinstance(o, PreparedImage) else len(o) for o in outputs]
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh (Linux only)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory since the reset (Linux ``VmHWM``), else None."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def main() -> None:
@@ -147,6 +164,7 @@ def main() -> None:
     for name, run in runs.items():
         rates = []
         after = 0
+        _reset_peak_rss()
         for _ in range(args.repeat):
             elapsed, sizes = timed(run)
             rates.append(len(photos) / elapsed)
@@ -155,6 +173,7 @@ def main() -> None:
             f"{name:>12}: {statistics.median(rates):6.1f} images/s median of {args.repeat}"
             f" (min {min(rates):.1f}, max {max(rates):.1f});"
             f" upload {before / 1e6:.1f} MB -> {after / 1e6:.2f} MB ({after / before:.1%})"
+            + (f"; peak RSS {peak:.0f} MB" if (peak := _peak_rss_mb()) else "")
         )
     print(f"load average after: {os.getloadavg()}")
 

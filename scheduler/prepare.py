@@ -24,14 +24,17 @@ import base64
 import dataclasses
 import io
 import os
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import Any, cast
 
 import anyio
 import anyio.to_thread
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .config import Config, ImagesConfig
 from .cost import profile_image_tokens, working_size
@@ -42,6 +45,8 @@ from .uploads import inline_local_images
 
 __all__ = [
     "BUDGET_METADATA_KEY",
+    "DEFAULT_DECODE_PIXELS",
+    "DecodeBudget",
     "DetailChoice",
     "ImagePreparer",
     "PrepareStats",
@@ -61,6 +66,21 @@ _FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF
 # Even a blank JPEG takes about one byte per 61 pixels (Pillow, any quality): a file under one
 # byte per 128 pixels of the target cannot be beaten by a re-encode, so it is not decoded.
 _PIXELS_PER_BYTE_FLOOR = 128
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Modes LANCZOS resamples as they are (alpha premultiplied): resized before any conversion.
+_RESAMPLED_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+#: Pixels an ``ImagePreparer`` holds decoded at once by default, all its threads together:
+#: about four 12-megapixel photos (Pillow keeps RGB at 4 bytes a pixel: ~200 MB of buffers).
+DEFAULT_DECODE_PIXELS = 48_000_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +153,48 @@ class PrepareStats:
     def bytes_saved(self) -> int:
         """Upload bytes saved so far."""
         return self.bytes_in - self.bytes_out
+
+
+class DecodeBudget:
+    """Bounds the pixels held decoded at once, across threads (blocking, first come first served).
+
+    ``hold(pixels)`` waits until that many pixels fit under ``limit`` beside those already
+    held; an image larger than the whole limit waits until it is alone, then goes. ``peak``
+    is the most pixels ever held at once, ``waits`` how often a decode had to wait.
+    """
+
+    def __init__(self, limit: int = DEFAULT_DECODE_PIXELS) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.waits = 0
+        self._changed = threading.Condition()
+        self._queue: list[object] = []
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Hold ``pixels`` (blocking the calling thread until they fit) for the block."""
+        ticket = object()
+        with self._changed:
+            self._queue.append(ticket)
+            if not self._fits(ticket, pixels):
+                self.waits += 1
+                self._changed.wait_for(lambda: self._fits(ticket, pixels))
+            self._queue.remove(ticket)
+            self.held += pixels
+            self.peak = max(self.peak, self.held)
+            self._changed.notify_all()  # the next in line may fit too
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= pixels
+                self._changed.notify_all()
+
+    def _fits(self, ticket: object, pixels: int) -> bool:
+        return self._queue[0] is ticket and (self.held == 0 or self.held + pixels <= self.limit)
 
 
 def job_token_budget(metadata: Any) -> int | None:
@@ -240,17 +302,20 @@ def prepare_image(
     config: ImagesConfig | None = None,
     token_budget: int | None = None,
     source: str = "<bytes>",
+    decode_budget: DecodeBudget | None = None,
 ) -> PreparedImage:
     """Orient, shrink and re-encode one image (decodes pixels: call it from a worker thread).
 
-    ``token_budget`` overrides ``config.token_budget`` when given. Raises ``UnsupportedImage``
-    for animated or non-accepted formats and ``CorruptImage`` for undecodable bytes.
+    ``token_budget`` overrides ``config.token_budget`` when given. ``decode_budget``, shared by
+    the threads that prepare images, bounds the pixels they hold decoded at once (the decode
+    waits its turn). Raises ``UnsupportedImage`` for animated or non-accepted formats and
+    ``CorruptImage`` for undecodable bytes.
     """
     config = config or ImagesConfig()
     profiles = profiles or ProfileTable.from_config()
     budget = config.token_budget if token_budget is None else token_budget
     try:
-        return _prepare(data, model, detail, profiles, config, budget, source)
+        return _prepare(data, model, detail, profiles, config, budget, source, decode_budget)
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         # PIL reports undecodable bytes as OSError (UnidentifiedImageError) or SyntaxError.
         raise CorruptImage(source, f"cannot decode: {exc}") from None
@@ -264,6 +329,7 @@ def _prepare(
     config: ImagesConfig,
     budget: int,
     source: str,
+    decode_budget: DecodeBudget | None,
 ) -> PreparedImage:
     image = Image.open(io.BytesIO(data))
     fmt = image.format or ""
@@ -319,17 +385,25 @@ def _prepare(
     ):
         return unchanged()
 
+    # Pixels are worked on in the stored orientation and turned once small: the full-size
+    # decode is the only full-size buffer, and it is dropped as soon as it has been resized.
+    stored = (target[1], target[0]) if orientation in _SWAPS_AXES else target
     if fmt == "JPEG":
         # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 size, never below the target.
-        stored = (target[1], target[0]) if orientation in _SWAPS_AXES else target
         image.draft(image.mode, stored)
-    image.load()
-    icc_profile = image.info.get("icc_profile")
-    picture: Image.Image = ImageOps.exif_transpose(image) if orientation != 1 else image
-    transparent = _has_transparency(picture)
-    picture = picture.convert("RGBA" if transparent else _opaque_mode(picture))
-    if picture.size != target:
-        picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    with decode_budget.hold(image.width * image.height) if decode_budget else nullcontext():
+        image.load()
+        icc_profile = image.info.get("icc_profile")
+        transparent = _has_transparency(image)
+        final_mode = "RGBA" if transparent else _opaque_mode(image)
+        picture: Image.Image = _resampled(image, final_mode, stored)
+        if picture is not image:
+            image.close()  # the full-size pixels go now, before the encode
+        del image
+    if picture.mode != final_mode:
+        picture = picture.convert(final_mode)
+    if orientation != 1:
+        picture = picture.transpose(_TRANSPOSE[orientation])
 
     out = io.BytesIO()
     options: dict[str, Any] = {"icc_profile": icc_profile} if icc_profile else {}
@@ -365,23 +439,57 @@ def _has_transparency(image: Image.Image) -> bool:
     """True when some pixel is not fully opaque (an all-opaque alpha channel does not count)."""
     if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
         image = image.convert("RGBA")
-    if "A" not in image.getbands():
+    bands = image.getbands()
+    if "A" not in bands:
         return False
-    low, _ = cast(tuple[int, int], image.getchannel("A").getextrema())
+    # Per-band extrema read the pixels in place (getchannel would copy the alpha plane).
+    extrema = cast(tuple[tuple[int, int], ...], image.getextrema())
+    low, _ = extrema[bands.index("A")]
     return low < 255
 
 
+def _resampled(image: Image.Image, final_mode: str, size: tuple[int, int]) -> Image.Image:
+    """``image`` at ``size``, resampled in the cheapest mode that keeps the result exact.
+
+    Modes the resampler works in directly are resized first and converted after (the
+    conversion then touches the small image only, and a same-mode ``convert`` copy is never
+    made); a 1-bit scan is resized as 8-bit grey (1 byte a pixel, not RGB's 4), so its text is
+    smoothed rather than dropped; other modes (palette, 16-bit) are converted at full size.
+    """
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode not in _RESAMPLED_MODES or "transparency" in image.info:
+        image = image.convert(final_mode)
+    if image.size == size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
 def _opaque_mode(image: Image.Image) -> str:
-    """The JPEG mode for an opaque image: grey stays grey, everything else becomes RGB."""
-    return "L" if image.mode in ("L", "LA") else "RGB"
+    """The JPEG mode for an opaque image: grey (1-bit too) stays grey, the rest becomes RGB."""
+    return "L" if image.mode in ("1", "L", "LA") else "RGB"
+
+
+@cache
+def _preparation_threads() -> ThreadPoolExecutor:
+    """The threads every preparer decodes on: as many as were ever busy at once, at most 64."""
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vsched-prepare")
 
 
 class ImagePreparer:
-    """The scheduler's preparation hook: runs ``prepare_image`` in bounded worker threads.
+    """The scheduler's preparation hook: runs ``prepare_image`` in its own few worker threads.
 
     One instance per scheduler. Images are prepared at dispatch time, so only in-flight images
     are held in memory; the caller keeps a job's prepared body for its retries and drops it when
     the job ends.
+
+    Memory stays bounded whatever ``max_in_flight`` and the image sizes: at most ``threads``
+    images are worked on at once, they hold at most ``decode_pixels`` decoded pixels together
+    (``DecodeBudget``), and the work runs on the module's own preparation threads (shared by
+    every preparer, an idle one reused before another is started), not on anyio's pool. The
+    last matters as much as the others: the C allocator gives each thread that allocates an
+    arena of its own and keeps freed pixel buffers there, so decodes spread over anyio's 40
+    pooled threads left tens of MB behind in each.
     """
 
     def __init__(
@@ -390,6 +498,7 @@ class ImagePreparer:
         *,
         profiles: ProfileTable | None = None,
         threads: int | None = None,
+        decode_pixels: int = DEFAULT_DECODE_PIXELS,
     ) -> None:
         config = config or Config()
         self._config = config.images
@@ -399,6 +508,7 @@ class ImagePreparer:
         # make the loop wait for a CPU, and its heartbeat stalls.
         threads = threads or config.images.prepare_threads or max(1, (os.cpu_count() or 1) - 1)
         self._threads = anyio.CapacityLimiter(threads)
+        self._decode_budget = DecodeBudget(decode_pixels)
         self._stats = PrepareStats()
 
     @property
@@ -406,9 +516,18 @@ class ImagePreparer:
         """The limiter that bounds how many images are decoded at once."""
         return self._threads
 
+    @property
+    def decode_budget(self) -> DecodeBudget:
+        """The bound on decoded pixels held at once by all of this preparer's threads."""
+        return self._decode_budget
+
     def stats(self) -> PrepareStats:
         """Totals over every image prepared so far."""
         return self._stats
+
+    def _on_own_thread(self, work: Callable[[], PreparedImage]) -> PreparedImage:
+        """Run ``work`` on one of this preparer's threads (called from an anyio worker)."""
+        return _preparation_threads().submit(work).result()
 
     async def __call__(
         self,
@@ -437,10 +556,13 @@ class ImagePreparer:
             config=self._config,
             token_budget=budget,
             source=source,
+            decode_budget=self._decode_budget,
         )
         try:
             if self._config.orient or self._config.shrink or budget:
-                prepared = await anyio.to_thread.run_sync(work, limiter=self._threads)
+                prepared = await anyio.to_thread.run_sync(
+                    self._on_own_thread, work, limiter=self._threads
+                )
             else:
                 prepared = work()  # everything off: a header read, no decode, no thread needed
         except ImageError:

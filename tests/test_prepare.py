@@ -7,6 +7,7 @@ import io
 import json
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from scheduler.errors import CorruptImage, InputError, UnsupportedImage
 from scheduler.images import ImageInfo
 from scheduler.jobs import Job
 from scheduler.prepare import (
+    DecodeBudget,
     DetailChoice,
     ImagePreparer,
     PrepareStats,
@@ -484,6 +486,111 @@ async def test_event_loop_stays_responsive_while_preparing() -> None:
             break
     assert preparer.stats().images == 100 * len(longest)
     assert longest[-1] < 0.050, f"longest heartbeat gaps {[round(g * 1000) for g in longest]} ms"
+
+
+def _scan(size: tuple[int, int]) -> bytes:
+    """A 1-bit PNG page: lines of "text" and scanner speckle (too big to send undecoded)."""
+    speckle = Image.effect_noise(size, 60).point(lambda v: 0 if v < 40 else 255)
+    page = speckle.convert("1", dither=Image.Dither.NONE)
+    draw = ImageDraw.Draw(page)
+    for y in range(size[1] // 10, size[1] - size[1] // 10, max(1, size[1] // 40)):
+        draw.rectangle((size[0] // 10, y, size[0] - size[0] // 10, y + 2), fill=0)
+    return _encode(page, "PNG")
+
+
+def test_one_bit_scan_becomes_a_grey_jpeg_when_shrunk() -> None:
+    """A 1-bit scan is resampled as 8-bit grey: anti-aliased grey output at the chosen size."""
+    data = _scan((2480, 3508))
+    prepared = prepare_image(data, model="gpt-4o", detail="high", token_budget=500)
+    image = _decode(prepared.data)
+    assert (image.format, image.mode) == ("JPEG", "L")
+    assert image.size == (prepared.width, prepared.height)
+    assert prepared.tokens == image_tokens(*image.size, detail=prepared.detail) <= 500
+    low, high = image.getextrema()
+    assert low < 64 and high > 192  # the lines survive the shrink
+    assert sum(1 for count in image.histogram() if count) > 16  # smoothed, not black and white
+
+
+def test_decode_budget_waits_first_come_first_served() -> None:
+    """Holders fit under the limit together; a larger one waits, one above the limit goes alone."""
+    budget = DecodeBudget(100)
+    order: list[str] = []
+    with budget.hold(60):
+
+        def later(name: str, pixels: int) -> threading.Thread:
+            def run() -> None:
+                with budget.hold(pixels):
+                    order.append(name)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        big = later("alone", 500)  # above the whole limit: waits until nothing is held
+        while budget.waits < 1:
+            time.sleep(0.001)
+        small = later("small", 10)  # fits now, but comes after the waiting one
+        while budget.waits < 2:
+            time.sleep(0.001)
+        assert order == [] and budget.held == 60
+    big.join(5)
+    small.join(5)
+    assert order == ["alone", "small"]
+    assert budget.held == 0 and budget.peak == 500
+    with pytest.raises(ValueError):
+        DecodeBudget(0)
+
+
+@pytest.mark.anyio
+async def test_concurrent_decodes_are_bounded_in_count_and_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However many images are in flight, decodes run on at most ``threads`` threads of the
+    preparer's own, and never hold more decoded pixels together than its budget."""
+    scan = _scan((2000, 1500))  # 3 megapixels
+    info = _info(scan)
+    real_load = Image.Image.load
+    lock = threading.Lock()
+    loading: dict[int, int] = {}  # thread -> pixels being decoded
+    most_pixels = most_decodes = 0
+    threads: set[str] = set()
+
+    def load(image: Image.Image) -> Any:
+        nonlocal most_pixels, most_decodes
+        if image.size != (2000, 1500):
+            return real_load(image)
+        with lock:
+            loading[threading.get_ident()] = image.width * image.height
+            most_pixels = max(most_pixels, sum(loading.values()))
+            most_decodes = max(most_decodes, len(loading))
+            threads.add(threading.current_thread().name)
+        try:
+            time.sleep(0.01)  # long enough for the other threads to pile in, if allowed
+            return real_load(image)
+        finally:
+            with lock:
+                del loading[threading.get_ident()]
+
+    def live() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("vsched-prepare")}
+
+    before = live()
+    monkeypatch.setattr(Image.Image, "load", load)
+    for limit, expected_decodes in ((7_000_000, 2), (3_000_000, 1)):
+        most_pixels = most_decodes = 0
+        threads.clear()
+        preparer = ImagePreparer(threads=3, decode_pixels=limit)
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):  # far more than the threads and the budget allow at once
+                tg.start_soon(partial(preparer, scan, info, detail="high", model="gpt-4o"))
+        assert preparer.stats().images == 12
+        assert 1 <= most_decodes <= expected_decodes and most_pixels <= limit
+        assert preparer.decode_budget.peak <= limit and preparer.decode_budget.held == 0
+        assert preparer.decode_budget.waits > 0
+        # The same few threads every time, for every preparer: freed pixel buffers are reused,
+        # not left behind in the allocator arenas of every pooled thread that ever decoded.
+        assert threads and threads <= live()
+        assert len(live()) <= max(3, len(before))
 
 
 def test_detail_choice_rejects_empty_sizes() -> None:
