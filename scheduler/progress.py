@@ -38,6 +38,7 @@ __all__ = [
     "ProgressRenderer",
     "ProgressSnapshot",
     "QuietRenderer",
+    "failure_line",
     "format_seconds",
     "make_renderer",
 ]
@@ -387,16 +388,14 @@ class DrainSummary:
             lines.append(f"Results: {self.output}")
         if self.failures_total:
             lines.append(f"Failed jobs ({self.failures_total}):")
-            lines.extend(
-                f"  {f.custom_id} (line {f.line}): {_clip(_without_line(f.reason, f.line))}"
-                for f in self.failures
-            )
+            lines.extend(failure_line(f.custom_id, f.line, _clip(f.reason)) for f in self.failures)
             if self.failures_total > len(self.failures):
                 lines.append(f"  ... and {self.failures_total - len(self.failures)} more")
         return "\n".join(lines)
 
 
-def _without_line(reason: str, line: int) -> str:
-    """The reason without its own ``line N:`` prefix, which the listing already shows."""
+def failure_line(custom_id: str, line: int, reason: str) -> str:
+    """One failed job in a listing: ``  id (line N): reason``, the line number shown once."""
     prefix = f"line {line}: "
-    return reason[len(prefix) :] if reason.startswith(prefix) else reason
+    reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
+    return f"  {custom_id} (line {line}): {reason}"

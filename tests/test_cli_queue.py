@@ -63,8 +63,9 @@ def test_status_lists_counts_last_run_and_failures(
     out = capsys.readouterr().out
     assert "Jobs: 0 pending, 0 in flight, 1 done, 2 failed" in out
     assert "1,200 tokens" in out
-    assert "b (line 2): line 2: 400 bad image" in out
-    assert "3 (line 3): line 3: not valid JSON" in out
+    assert "b (line 2): 400 bad image" in out
+    assert "3 (line 3): not valid JSON" in out
+    assert "line 2: line 2" not in out, "each line number is shown once"
     assert main(["status", "--json", str(drained.with_name("jobs.queue.sqlite"))]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["counts"]["failed"] == 2
 

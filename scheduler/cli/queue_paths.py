@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ..errors import InputError
+from ..queues import JobQueue
+from ..queues.redis_streams import RedisStreamsQueue
+from ..queues.sqlite import SqliteQueue
+from .common import config_from_args
+from .enqueue import redis_config
 
-__all__ = ["add_queue_flags", "default_output", "default_queue", "is_queue_file", "locate_queue"]
+__all__ = [
+    "add_queue_flags",
+    "default_output",
+    "default_queue",
+    "is_queue_file",
+    "locate_queue",
+    "open_queue",
+]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -64,3 +77,20 @@ def locate_queue(target: str | None, config: Config) -> Path:
     if not path.is_file():
         raise InputError(f"queue {path} does not exist (run `vsched drain` first)")
     return path
+
+
+def open_queue(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[JobQueue, Config, Path | None, str]:
+    """The queue the flags name: the shared Redis one (``--redis``) or an existing SQLite file.
+
+    Returns the queue (the caller closes it), the config, the SQLite file (None for Redis) and a
+    label for messages.
+    """
+    if args.redis:
+        config = redis_config(args)
+        label = f"Redis queue {config.queue.redis_name!r}"
+        return RedisStreamsQueue.from_config(config), config, None, label
+    config = config_from_args(args, overrides)
+    path = locate_queue(args.target, config)
+    return SqliteQueue(path), config, path, str(path)

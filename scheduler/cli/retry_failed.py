@@ -7,12 +7,9 @@ import sys
 from contextlib import closing
 from typing import Any
 
-from ..queues import JobQueue
-from ..queues.redis_streams import RedisStreamsQueue
-from ..queues.sqlite import SqliteQueue
-from .common import add_config_flag, config_from_args
-from .enqueue import add_redis_flags, redis_config
-from .queue_paths import add_queue_flags, locate_queue
+from .common import add_config_flag
+from .enqueue import add_redis_flags
+from .queue_paths import add_queue_flags, open_queue
 
 __all__ = ["register", "run"]
 
@@ -31,18 +28,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Move failed jobs that have a request back to pending; malformed lines stay failed."""
-    queue: JobQueue
-    if args.redis:
-        config = redis_config(args)
-        queue = RedisStreamsQueue.from_config(config)
-        path: Any = f"Redis queue {config.queue.redis_name!r}"
-    else:
-        config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
-        path = locate_queue(args.target, config)
-        queue = SqliteQueue(path)
+    overrides = {"queue.path": args.queue, "drain.output": args.output}
+    queue, _, _, label = open_queue(args, overrides)
     with closing(queue):
         requeued = queue.retry_failed()
         left = queue.counts()["failed"]
     note = f"; {left} malformed lines stay failed (fix the input)" if left else ""
-    print(f"Re-queued {requeued} failed jobs in {path}{note}", file=sys.stderr)
+    print(f"Re-queued {requeued} failed jobs in {label}{note}", file=sys.stderr)
     return 0

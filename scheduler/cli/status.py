@@ -8,13 +8,10 @@ from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
-from ..progress import format_seconds
-from ..queues import JobQueue
-from ..queues.redis_streams import RedisStreamsQueue
-from ..queues.sqlite import SqliteQueue
-from .common import add_config_flag, config_from_args
-from .enqueue import add_redis_flags, redis_config
-from .queue_paths import add_queue_flags, locate_queue
+from ..progress import failure_line, format_seconds
+from .common import add_config_flag
+from .enqueue import add_redis_flags
+from .queue_paths import add_queue_flags, open_queue
 
 __all__ = ["register", "run"]
 
@@ -34,15 +31,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the queue's counts, the figures of its last run and its first failures."""
-    queue: JobQueue
-    if args.redis:
-        config = redis_config(args)
-        queue = RedisStreamsQueue.from_config(config)
-        path: Any = f"Redis queue {config.queue.redis_name!r}"
-    else:
-        config = config_from_args(args, {"queue.path": args.queue, "drain.output": args.output})
-        path = locate_queue(args.target, config)
-        queue = SqliteQueue(path)
+    overrides = {"queue.path": args.queue, "drain.output": args.output}
+    queue, _, _, label = open_queue(args, overrides)
     with closing(queue):
         counts = queue.counts()
         last = queue.last_run()
@@ -53,17 +43,17 @@ def run(args: argparse.Namespace) -> int:
             message = (record.error or {}).get("message", "failed")
             failures.append({"custom_id": record.custom_id, "line": record.line, "reason": message})
     if args.json:
-        report = {"queue": str(path), "counts": counts, "last_run": last, "failures": failures}
+        report = {"queue": label, "counts": counts, "last_run": last, "failures": failures}
         print(json.dumps(report))
         return 0
-    print(f"Queue: {path}")
+    print(f"Queue: {label}")
     print("Jobs: " + ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items()))
     if last is not None:
         print(_last_run_line(last))
     if failures:
         print(f"Failed jobs ({counts['failed']}):")
         for failure in failures:
-            print(f"  {failure['custom_id']} (line {failure['line']}): {failure['reason']}")
+            print(failure_line(failure["custom_id"], failure["line"], failure["reason"]))
     return 0
 
 
