@@ -7,6 +7,20 @@ So a huge image request never hangs, and traffic stays smooth even where the ser
 its per-minute limit per second. :class:`BucketPair` takes tokens and requests together,
 atomically (both or neither).
 
+**Margin.** The server charges a request when it arrives, ``d`` seconds after admission, and
+``d`` varies per request. Away from the cap that only helps (the server always has at least the
+room we think), but at the cap it does not: our bucket is full at ``T`` while the server's meter
+is full only at ``T + d_last``, so a request that needs a full bucket, admitted at ``T`` and
+arriving at ``T + d_next < T + d_last``, would be refused. With ``margin`` seconds (``m = rate *
+margin`` units) every admission needs ``min(amount, capacity) + m``, the level may rise to
+``capacity + m`` and a take first forgets anything above ``capacity``. In GCRA terms the schedule
+is unchanged and a request goes ``margin`` seconds later than it would without, *relative to the
+theoretical arrival time*: so in steady state throughput is unchanged (the level hovers at ``m``
+instead of 0), while a request needing a full bucket waits until the bucket has been full for
+``margin`` seconds. Every request then finds the server's meter at least as full as our bucket
+whenever the send delays differ by at most ``margin``. (Raising both the cap and the need by
+``m`` without that forgetting would only relabel the level and change no timing.)
+
 Every method takes ``now`` (seconds on any monotonic clock), which makes the arithmetic
 table-testable with explicit times and usable with virtual clocks (trio's ``MockClock``).
 """
@@ -40,6 +54,7 @@ class TokenBucket:
     level: float
     updated_at: float | None = None
     debt: float = 0.0
+    margin: float = 0.0
     unit: str = "tokens"
 
     def __post_init__(self) -> None:
@@ -49,24 +64,37 @@ class TokenBucket:
             raise ValueError(f"rate must be a positive number, got {self.rate!r}")
         if not self.debt >= 0:
             raise ValueError(f"debt must be >= 0, got {self.debt!r}")
-        self.level = min(self.level, self.capacity)
+        if not (self.margin >= 0 and math.isfinite(self.margin)):
+            raise ValueError(f"margin must be >= 0 seconds, got {self.margin!r}")
+        self.level = min(self.level, self.top)
 
     @classmethod
     def per_minute(
-        cls, limit: float, *, burst_seconds: float = 3.0, unit: str = "tokens"
+        cls,
+        limit: float,
+        *,
+        burst_seconds: float = 3.0,
+        margin: float = 0.0,
+        unit: str = "tokens",
     ) -> TokenBucket:
         """A bucket for a per-minute ``limit``: ``burst_seconds`` of it as burst, the rest as debt.
 
-        It starts full at the burst capacity, not at a whole minute, so a fresh start does not
-        burst a minute's worth of requests at the server.
+        It starts full at the burst capacity (plus the margin: full for ``margin`` seconds),
+        not at a whole minute, so a fresh start does not burst a minute's worth of requests.
         """
         if not limit > 0:
             raise ValueError(f"limit must be positive, got {limit!r}")
         if not burst_seconds > 0:
             raise ValueError(f"burst_seconds must be positive, got {burst_seconds!r}")
         capacity = min(limit, limit * burst_seconds / 60.0)
+        rate = limit / 60.0
         return cls(
-            capacity=capacity, rate=limit / 60.0, level=capacity, debt=limit - capacity, unit=unit
+            capacity=capacity,
+            rate=rate,
+            level=capacity + rate * margin,
+            debt=limit - capacity,
+            margin=margin,
+            unit=unit,
         )
 
     @property
@@ -74,16 +102,31 @@ class TokenBucket:
         """The largest amount one take may ever ask for (the per-minute limit)."""
         return self.capacity + self.debt
 
+    @property
+    def reserve(self) -> float:
+        """The margin in units (``rate * margin``): room every admission keeps in hand."""
+        return self.rate * self.margin
+
+    @property
+    def top(self) -> float:
+        """The highest level: ``capacity`` plus the reserve (full for ``margin`` seconds)."""
+        return self.capacity + self.rate * self.margin
+
+    def need(self, amount: float) -> float:
+        """The level ``amount`` needs: ``min(amount, capacity)`` plus the reserve."""
+        return (amount if amount < self.capacity else self.capacity) + self.rate * self.margin
+
     def refill(self, now: float) -> float:
-        """Bring ``level`` up to ``now`` (never past ``capacity``) and return it.
+        """Bring ``level`` up to ``now`` (never past :attr:`top`) and return it.
 
         A ``now`` older than ``updated_at`` changes nothing: time never runs backwards here.
         """
         if self.updated_at is None:
             self.updated_at = now
         elif now > self.updated_at:
-            if self.level < self.capacity:
-                self.level = min(self.capacity, self.level + (now - self.updated_at) * self.rate)
+            top = self.top
+            if self.level < top:
+                self.level = min(top, self.level + (now - self.updated_at) * self.rate)
             self.updated_at = now
         return self.level
 
@@ -103,10 +146,10 @@ class TokenBucket:
     def wait_time(self, amount: float, now: float) -> float:
         """Seconds from ``now`` until ``amount`` may be taken (0.0: now); takes nothing.
 
-        An amount above the burst capacity needs a full bucket and leaves a debt.
+        An amount above the burst capacity needs a full bucket and leaves a debt; every amount
+        also needs the reserve (see :attr:`margin`).
         """
-        need = amount if amount < self.capacity else self.capacity
-        short = need - self.refill(now)
+        short = self.need(amount) - self.refill(now)
         if short <= 0.0:
             return 0.0
         wait = short / self.rate
@@ -115,11 +158,14 @@ class TokenBucket:
     def take(self, amount: float) -> None:
         """Remove ``amount`` now; the caller has checked ``wait_time(...) == 0``.
 
-        A shortfall within the wait tolerance is forgiven, so admission never leaves the level
-        below ``-debt``.
+        Room above ``capacity`` (the margin's "full for a while") is forgotten first, so the
+        request is charged as if taken from a bucket that just became full. A shortfall within
+        the wait tolerance is forgiven, so admission never leaves the level below ``-debt``.
         """
-        need = amount if amount < self.capacity else self.capacity
-        self.level = (self.level if self.level > need else need) - amount
+        capacity = self.capacity
+        need = amount if amount < capacity else capacity
+        level = self.level if self.level > need else need
+        self.level = (level if level < capacity else capacity) - amount
 
     def try_take(self, amount: float, now: float) -> float:
         """Take ``amount`` if it fits at ``now`` and return 0.0, else the seconds to wait."""
@@ -130,9 +176,9 @@ class TokenBucket:
         return wait
 
     def give(self, amount: float, now: float) -> None:
-        """Return ``amount`` (a refund); the level never rises above ``capacity``."""
+        """Return ``amount`` (a refund); the level never rises above :attr:`top`."""
         self.refill(now)
-        self.level = min(self.capacity, self.level + amount)
+        self.level = min(self.top, self.level + amount)
 
     def charge(self, amount: float, now: float) -> None:
         """Remove ``amount`` unconditionally (usage above the estimate); may pass ``-debt``.
@@ -143,19 +189,24 @@ class TokenBucket:
         self.level -= amount
 
     def clamp(self, room: float, now: float) -> None:
-        """Never assume more than ``room``: lower the level to it, but not below ``-debt``."""
+        """Never assume more than the server's ``room``: lower the level to it, not below ``-debt``.
+
+        ``room`` is what the server has left; our level keeps the reserve on top of it (the
+        level an admission needs is the amount plus the reserve), so it is lowered to
+        ``room + reserve``.
+        """
         self.refill(now)
-        self.level = min(self.level, max(room, -self.debt))
+        self.level = min(self.level, max(room + self.rate * self.margin, -self.debt))
 
     def resize(self, limit: float, *, burst_seconds: float, now: float) -> None:
-        """Adopt a new per-minute ``limit``, keeping the level (capped at the new capacity)."""
+        """Adopt a new per-minute ``limit``, keeping the level (capped at the new :attr:`top`)."""
         if not limit > 0:
             raise ValueError(f"limit must be positive, got {limit!r}")
         self.refill(now)
         self.capacity = min(limit, limit * burst_seconds / 60.0)
         self.rate = limit / 60.0
         self.debt = limit - self.capacity
-        self.level = max(min(self.level, self.capacity), -self.debt)
+        self.level = max(min(self.level, self.top), -self.debt)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -166,11 +217,17 @@ class BucketPair:
     requests: TokenBucket
 
     @classmethod
-    def per_minute(cls, *, tpm: float, rpm: float, burst_seconds: float = 3.0) -> BucketPair:
-        """Buckets for a TPM and an RPM limit sharing one burst length."""
+    def per_minute(
+        cls, *, tpm: float, rpm: float, burst_seconds: float = 3.0, margin: float = 0.0
+    ) -> BucketPair:
+        """Buckets for a TPM and an RPM limit sharing one burst length and one margin."""
         return cls(
-            tokens=TokenBucket.per_minute(tpm, burst_seconds=burst_seconds, unit="tokens"),
-            requests=TokenBucket.per_minute(rpm, burst_seconds=burst_seconds, unit="requests"),
+            tokens=TokenBucket.per_minute(
+                tpm, burst_seconds=burst_seconds, margin=margin, unit="tokens"
+            ),
+            requests=TokenBucket.per_minute(
+                rpm, burst_seconds=burst_seconds, margin=margin, unit="requests"
+            ),
         )
 
     def check(self, tokens: float, requests: float) -> None:

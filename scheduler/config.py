@@ -9,6 +9,7 @@ Unknown keys and wrong types are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -91,6 +92,8 @@ class LimitsConfig:
     settle: Literal["none", "actual"] = "none"
     learn_from_headers: bool = True
     backfill: bool = False
+    # Seconds a request needing a full bucket waits past "full" (covers send-delay jitter).
+    margin_seconds: float = 0.05
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).
     lease_seconds: float = 0.0
 
@@ -99,6 +102,10 @@ class LimitsConfig:
         _positive("limits.rpm", self.rpm)
         _positive("limits.burst_seconds", self.burst_seconds)
         _one_of("limits.settle", self.settle, ("none", "actual"))
+        if not (self.margin_seconds >= 0 and math.isfinite(self.margin_seconds)):
+            raise ConfigError(
+                f"limits.margin_seconds: expected a number >= 0, got {self.margin_seconds!r}"
+            )
         if self.lease_seconds < 0:
             raise ConfigError(f"limits.lease_seconds: expected >= 0, got {self.lease_seconds!r}")
 

@@ -15,6 +15,11 @@ How a request is admitted (:meth:`Limiter.acquire`):
 - **Pacing and debt.** The buckets (:mod:`scheduler.bucket`) hold ``burst_seconds`` of the limit,
   not a minute; a request above the burst but within the per-minute limit goes when the bucket
   is full and leaves a debt.
+- **Margin** (``margin_seconds``, default 0.05 s): the server charges a request when it arrives,
+  a varying send delay after admission, so at the cap its meter is full a little later than our
+  bucket. Every admission keeps ``margin_seconds`` of the rate in hand, and a request needing a
+  full bucket waits until the bucket has been full that long (see :mod:`scheduler.bucket`).
+  Throughput and burst are unchanged.
 - **Cancellation.** A waiter cancelled while queued takes nothing: it is dropped from the queue
   (lazily, in O(1)), and if it had just been admitted but had not yet resumed, its charge is put
   back and the admission is erased from the statistics.
@@ -48,6 +53,9 @@ __all__ = ["Limiter", "LimiterReservation", "LimiterStats", "RateLimiter", "Rese
 logger = logging.getLogger(__name__)
 
 SettlePolicy = Literal["none", "actual"]
+
+# Seconds of safety margin at the cap; covers the spread of send delays over a network.
+DEFAULT_MARGIN_SECONDS = 0.05
 
 
 class Reservation(Protocol):
@@ -228,10 +236,13 @@ class Limiter:
         settle: SettlePolicy = "none",
         learn_from_headers: bool = True,
         backfill: bool = False,
+        margin_seconds: float = DEFAULT_MARGIN_SECONDS,
     ) -> None:
         if settle not in ("none", "actual"):
             raise ValueError(f"settle must be 'none' or 'actual', got {settle!r}")
-        self._pair = BucketPair.per_minute(tpm=tpm, rpm=rpm, burst_seconds=burst_seconds)
+        self._pair = BucketPair.per_minute(
+            tpm=tpm, rpm=rpm, burst_seconds=burst_seconds, margin=margin_seconds
+        )
         self._burst_seconds = burst_seconds
         self._settle_policy: SettlePolicy = settle
         self._learn = learn_from_headers
@@ -266,6 +277,7 @@ class Limiter:
             settle=limits.settle,
             learn_from_headers=limits.learn_from_headers,
             backfill=limits.backfill,
+            margin_seconds=limits.margin_seconds,
         )
 
     async def __aenter__(self) -> Limiter:
@@ -385,8 +397,9 @@ class Limiter:
         ):
             if bucket.wait_time(amount, now) > 0.0:
                 return False
-            need = min(head_amount, bucket.capacity)
-            projected = min(bucket.capacity, bucket.level - amount + bucket.rate * horizon)
+            need = bucket.need(head_amount)
+            taken = min(bucket.level, bucket.capacity) - amount  # what take() leaves
+            projected = min(bucket.top, taken + bucket.rate * horizon)
             if projected < need - bucket.rate * WAIT_TOLERANCE:
                 return False
         return True
@@ -464,7 +477,7 @@ class Limiter:
                     else:
                         since = self._admitted_requests - linked._mark_requests
                     room = min(bucket.limit, room + bucket.rate * elapsed) - since
-                if room < bucket.refill(now):
+                if room + bucket.reserve < bucket.refill(now):
                     bucket.clamp(room, now)
                     changed = True
         if changed and self._waiting:

@@ -41,7 +41,7 @@ import anyio
 from .bucket import BucketPair
 from .errors import ConfigError
 from .headers import RateLimitHeaders
-from .limiter import Limiter, LimiterStats, RateLimiter, Reservation
+from .limiter import DEFAULT_MARGIN_SECONDS, Limiter, LimiterStats, RateLimiter, Reservation
 from .redis_client import LuaScript, RedisClient
 
 if TYPE_CHECKING:
@@ -51,8 +51,12 @@ __all__ = ["RedisLimiter", "RedisReservation", "limiter_from_config"]
 
 logger = logging.getLogger(__name__)
 
-# Shared by every script. KEYS[1] = state hash; ARGV[1..3] = configured tpm, rpm, burst_seconds.
-# A limit learned from headers replaces the configured one, as in the in-memory limiter.
+# Shared by every script. KEYS[1] = state hash; ARGV[1..4] = configured tpm, rpm, burst_seconds,
+# margin_seconds. A limit learned from headers replaces the configured one, as in the in-memory
+# limiter. The margin (see scheduler.bucket): a tat may lie up to ``mg`` seconds in the past (the
+# bucket has been full that long: level up to capacity + mg * rate), and a request is due ``mg``
+# seconds after its place in the schedule (``at = tat + mg - ...``), so it needs the reserve too;
+# a take starts from ``max(tat, at) >= now``, which forgets the room above capacity.
 _PRELUDE = """
 local key = KEYS[1]
 local t = redis.call('TIME')
@@ -61,14 +65,15 @@ local s = redis.call('HMGET', key, 'tat_t', 'tat_r', 'cool', 'tpm', 'rpm', 'adm_
 local tpm = tonumber(s[4]) or tonumber(ARGV[1])
 local rpm = tonumber(s[5]) or tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
+local mg = tonumber(ARGV[4])
 local rt, rr, cap_t, cap_r
 local function shape()
   rt, rr = tpm / 60, rpm / 60
   cap_t, cap_r = math.min(tpm, burst * rt), math.min(rpm, burst * rr)
 end
 shape()
-local tat_t = math.max(now, tonumber(s[1]) or now)
-local tat_r = math.max(now, tonumber(s[2]) or now)
+local tat_t = math.max(now - mg, tonumber(s[1]) or (now - mg))
+local tat_r = math.max(now - mg, tonumber(s[2]) or (now - mg))
 local cool = tonumber(s[3]) or 0
 local adm_t, adm_r = tonumber(s[6]) or 0, tonumber(s[7]) or 0
 local function fmt(x) return string.format('%.6f', x) end
@@ -83,23 +88,23 @@ local function state()
 end
 """
 
-# ARGV[4..5] = tokens and requests to give back (negative: charge), ARGV[6] = n, then n pairs
+# ARGV[5..6] = tokens and requests to give back (negative: charge), ARGV[7] = n, then n pairs
 # (tokens, requests). Answers {slots, state}; a slot is "w:<wait>:<at>:<admitted tokens>:
 # <admitted requests>" (server time, totals including this one) or "x" when over a learned limit.
 _ACQUIRE = LuaScript(
     _PRELUDE
     + """
-tat_t = math.max(now, tat_t - tonumber(ARGV[4]) / rt)
-tat_r = math.max(now, tat_r - tonumber(ARGV[5]) / rr)
+tat_t = math.max(now - mg, tat_t - tonumber(ARGV[5]) / rt)
+tat_r = math.max(now - mg, tat_r - tonumber(ARGV[6]) / rr)
 local out = {}
-for i = 1, tonumber(ARGV[6]) do
-  local c, q = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
+for i = 1, tonumber(ARGV[7]) do
+  local c, q = tonumber(ARGV[6 + 2 * i]), tonumber(ARGV[7 + 2 * i])
   if c > tpm or q > rpm then
     out[i] = 'x'
   else
     local at = math.max(now, cool,
-      tat_t - (cap_t - math.min(c, cap_t)) / rt,
-      tat_r - (cap_r - math.min(q, cap_r)) / rr)
+      tat_t + mg - (cap_t - math.min(c, cap_t)) / rt,
+      tat_r + mg - (cap_r - math.min(q, cap_r)) / rr)
     tat_t = math.max(tat_t, at) + c / rt
     tat_r = math.max(tat_r, at) + q / rr
     adm_t, adm_r = adm_t + c, adm_r + q
@@ -112,50 +117,50 @@ return {out, state()}
 """
 )
 
-# ARGV[4] = seconds. Holds everyone until then; the server said there is no room, so both levels
-# drop to at most zero and refill during the pause.
+# ARGV[5] = seconds. Holds everyone until then; the server said there is no room, so both levels
+# drop to at most zero (plus the margin's reserve) and refill during the pause.
 _COOLDOWN = LuaScript(
     _PRELUDE
     + """
-cool = math.max(cool, now + tonumber(ARGV[4]))
-tat_t = math.max(tat_t, now + cap_t / rt)
-tat_r = math.max(tat_r, now + cap_r / rr)
+cool = math.max(cool, now + tonumber(ARGV[5]))
+tat_t = math.max(tat_t, now + cap_t / rt - mg)
+tat_r = math.max(tat_r, now + cap_r / rr - mg)
 save()
 return state()
 """
 )
 
-# ARGV[4..7] = limit and remaining tokens, limit and remaining requests ("" when absent);
-# ARGV[8..10] = the server time and admitted totals of the request the headers answer ("" when
+# ARGV[5..8] = limit and remaining tokens, limit and remaining requests ("" when absent);
+# ARGV[9..11] = the server time and admitted totals of the request the headers answer ("" when
 # the headers are taken as fresh). Adopts a changed limit; lowers a level to the server's room.
 _OBSERVE = LuaScript(
     _PRELUDE
     + """
-if ARGV[4] ~= '' and tonumber(ARGV[4]) > 0 and tonumber(ARGV[4]) ~= tpm then
-  tpm = tonumber(ARGV[4])
-  redis.call('HSET', key, 'tpm', ARGV[4])
+if ARGV[5] ~= '' and tonumber(ARGV[5]) > 0 and tonumber(ARGV[5]) ~= tpm then
+  tpm = tonumber(ARGV[5])
+  redis.call('HSET', key, 'tpm', ARGV[5])
 end
-if ARGV[6] ~= '' and tonumber(ARGV[6]) > 0 and tonumber(ARGV[6]) ~= rpm then
-  rpm = tonumber(ARGV[6])
-  redis.call('HSET', key, 'rpm', ARGV[6])
+if ARGV[7] ~= '' and tonumber(ARGV[7]) > 0 and tonumber(ARGV[7]) ~= rpm then
+  rpm = tonumber(ARGV[7])
+  redis.call('HSET', key, 'rpm', ARGV[7])
 end
 shape()
 tat_t = math.min(tat_t, now + 60)
 tat_r = math.min(tat_r, now + 60)
 local function room(remaining, limit, rate, admitted, mark)
   local r = tonumber(remaining)
-  if ARGV[8] ~= '' then
-    local elapsed = math.max(0, now - tonumber(ARGV[8]))
+  if ARGV[9] ~= '' then
+    local elapsed = math.max(0, now - tonumber(ARGV[9]))
     r = math.min(limit, r + rate * elapsed) - (admitted - tonumber(mark))
   end
   return r
 end
-if ARGV[5] ~= '' then
-  local r = math.max(room(ARGV[5], tpm, rt, adm_t, ARGV[9]), cap_t - tpm)
+if ARGV[6] ~= '' then
+  local r = math.max(room(ARGV[6], tpm, rt, adm_t, ARGV[10]) + mg * rt, cap_t - tpm)
   if r < cap_t - (tat_t - now) * rt then tat_t = now + (cap_t - r) / rt end
 end
-if ARGV[7] ~= '' then
-  local r = math.max(room(ARGV[7], rpm, rr, adm_r, ARGV[10]), cap_r - rpm)
+if ARGV[8] ~= '' then
+  local r = math.max(room(ARGV[8], rpm, rr, adm_r, ARGV[11]) + mg * rr, cap_r - rpm)
   if r < cap_r - (tat_r - now) * rr then tat_r = now + (cap_r - r) / rr end
 end
 save()
@@ -244,17 +249,21 @@ class RedisLimiter:
         learn_from_headers: bool = True,
         key: str = "vsched:limiter",
         lease_seconds: float = 0.0,
+        margin_seconds: float = DEFAULT_MARGIN_SECONDS,
     ) -> None:
         if settle not in ("none", "actual"):
             raise ValueError(f"settle must be 'none' or 'actual', got {settle!r}")
         if not lease_seconds >= 0:
             raise ValueError(f"lease_seconds must be >= 0, got {lease_seconds!r}")
         # The in-memory limiter's buckets validate the limits and word the oversize error.
-        self._pair = BucketPair.per_minute(tpm=tpm, rpm=rpm, burst_seconds=burst_seconds)
+        self._pair = BucketPair.per_minute(
+            tpm=tpm, rpm=rpm, burst_seconds=burst_seconds, margin=margin_seconds
+        )
         self._client = RedisClient(client) if isinstance(client, str) else client
         self._owns_client = isinstance(client, str)
         self._configured = (tpm, rpm)
         self._burst_seconds = burst_seconds
+        self._margin = margin_seconds
         self._settle_policy = settle
         self._learn = learn_from_headers
         self.key = key
@@ -269,10 +278,10 @@ class RedisLimiter:
         self._closed = False
         # The shared state as the last script answered it, and when (local clock).
         self._limits = (tpm, rpm)
-        self._levels = (self._pair.tokens.capacity, self._pair.requests.capacity)
+        self._levels = (self._pair.tokens.top, self._pair.requests.top)
         self._cool_left = 0.0
         self._seen_at: float | None = None
-        self._lowest_level = self._pair.tokens.capacity
+        self._lowest_level = self._pair.tokens.top
         self._announced: set[tuple[str, int]] = set()
         # This process's counters.
         self._admitted = [0, 0]
@@ -303,6 +312,7 @@ class RedisLimiter:
             learn_from_headers=limits.learn_from_headers,
             key=key,
             lease_seconds=limits.lease_seconds,
+            margin_seconds=limits.margin_seconds,
         )
 
     async def __aenter__(self) -> RedisLimiter:
@@ -501,8 +511,10 @@ class RedisLimiter:
                 elapsed = max(0.0, anyio.current_time() - self._seen_at)
             except RuntimeError:
                 elapsed = 0.0
-            token_level = min(token_capacity, token_level + tpm / 60 * elapsed)
-            request_level = min(request_capacity, request_level + rpm / 60 * elapsed)
+            token_top = token_capacity + tpm / 60 * self._margin
+            request_top = request_capacity + rpm / 60 * self._margin
+            token_level = min(token_top, token_level + tpm / 60 * elapsed)
+            request_level = min(request_top, request_level + rpm / 60 * elapsed)
             cool_left = max(0.0, cool_left - elapsed)
         return LimiterStats(
             tpm=tpm,
@@ -555,7 +567,9 @@ class RedisLimiter:
     async def _call(self, script: LuaScript, args: list[str | int | float]) -> object:
         self.round_trips += 1
         tpm, rpm = self._configured
-        return await self._client.run(script, [self.key], [tpm, rpm, self._burst_seconds, *args])
+        return await self._client.run(
+            script, [self.key], [tpm, rpm, self._burst_seconds, self._margin, *args]
+        )
 
     def _remember(self, state: object) -> None:
         """Keep the shared state a script answered: levels, limits, cooldown left."""

@@ -91,7 +91,7 @@ async def test_fifo_order_with_mixed_sizes() -> None:
 @pytest.mark.anyio
 async def test_large_request_among_small_ones_gets_its_fair_time() -> None:
     """A large request queued among 1,000 small ones goes once the tokens ahead of it are paid."""
-    limiter = Limiter(tpm=60_000, rpm=100_000)  # 1,000 tokens/s, 3,000 of burst
+    limiter = Limiter(tpm=60_000, rpm=100_000, margin_seconds=0.0)  # 1,000 tokens/s, 3,000 of burst
     rec = Recorder(limiter)
     costs = [100] * 500 + [20_000] + [100] * 500
     async with anyio.create_task_group() as tg:
@@ -124,7 +124,7 @@ async def test_oversize_raises_at_once_naming_cost_and_limit() -> None:
 @pytest.mark.anyio
 async def test_request_above_burst_leaves_debt_and_never_hangs() -> None:
     """A request above the burst but within the limit goes when the bucket is full."""
-    limiter = Limiter(tpm=6000, rpm=1000)  # 100 tokens/s, 300 of burst
+    limiter = Limiter(tpm=6000, rpm=1000, margin_seconds=0.0)  # 100 tokens/s, 300 of burst
     rec = Recorder(limiter)
     async with anyio.create_task_group() as tg:
         await start_in_order(tg, rec, [200, 6000, 100])
@@ -334,7 +334,7 @@ async def test_headers_with_half_the_limit_bring_rate_down_within_five_seconds(
 @pytest.mark.anyio
 async def test_remaining_clamps_the_level_but_never_raises_it() -> None:
     """remaining-tokens lowers our level; a larger remaining does not add room."""
-    limiter = Limiter(tpm=6000, rpm=1000)
+    limiter = Limiter(tpm=6000, rpm=1000, margin_seconds=0.0)
     await limiter.observe(RateLimitHeaders(remaining_tokens=50_000, remaining_requests=900))
     assert limiter.stats().token_level == pytest.approx(300.0)
     await limiter.observe(RateLimitHeaders(remaining_tokens=0))
@@ -383,7 +383,7 @@ async def test_lower_server_limit_fails_queued_requests_above_it() -> None:
 @pytest.mark.anyio
 async def test_learning_off_ignores_headers() -> None:
     """With learn_from_headers=False, observe changes neither limits nor levels."""
-    limiter = Limiter(tpm=6000, rpm=100, learn_from_headers=False)
+    limiter = Limiter(tpm=6000, rpm=100, learn_from_headers=False, margin_seconds=0.0)
     await limiter.observe(RateLimitHeaders(limit_tokens=3000, remaining_tokens=0))
     stats = limiter.stats()
     assert (stats.tpm, stats.token_level) == (6000, pytest.approx(300.0))
@@ -400,7 +400,7 @@ async def test_learning_off_ignores_headers() -> None:
 )
 async def test_settle_policy(policy: str, actual: int, admitted_at: float) -> None:
     """settle refunds or charges the difference under 'actual' and changes nothing under 'none'."""
-    limiter = Limiter(tpm=6000, rpm=1000, settle=policy)  # type: ignore[arg-type]
+    limiter = Limiter(tpm=6000, rpm=1000, settle=policy, margin_seconds=0.0)  # type: ignore[arg-type]
     first = await limiter.acquire(tokens=300)
     rec = Recorder(limiter)
     async with anyio.create_task_group() as tg:
@@ -429,7 +429,9 @@ async def test_release_returns_tokens_and_request() -> None:
 @pytest.mark.parametrize(("backfill", "waited"), [(True, 0.0), (False, 3.0)])
 async def test_backfill_only_when_it_cannot_delay_the_head(backfill: bool, waited: float) -> None:
     """With backfill a request the head does not compete with passes; without it, it queues."""
-    limiter = Limiter(tpm=60_000, rpm=60, backfill=backfill)  # 3 requests of burst, 1/s
+    limiter = Limiter(
+        tpm=60_000, rpm=60, backfill=backfill, margin_seconds=0.0
+    )  # 3 requests of burst, 1/s
     for _ in range(3):
         await limiter.acquire(tokens=10)
     rec = Recorder(limiter)

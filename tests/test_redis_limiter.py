@@ -28,8 +28,17 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 def make(url: str, **kw: object) -> RedisLimiter:
-    """A limiter on the test database with fast limits unless overridden."""
-    options: dict[str, object] = {"tpm": TPM, "rpm": RPM, "burst_seconds": 0.1} | kw
+    """A limiter on the test database with fast limits unless overridden.
+
+    The margin is 0 unless a test asks for it: these tests pin waits of tens of milliseconds
+    that the default margin (0.05 s, half of this burst) would shift.
+    """
+    options: dict[str, object] = {
+        "tpm": TPM,
+        "rpm": RPM,
+        "burst_seconds": 0.1,
+        "margin_seconds": 0.0,
+    } | kw
     return RedisLimiter(url, **options)  # type: ignore[arg-type]
 
 
@@ -334,3 +343,17 @@ async def test_leased_release_goes_to_the_schedule_not_the_slice(redis_url: str)
         await limiter.acquire(tokens=600)  # 400 left in the slice: a second lease is needed
         assert limiter.leases == 2
         assert limiter.stats().wait_time < 0.05, "the release came back with the second lease"
+
+
+async def test_margin_matches_the_in_memory_bucket(redis_url: str) -> None:
+    """With a margin, a request needing a full bucket waits until it has been full that long.
+
+    2,000 tokens (twice the 1,000-token burst) empty a fresh bucket to -1,000 (the first take
+    forgets the reserve above capacity); the next 1,000 need a full bucket plus the reserve of
+    0.05 s * 10,000/s = 500 tokens: 2,500 tokens of refill, 0.25 s (0.2 s without the margin).
+    """
+    async with make(redis_url, margin_seconds=0.05) as limiter:
+        await limiter.acquire(tokens=2_000)
+        assert limiter.stats().wait_time == 0
+        await limiter.acquire(tokens=1_000)
+        assert 0.24 <= limiter.stats().wait_time <= 0.26

@@ -1,0 +1,198 @@
+"""The safety margin at the cap: pure bucket arithmetic, and jittered send delays against the sim.
+
+The server charges a request when it arrives, a varying send delay after admission. At the cap
+our bucket is full before the server's meter is, so a request needing a full bucket can arrive
+too early. ``margin`` makes such a request wait until the bucket has been full that long.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+import trio.testing
+
+from scheduler.bucket import TokenBucket
+from scheduler.config import LimitsConfig, load_config
+from scheduler.cost import estimate_cost
+from scheduler.errors import ConfigError
+from scheduler.headers import RateLimitHeaders
+from scheduler.limiter import DEFAULT_MARGIN_SECONDS, Limiter
+from scheduler.sim import SimSettings, create_app
+
+# -- pure core: 100 units/s, 300 of burst, 0.05 s of margin = a reserve of 5 units -------------
+
+
+def bucket(margin: float = 0.05, level: float | None = None) -> TokenBucket:
+    b = TokenBucket.per_minute(6000, burst_seconds=3.0, margin=margin)
+    if level is not None:
+        b.level = level
+    b.updated_at = 0.0
+    return b
+
+
+def test_fresh_bucket_is_full_for_the_margin() -> None:
+    """A fresh bucket starts at capacity plus the reserve; refill never passes that."""
+    b = bucket()
+    assert (b.capacity, b.reserve, b.top, b.level) == (300, 5, 305, 305)
+    assert b.refill(100.0) == 305
+    assert bucket(margin=0.0).level == 300
+
+
+@pytest.mark.parametrize(
+    ("level", "amount", "wait", "after"),
+    [
+        (305, 100, 0.0, 200),  # the room above capacity is forgotten by a take
+        (105, 100, 0.0, 5),  # steady state: the level hovers at the reserve
+        (100, 100, 0.05, None),  # without the reserve in hand: wait margin seconds
+        (305, 300, 0.0, 0),  # a full bucket: the whole burst
+        (300, 300, 0.05, None),  # just full: wait until full for the margin
+        (305, 1000, 0.0, -700),  # above the burst: full for the margin, leaves a debt
+        (-700, 1000, 10.05, None),  # repay the debt, then be full for the margin
+        (-700, 200, 9.05, None),  # a small one needs only its own tokens plus the reserve
+    ],
+)
+def test_wait_and_take(level: float, amount: float, wait: float, after: float | None) -> None:
+    """Every admission needs min(amount, capacity) + reserve; a take forgets room above capacity."""
+    b = bucket(level=level)
+    assert b.try_take(amount, 0.0) == pytest.approx(wait)
+    if after is not None:
+        assert b.level == pytest.approx(after)
+    else:
+        assert b.level == level  # nothing taken
+        assert b.try_take(amount, wait) == 0.0
+
+
+def test_margin_keeps_throughput_and_debt_invariant() -> None:
+    """Saturated by 50-unit requests, 100 units/s still pass; the level never goes below -debt."""
+    b = bucket(level=0.0)
+    now, taken = 0.0, 0.0
+    while now < 60.0:
+        wait = b.try_take(50, now)
+        if wait == 0.0:
+            taken += 50
+            assert b.level >= -b.debt
+        now += wait if wait else 0.0
+    assert taken == pytest.approx(6000, abs=100)
+    big = bucket(level=305)
+    big.try_take(6000, 0.0)
+    assert big.level == -big.debt
+
+
+def test_give_clamp_and_resize_keep_the_reserve() -> None:
+    """Refunds stop at the top; a server's room is kept with the reserve on top; resize rescales."""
+    b = bucket(level=100)
+    b.give(1000, 0.0)
+    assert b.level == 305
+    b.clamp(50, 0.0)
+    assert b.level == 55  # the server has 50 left: we may admit 50 (need 50 + 5)
+    b.clamp(-10_000, 0.0)
+    assert b.level == -b.debt
+    b = bucket()
+    b.resize(600, burst_seconds=3.0, now=0.0)  # 10 units/s: capacity 30, reserve 0.5
+    assert (b.capacity, b.top, b.level) == (30, 30.5, 30.5)
+
+
+def test_margin_must_be_non_negative() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        TokenBucket(capacity=1, rate=1, level=1, margin=-0.1)
+    with pytest.raises(ConfigError, match="margin_seconds"):
+        LimitsConfig(margin_seconds=-1)
+    assert LimitsConfig().margin_seconds == DEFAULT_MARGIN_SECONDS
+    config = load_config(overrides={"limits.margin_seconds": 0.2})
+    assert config.limits.margin_seconds == 0.2
+    assert Limiter.from_config(config.limits)._pair.tokens.margin == 0.2
+
+
+# -- jittered send delays against the simulator, in virtual time -------------------------------
+
+TPM, RPM = 30_000, 500  # 500 tokens/s, 500 of burst (1 s), enforced per second by the sim
+
+
+def body(detail: str, max_tokens: int) -> dict[str, object]:
+    image = {"url": "https://img.example/1.png", "detail": detail}
+    text = {"type": "text", "text": "Describe this image."}
+    content = [text, {"type": "image_url", "image_url": image}]
+    return {
+        "model": "gpt-4o",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": content}],
+    }
+
+
+# Big requests (above the burst: they need a full bucket) and requests close to the burst.
+BODIES = [body("high", 300), body("high", 300), body("low", 300), body("high", 10)]
+
+
+class DelayedTransport(httpx.AsyncBaseTransport):
+    """Each request reaches the app after a seeded random send delay in ``[0, spread]``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, spread: float, seed: int) -> None:
+        self._inner = inner
+        self._spread = spread
+        self._random = random.Random(seed)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(self._random.uniform(0.0, self._spread))
+        return await self._inner.handle_async_request(request)
+
+
+@pytest.fixture
+def anyio_backend() -> Iterator[object]:
+    yield ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+
+
+async def drive(*, margin: float, spread: float, seed: int, minutes: float) -> dict[str, int]:
+    """16 workers send big image requests for ``minutes``; the sim charges what we estimate."""
+    # URL images are priced by the sim at 2048x768 (8 tiles), as our estimate prices an
+    # unknown size: both sides charge exactly the same, so only the send delays differ.
+    settings = SimSettings(tpm=TPM, rpm=RPM, quantum=1.0, seed=seed, url_image_size=(2048, 768))
+    app = create_app(settings)
+    limiter = Limiter(tpm=TPM, rpm=RPM, burst_seconds=1.0, margin_seconds=margin)
+    charges = [estimate_cost(b).total for b in BODIES]
+    assert max(charges) > 500 and min(charges) < 500  # above and just below the burst
+    counts = {"ok": 0, "rate_limited": 0, "charged": 0}
+    rng = random.Random(seed)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            pick = rng.randrange(len(BODIES))
+            await limiter.acquire(tokens=charges[pick])
+            reply = await client.post("/chat/completions", json=BODIES[pick])
+            await limiter.observe(RateLimitHeaders.from_headers(reply.headers))
+            if reply.status_code == 200:
+                counts["ok"] += 1
+                counts["charged"] += charges[pick]
+            else:
+                assert reply.status_code == 429
+                counts["rate_limited"] += 1
+                await limiter.cooldown(
+                    RateLimitHeaders.from_headers(reply.headers).retry_after or 0.5
+                )
+
+    transport = DelayedTransport(httpx.ASGITransport(app), spread=spread, seed=seed)
+    async with (
+        httpx.AsyncClient(
+            transport=transport, base_url="http://sim/v1", headers={"Authorization": "Bearer x"}
+        ) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.cancel_scope.deadline = anyio.current_time() + minutes * 60
+        for _ in range(16):
+            tg.start_soon(worker, client)
+    return counts
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_jittered_send_delays_draw_429s_without_the_margin(seed: int) -> None:
+    """Send delays spread over 40 ms: 429s with margin 0, none with the default 50 ms margin."""
+    without = await drive(margin=0.0, spread=0.04, seed=seed, minutes=2)
+    assert without["rate_limited"] > 0
+    default = await drive(margin=DEFAULT_MARGIN_SECONDS, spread=0.04, seed=seed, minutes=2)
+    assert default["rate_limited"] == 0
+    # Throughput is unchanged: the limit is used within the burst's share.
+    assert default["charged"] >= 0.97 * TPM * 2
