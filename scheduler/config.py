@@ -29,6 +29,7 @@ __all__ = [
     "DrainConfig",
     "ImagesConfig",
     "LimitsConfig",
+    "ModelLimitsConfig",
     "QueueConfig",
     "RetryConfig",
     "Secret",
@@ -83,6 +84,14 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModelLimitsConfig:
+    """One limit group's own limits (``[limits.models."<model>"]``); unset keys use the default."""
+
+    tpm: int | None = None
+    rpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
     """The organisation's limits and how the limiter paces against them."""
 
@@ -96,10 +105,17 @@ class LimitsConfig:
     margin_seconds: float = 0.05
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).
     lease_seconds: float = 0.0
+    # Per-model overrides of tpm/rpm, keyed by model family (or raw name for unknown models).
+    models: Mapping[str, ModelLimitsConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("limits.tpm", self.tpm)
         _positive("limits.rpm", self.rpm)
+        for model, override in self.models.items():
+            for key in ("tpm", "rpm"):
+                value = getattr(override, key)
+                if value is not None:
+                    _positive(f"limits.models.{model}.{key}", value)
         _positive("limits.burst_seconds", self.burst_seconds)
         _one_of("limits.settle", self.settle, ("none", "actual"))
         if not (self.margin_seconds >= 0 and math.isfinite(self.margin_seconds)):
@@ -108,6 +124,18 @@ class LimitsConfig:
             )
         if self.lease_seconds < 0:
             raise ConfigError(f"limits.lease_seconds: expected >= 0, got {self.lease_seconds!r}")
+
+    def for_model(self, name: str) -> LimitsConfig:
+        """These limits with ``name``'s override of tpm/rpm applied (and no overrides left)."""
+        override = self.models.get(name)
+        if override is None:
+            return dataclasses.replace(self, models={})
+        return dataclasses.replace(
+            self,
+            tpm=self.tpm if override.tpm is None else override.tpm,
+            rpm=self.rpm if override.rpm is None else override.rpm,
+            models={},
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -313,7 +341,34 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_text: bool) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
+    if origin is Mapping and isinstance(value, Mapping):  # limits.models, validated by the loader
+        return value
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _model_limits(value: Any) -> dict[str, ModelLimitsConfig]:
+    """Validate ``[limits.models."<model>"]`` tables; errors name the full key."""
+    if not isinstance(value, Mapping):
+        raise ConfigError('limits.models: expected a table of tables ([limits.models."<model>"])')
+    known = {f.name for f in dataclasses.fields(ModelLimitsConfig)}
+    built: dict[str, ModelLimitsConfig] = {}
+    for model, values in value.items():
+        if isinstance(values, ModelLimitsConfig):
+            built[model] = values
+            continue
+        where = f"limits.models.{model}"
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"{where}: expected a model name")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f'{where}: expected a table ([limits.models."{model}"])')
+        kwargs: dict[str, int] = {}
+        for key, item in values.items():
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+            kwargs[key] = _coerce(f"{where}.{key}", item, int, from_text=False)
+            _positive(f"{where}.{key}", kwargs[key])
+        built[model] = ModelLimitsConfig(**kwargs)
+    return built
 
 
 def _build_section(name: str, cls: type[Any], values: Mapping[str, Any], *, text: set[str]) -> Any:
@@ -394,6 +449,12 @@ def load_config(
         merged[name][key] = value
         text_keys[name].discard(key)
 
+    if "models" in merged["limits"]:
+        if "models" in text_keys["limits"]:
+            raise ConfigError(
+                'limits.models: set per-model limits in the config file ([limits.models."<model>"])'
+            )
+        merged["limits"]["models"] = _model_limits(merged["limits"]["models"])
     built = {
         name: _build_section(name, cls, merged[name], text=text_keys[name])
         for name, cls in sections.items()

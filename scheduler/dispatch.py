@@ -24,12 +24,13 @@ import httpx
 from anyio.abc import ObjectSendStream, TaskGroup
 
 from .client import OpenAIClient, Reply, classify, request_was_sent
-from .config import Config, load_config
+from .config import Config, ModelLimitsConfig, load_config
 from .cost import CostModel, RequestCost
-from .errors import APIError, FatalError, InputError, RateLimited, RetryableError
+from .errors import APIError, ConfigError, FatalError, InputError, RateLimited, RetryableError
 from .images import ImageProber
-from .limiter import RateLimiter
+from .limiter import LimiterStats, RateLimiter
 from .prepare import ImagePreparer, job_token_budget
+from .profiles import ProfileTable
 from .redis_limiter import limiter_from_config
 from .results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from .retry import retrying
@@ -82,8 +83,11 @@ class Scheduler:
 
     Use it as an async context manager; it works on asyncio and trio. ``transport`` replaces
     httpx's network transport (``httpx.MockTransport``, ``httpx.ASGITransport`` for the
-    simulator); ``limiter`` defaults to an in-memory ``Limiter`` from ``config.limits`` (the
-    shared ``RedisLimiter`` when ``queue.redis_url`` is set);
+    simulator); ``limiter`` is one limiter for every request; by default each limit group
+    (a request's model resolved to its family, see :meth:`limit_group`) gets its own, made on
+    first use from ``config.limits`` and its ``[limits.models]`` override: an in-memory
+    ``Limiter``, or the shared ``RedisLimiter`` at ``vsched:limiter:<group>`` when
+    ``queue.redis_url`` is set;
     ``preparer`` rewrites local and inline images before upload; ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
     a fatal error.
@@ -102,10 +106,12 @@ class Scheduler:
         # Only plain objects here: the connection pool and the rest are made on entry.
         self._config = config if config is not None else load_config()
         self._transport = transport
-        self._owns_limiter = limiter is None
-        self._limiter: RateLimiter = (
-            limiter if limiter is not None else limiter_from_config(self._config)
-        )
+        # A user-supplied limiter paces every request; otherwise one limiter per limit group.
+        self._user_limiter = limiter
+        self._limiters: dict[str, RateLimiter] = {}
+        self._groups: dict[str, str] = {}
+        self._profiles: ProfileTable | None = None
+        self._overrides: dict[str, ModelLimitsConfig] | None = None
         self._cost_model = cost_model
         self._prober: ImageProber | None = None
         # Image preparation is on by default; images.orient/shrink/token_budget configure it.
@@ -144,12 +150,45 @@ class Scheduler:
 
     @property
     def limiter(self) -> RateLimiter:
-        """The limiter every attempt goes through (its ``stats()`` show the pacing)."""
-        return self._limiter
+        """The ``limiter=`` given, else the limiter of ``cost.default_model``'s limit group.
+
+        With per-model limits see :attr:`limiters` for every group's limiter.
+        """
+        if self._user_limiter is not None:
+            return self._user_limiter
+        return self._group_limiter(self.limit_group(self._config.cost.default_model))
+
+    @property
+    def limiters(self) -> dict[str, RateLimiter]:
+        """The limiters made so far, by limit group (the given ``limiter`` under ``"*"``)."""
+        if self._user_limiter is not None:
+            return {"*": self._user_limiter}
+        return dict(self._limiters)
+
+    def limiter_stats(self) -> dict[str, LimiterStats]:
+        """Each limit group's limiter statistics (``stats()`` has the totals)."""
+        return {group: limiter.stats() for group, limiter in self.limiters.items()}
+
+    def limit_group(self, model: str) -> str:
+        """The limit group of ``model``: its profile family (so dated snapshots share their
+        family's limit), else the name itself (unknown models; ``cost.fallback_profile`` is not
+        used, so unknown models never share a limit)."""
+        group = self._groups.get(model)
+        if group is None:
+            if self._profiles is None:
+                self._profiles = ProfileTable.from_config(self._config)
+            profile = self._profiles.find(model)
+            group = profile.name if profile is not None else model
+            if len(self._groups) >= 1024:  # model names come from requests: keep it bounded
+                self._groups.clear()
+            self._groups[model] = group
+        return group
 
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("a Scheduler can be entered only once")
+        if self._user_limiter is None and self._overrides is None:
+            self._overrides = self._group_overrides()  # a ConfigError surfaces here, not mid-run
         if self._cost_model is None:
             # Probing images (header bytes only) prices them exactly instead of at the maximum.
             self._prober = ImageProber(self._config.images)
@@ -185,8 +224,8 @@ class Scheduler:
                 stream._finish()
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
-                if self._owns_limiter:
-                    await self._limiter.aclose()
+                for limiter in list(self._limiters.values()):
+                    await limiter.aclose()
                 if self._prober is not None:
                     self._prober.close()
         if exc_type is None and self._fatal is not None and not self._fatal_reported:
@@ -294,6 +333,40 @@ class Scheduler:
             await self._drained.wait()
         self._cancel_everything()
 
+    def _group_limiter(self, group: str) -> RateLimiter:
+        limiter = self._limiters.get(group)
+        if limiter is None:
+            if self._overrides is None:
+                self._overrides = self._group_overrides()
+            limits = dataclasses.replace(self._config.limits, models=self._overrides)
+            config = dataclasses.replace(self._config, limits=limits.for_model(group))
+            limiter = limiter_from_config(config, key=f"vsched:limiter:{group}")
+            self._limiters[group] = limiter
+        return limiter
+
+    def _group_overrides(self) -> dict[str, ModelLimitsConfig]:
+        """``[limits.models]`` keyed by limit group (a snapshot's key applies to its family)."""
+        overrides: dict[str, ModelLimitsConfig] = {}
+        keys: dict[str, str] = {}
+        for model, override in self._config.limits.models.items():
+            group = self.limit_group(model)
+            if group in keys:
+                raise ConfigError(
+                    f"limits.models.{model}: same limit group ({group}) as "
+                    f"limits.models.{keys[group]}; keep one"
+                )
+            keys[group] = model
+            overrides[group] = override
+        return overrides
+
+    def _limiter_for(self, request: Request) -> RateLimiter:
+        if self._user_limiter is not None:
+            return self._user_limiter
+        model = request.body.get("model") or self._config.cost.default_model
+        if not isinstance(model, str):
+            model = self._config.cost.default_model
+        return self._group_limiter(self.limit_group(model))
+
     async def _estimate(self, request: Request) -> RequestCost:
         assert self._cost_model is not None
         estimate = functools.partial(
@@ -369,7 +442,8 @@ class Scheduler:
         assert self._client is not None
         if self._fatal is not None:
             raise _Stopped
-        reservation = await self._limiter.acquire(tokens=cost.total)
+        limiter = self._limiter_for(request)
+        reservation = await limiter.acquire(tokens=cost.total)
         posted = False
         try:
             if state.body is None:
@@ -400,7 +474,7 @@ class Scheduler:
         state.request_id = reply.request_id
         error = classify(reply, secret=self._client.secret)
         with anyio.CancelScope(shield=True):
-            await self._limiter.observe(reply.headers)
+            await limiter.observe(reply.headers)
             if error is None:
                 actual = _usage_total(reply.json.get("usage"))
                 await reservation.settle(actual if actual is not None else reservation.tokens)
@@ -414,7 +488,7 @@ class Scheduler:
             pause = error.retry_after
             if pause is None:
                 pause = self._config.retry.initial_backoff
-            await self._limiter.cooldown(min(pause, self._config.retry.max_server_wait))
+            await limiter.cooldown(min(pause, self._config.retry.max_server_wait))
         if isinstance(error, RetryableError) and self._fatal is not None:
             raise _Stopped
         raise error

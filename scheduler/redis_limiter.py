@@ -680,8 +680,9 @@ class RedisLimiter:
             item.wake.set()
 
 
-def limiter_from_config(config: Config) -> RateLimiter:
-    """The limiter the configuration asks for: shared on Redis when ``queue.redis_url`` is set."""
+def limiter_from_config(config: Config, *, key: str = "vsched:limiter") -> RateLimiter:
+    """The limiter the configuration asks for: shared on Redis (at ``key``) when ``queue.redis_url``
+    is set."""
     if config.queue.redis_url:
-        return RedisLimiter.from_config(config)
+        return RedisLimiter.from_config(config, key=key)
     return Limiter.from_config(config.limits)

@@ -1,0 +1,225 @@
+"""Per-model limits: ``[limits.models]`` config and one limiter per limit group, in virtual time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from dispatch_fakes import API_KEY, make_config, virtual_time
+
+from scheduler.config import LimitsConfig, ModelLimitsConfig, load_config
+from scheduler.dispatch import Scheduler
+from scheduler.errors import ConfigError
+from scheduler.limiter import Limiter
+from scheduler.sim import create_app
+from scheduler.sim.settings import LatencyModel, ModelLimits, SimSettings
+
+SIM = "http://sim/v1"
+
+
+def body(model: str, i: int) -> dict[str, Any]:
+    """A small text request with a completion reserve of 100 tokens."""
+    return {
+        "model": model,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": f"caption number {i}"}],
+    }
+
+
+def sim(**settings: Any) -> tuple[Any, httpx.ASGITransport]:
+    """The simulator app and a transport that reaches it in process."""
+    app = create_app(SimSettings(api_key=API_KEY, latency=LatencyModel(base=0.05), **settings))
+    return app, httpx.ASGITransport(app)
+
+
+async def drain(s: Scheduler, bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """Send every body; the virtual time each model's last result arrived."""
+    start = anyio.current_time()
+    last: dict[str, float] = {}
+    async with s.map(bodies) as results:
+        async for result in results:
+            assert result.ok, result.error
+            last[result.request.body["model"]] = anyio.current_time() - start
+    return last
+
+
+def interleaved(n: int, *models: str) -> list[dict[str, Any]]:
+    return [body(model, i) for i in range(n) for model in models]
+
+
+# --- the scheduler, against the simulator ---------------------------------------------------------
+
+
+@pytest.mark.anyio
+@virtual_time()
+async def test_two_models_are_paced_under_their_own_limits_without_429s() -> None:
+    """gpt-4o (6k TPM) and gpt-4o-mini (60k TPM) in one drain: each runs at its own pace."""
+    limits = {
+        "gpt-4o": ModelLimits(tpm=6_000, rpm=500),
+        "gpt-4o-mini": ModelLimits(tpm=60_000, rpm=500),
+    }
+    app, transport = sim(tpm=6_000, rpm=500, model_limits=limits)
+    config = make_config(
+        **{
+            "api.base_url": SIM,
+            "limits.tpm": 6_000,
+            "limits.rpm": 500,
+            "limits.models": {"gpt-4o-mini": {"tpm": 60_000}},
+            "concurrency.max_in_flight": 128,  # jobs waiting for gpt-4o hold a slot
+        }
+    )
+    async with Scheduler(config, transport=transport) as s:
+        last = await drain(s, interleaved(60, "gpt-4o", "gpt-4o-mini"))
+        stats = s.stats()
+        per_group = s.limiter_stats()
+    assert stats.succeeded == 120 and stats.rate_limited == 0
+    assert not app.stats.snapshot()["rejected"]
+    assert set(per_group) == {"gpt-4o", "gpt-4o-mini"}
+    assert per_group["gpt-4o"].tpm == 6_000 and per_group["gpt-4o-mini"].tpm == 60_000
+    assert per_group["gpt-4o"].admitted_requests == per_group["gpt-4o-mini"].admitted_requests == 60
+    # ~60 x 115 tokens: a minute and more at 6k TPM, a few seconds at 60k TPM.
+    assert last["gpt-4o"] > 50, last
+    assert last["gpt-4o-mini"] < 15, last
+
+
+@pytest.mark.anyio
+@virtual_time()
+async def test_headers_of_one_model_do_not_change_the_limit_of_the_other() -> None:
+    """Each group's limiter learns only from its own model's x-ratelimit headers."""
+    limits = {
+        "gpt-4o": ModelLimits(tpm=8_000, rpm=500),
+        "gpt-4o-mini": ModelLimits(tpm=80_000, rpm=5_000),
+    }
+    _, transport = sim(model_limits=limits)
+    config = make_config(
+        **{"api.base_url": SIM, "limits.tpm": 20_000, "limits.rpm": 1_000, "retry.max_attempts": 8}
+    )
+    async with Scheduler(config, transport=transport) as s:
+        await drain(s, interleaved(10, "gpt-4o", "gpt-4o-mini"))
+        per_group = s.limiter_stats()
+    assert (per_group["gpt-4o"].tpm, per_group["gpt-4o"].rpm) == (8_000, 500)
+    assert (per_group["gpt-4o-mini"].tpm, per_group["gpt-4o-mini"].rpm) == (80_000, 5_000)
+    assert per_group["gpt-4o"].configured_tpm == per_group["gpt-4o-mini"].configured_tpm == 20_000
+
+
+@pytest.mark.anyio
+@virtual_time()
+async def test_a_dated_snapshot_shares_its_familys_limiter() -> None:
+    """gpt-4o-2024-08-06 is paced with gpt-4o; an unknown text-only model gets its own group."""
+    _, transport = sim(tpm=1_000_000, rpm=10_000)
+    config = make_config(
+        **{"api.base_url": SIM, "limits.models": {"gpt-4o-2024-08-06": {"rpm": 700}}}
+    )
+    async with Scheduler(config, transport=transport) as s:
+        await drain(s, interleaved(3, "gpt-4o", "gpt-4o-2024-08-06", "my-text-model"))
+        limiters = s.limiters
+        per_group = s.limiter_stats()
+    assert set(limiters) == {"gpt-4o", "my-text-model"}
+    assert s.limit_group("gpt-4o-2024-08-06") == "gpt-4o"
+    assert s.limiter is limiters["gpt-4o"]  # cost.default_model is gpt-4o
+    assert per_group["gpt-4o"].admitted_requests == 6
+    # A snapshot's override applies to its family; other models keep the default.
+    assert per_group["gpt-4o"].configured_rpm == 700
+    assert per_group["my-text-model"].configured_rpm == config.limits.rpm
+
+
+@pytest.mark.anyio
+@virtual_time()
+async def test_a_given_limiter_paces_every_model_and_the_scheduler_closes_its_own() -> None:
+    """limiter= keeps one limiter for all models; the scheduler's own limiters close on exit."""
+    _, transport = sim(tpm=1_000_000, rpm=10_000)
+    config = make_config(**{"api.base_url": SIM})
+    shared = Limiter(tpm=1_000_000, rpm=10_000)
+    async with Scheduler(config, transport=transport, limiter=shared) as s:
+        await drain(s, interleaved(3, "gpt-4o", "gpt-4o-mini"))
+        assert s.limiters == {"*": shared} and s.limiter is shared
+    assert shared.stats().admitted_requests == 6
+    await shared.acquire(tokens=1)  # not ours to close
+    await shared.aclose()
+
+    async with Scheduler(config, transport=transport) as s:
+        await drain(s, interleaved(2, "gpt-4o", "gpt-4o-mini"))
+        own = s.limiters
+    assert set(own) == {"gpt-4o", "gpt-4o-mini"}
+    for limiter in own.values():
+        with pytest.raises(anyio.ClosedResourceError):
+            await limiter.acquire(tokens=1)
+
+
+@pytest.mark.anyio
+@virtual_time()
+async def test_two_overrides_for_one_group_are_refused_on_entry() -> None:
+    config = make_config(
+        **{"limits.models": {"gpt-4o": {"tpm": 1_000}, "gpt-4o-2024-08-06": {"tpm": 2_000}}}
+    )
+    with pytest.raises(ConfigError, match=r"limits\.models\.gpt-4o-2024-08-06: same limit group"):
+        async with Scheduler(config):
+            pass
+
+
+def test_redis_limiters_get_a_key_per_group(redis_url: str) -> None:
+    """With queue.redis_url each group shares its limit through its own Redis key."""
+    config = load_config(
+        env={},
+        overrides={"queue.redis_url": redis_url, "limits.models": {"gpt-4o-mini": {"tpm": 9_000}}},
+    )
+    s = Scheduler(config)
+    assert s.limiter.key == "vsched:limiter:gpt-4o"  # type: ignore[attr-defined]
+    mini = s._group_limiter(s.limit_group("gpt-4o-mini-2024-07-18"))
+    assert mini.key == "vsched:limiter:gpt-4o-mini"  # type: ignore[attr-defined]
+    assert mini.stats().configured_tpm == 9_000
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_per_model_limits_load_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "vsched.toml"
+    path.write_text(
+        '[limits]\ntpm = 30000\nrpm = 500\n\n[limits.models."gpt-4o-mini"]\ntpm = 200000\n'
+        "rpm = 5000\n\n[limits.models.my-model]\nrpm = 50\n"
+    )
+    limits = load_config(path, env={}).limits
+    assert limits.models == {
+        "gpt-4o-mini": ModelLimitsConfig(tpm=200_000, rpm=5_000),
+        "my-model": ModelLimitsConfig(rpm=50),
+    }
+    assert (limits.for_model("gpt-4o-mini").tpm, limits.for_model("gpt-4o-mini").rpm) == (
+        200_000,
+        5_000,
+    )
+    assert (limits.for_model("my-model").tpm, limits.for_model("my-model").rpm) == (30_000, 50)
+    assert limits.for_model("gpt-4o") == LimitsConfig(tpm=30_000, rpm=500)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[limits.models."gpt-4o-mini"]\ntpm = 0\n', r"limits\.models\.gpt-4o-mini\.tpm: expected"),
+        (
+            '[limits.models."gpt-4o-mini"]\nrpm = "x"\n',
+            r"limits\.models\.gpt-4o-mini\.rpm: expected",
+        ),
+        (
+            '[limits.models."gpt-4o-mini"]\nburst = 1\n',
+            r"limits\.models\.gpt-4o-mini\.burst: unknown",
+        ),
+        ("[limits.models]\ngpt-4o = 5\n", r"limits\.models\.gpt-4o: expected a table"),
+        ("[limits]\nmodels = 5\n", r"limits\.models: expected a table of tables"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "vsched.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env={})
+
+
+def test_per_model_limits_are_not_read_from_the_environment() -> None:
+    with pytest.raises(ConfigError, match=r"limits\.models: set per-model limits in the config"):
+        load_config(env={"VSCHED_LIMITS_MODELS": "gpt-4o=1"})
+    with pytest.raises(ConfigError, match=r"limits\.models\.x\.rpm: expected a positive"):
+        LimitsConfig(models={"x": ModelLimitsConfig(rpm=-1)})
