@@ -1,7 +1,14 @@
 """The ``Scheduler``: a worker pool on an anyio task group that prices, paces, sends and retries.
 
-Each job is priced by the cost model (in a worker thread when that reads images), admitted by
-the limiter on every attempt, sent by the client, classified, and retried by the tenacity policy.
+Each job is priced by the cost model (in a worker thread when that reads images), then its
+local and inline images are read and prepared once (``inline_local_images`` with the prepare
+hook) and the body that will be sent is priced again when preparation rewrote it, so the limiter
+is charged for what the server will see; only then is each attempt admitted by the limiter, sent
+by the client, classified, and retried by the tenacity policy. Preparing before admission keeps
+the time from admission to the wire short and steady (the limiter's margin counts on it). The
+prepared body is held while the job waits for admission and across its retries: at most
+``concurrency.max_in_flight`` of them at once, since every job holds an in-flight slot from
+start to end.
 A job that fails for its own reason becomes a failed ``Result``; a ``FatalError`` (quota, auth)
 stops the whole run: intake stops, requests not yet on the wire are cancelled, requests on the
 wire get ``grace`` seconds to finish, then the error is raised from ``submit``, ``map`` or
@@ -61,7 +68,6 @@ class _Attempts:
     first_sent: float | None = None
     status_code: int | None = None
     request_id: str | None = None
-    body: Mapping[str, Any] | None = None
 
 
 def _usage_total(usage: Mapping[str, Any] | None) -> int | None:
@@ -88,7 +94,8 @@ class Scheduler:
     first use from ``config.limits`` and its ``[limits.models]`` override: an in-memory
     ``Limiter``, or the shared ``RedisLimiter`` at ``vsched:limiter:<group>`` when
     ``queue.redis_url`` is set;
-    ``preparer`` rewrites local and inline images before upload; ``grace`` (default
+    ``preparer`` rewrites local and inline images once per job, before its admission (the
+    limiter is charged for the prepared body); ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
     a fatal error.
     """
@@ -367,14 +374,40 @@ class Scheduler:
             model = self._config.cost.default_model
         return self._group_limiter(self.limit_group(model))
 
-    async def _estimate(self, request: Request) -> RequestCost:
+    async def _estimate(self, body: Mapping[str, Any], endpoint: str) -> RequestCost:
         assert self._cost_model is not None
-        estimate = functools.partial(
-            self._cost_model.estimate, request.body, endpoint=request.endpoint
-        )
-        if has_heavy_images(request.body):
+        estimate = functools.partial(self._cost_model.estimate, body, endpoint=endpoint)
+        if has_heavy_images(body):
             return await anyio.to_thread.run_sync(estimate)
         return estimate()
+
+    async def _prepare(
+        self, request: Request, cost: RequestCost
+    ) -> tuple[Mapping[str, Any], RequestCost]:
+        """The body to send (images read and prepared) and its cost, before any admission.
+
+        The body as given is priced first (cheap: image headers only), so a body that cannot be
+        priced fails before any image work. When preparation rewrote the body, the body to send
+        is priced again: a budget may have lowered the detail or shrunk an image below its
+        working size, and the limiter must be charged what the server will charge for it. The
+        image sources keep naming the caller's files, not the data URLs they became.
+        """
+        body = await inline_local_images(
+            request.body,
+            images=self._config.images,
+            preparer=self._preparer,
+            token_budget=job_token_budget(request.metadata),
+        )
+        if body is request.body:
+            return body, cost
+        sent = await self._estimate(body, request.endpoint)
+        if len(sent.images) == len(cost.images):
+            images = tuple(
+                dataclasses.replace(new, source=old.source)
+                for new, old in zip(sent.images, cost.images, strict=True)
+            )
+            sent = dataclasses.replace(sent, images=images)
+        return body, sent
 
     async def _process(self, request: Request, job: _Job) -> Result | None:
         """Run one job to its Result, or None when the run was stopped before it completed."""
@@ -384,11 +417,13 @@ class Scheduler:
         state = _Attempts()
         cost: RequestCost | None = None
         try:
-            cost = await self._estimate(request)
+            cost = await self._estimate(request.body, request.endpoint)
+            # Read and prepare the images once, before admission: what is sent and charged.
+            sent, cost = await self._prepare(request, cost)
             policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
             async for attempt in policy:
                 with attempt:
-                    reply = await self._attempt(request, cost, job, state)
+                    reply = await self._attempt(request, sent, cost, job, state)
         except _Stopped:
             return None
         except FatalError as exc:
@@ -436,9 +471,14 @@ class Scheduler:
         self._counts["retries"] += max(0, state.count - 1)
 
     async def _attempt(
-        self, request: Request, cost: RequestCost, job: _Job, state: _Attempts
+        self,
+        request: Request,
+        body: Mapping[str, Any],
+        cost: RequestCost,
+        job: _Job,
+        state: _Attempts,
     ) -> Reply:
-        """One attempt: admission by the limiter, image inlining, the request, bookkeeping."""
+        """One attempt: admission by the limiter, the request (already prepared), bookkeeping."""
         assert self._client is not None
         if self._fatal is not None:
             raise _Stopped
@@ -446,13 +486,6 @@ class Scheduler:
         reservation = await limiter.acquire(tokens=cost.total)
         posted = False
         try:
-            if state.body is None:
-                state.body = await inline_local_images(
-                    request.body,
-                    images=self._config.images,
-                    preparer=self._preparer,
-                    token_budget=job_token_budget(request.metadata),
-                )
             if self._fatal is not None:
                 raise _Stopped
             job.on_wire = posted = True
@@ -460,7 +493,7 @@ class Scheduler:
             if state.first_sent is None:
                 state.first_sent = anyio.current_time()
             try:
-                reply = await self._client.post(request.endpoint, state.body)
+                reply = await self._client.post(request.endpoint, body)
             finally:
                 job.on_wire = False
         except BaseException as exc:

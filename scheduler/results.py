@@ -63,7 +63,8 @@ class Result:
 
     ``latency`` runs from dispatch (the job got an in-flight slot) to the outcome, limiter waits
     and retries included; ``attempts`` counts the tries (0 when the job failed before sending);
-    ``cost`` is the estimate the limiter was charged and ``usage`` what the server reported;
+    ``cost`` is the estimate the limiter was charged, that of the body as sent (images
+    prepared), and ``usage`` what the server reported;
     ``request_id`` is the ``x-request-id`` of the last answer (None when there was none).
     """
 
