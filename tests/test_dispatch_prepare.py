@@ -116,7 +116,7 @@ async def test_budget_that_lowers_the_detail_is_charged_the_lower_cost(
     assert sent_image(server.calls[0][2])["detail"] == "low"
     assert result.cost.image_tokens == 85 and result.cost.images[0].detail == "low"
     assert result.cost.images[0].source == short_source(str(path)), "names the caller's file"
-    assert [tokens for _, tokens in limiter.acquired][0] == result.cost.total
+    assert limiter.acquired[0][1] == result.cost.total
     if where == "metadata":
         assert unbudgeted.cost.image_tokens == 765
         assert limiter.acquired[1][1] == unbudgeted.cost.total
