@@ -58,6 +58,22 @@ SettlePolicy = Literal["none", "actual"]
 DEFAULT_MARGIN_SECONDS = 0.05
 
 
+def announce_limit(
+    announced: set[tuple[str, int]], kind: str, limit: int, *, old: int, configured: int
+) -> None:
+    """Log that the server's limit differs from ours, once per new value (both limiters)."""
+    if (kind, limit) in announced:
+        return
+    announced.add((kind, limit))
+    logger.warning(
+        "server reports a limit of %d %s per minute (was %d, configured %d); adopting it",
+        limit,
+        kind,
+        old,
+        configured,
+    )
+
+
 class Reservation(Protocol):
     """A request's admission: what it was charged, and how to reconcile or return that charge."""
 
@@ -489,15 +505,7 @@ class Limiter:
         self._limits[index] = limit
         self._limit_changes += 1
         bucket.resize(limit, burst_seconds=self._burst_seconds, now=now)
-        if (kind, limit) not in self._announced:
-            self._announced.add((kind, limit))
-            logger.warning(
-                "server reports a limit of %d %s per minute (was %d, configured %d); adopting it",
-                limit,
-                kind,
-                old,
-                self._configured[index],
-            )
+        announce_limit(self._announced, kind, limit, old=old, configured=self._configured[index])
         for waiter in self._queue:
             amount = waiter.tokens if index == 0 else waiter.requests
             if not waiter.gone and amount > limit:

@@ -30,7 +30,6 @@ projected to now; counters are this process's. ``round_trips`` and ``leases`` co
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -41,7 +40,14 @@ import anyio
 from .bucket import BucketPair
 from .errors import ConfigError
 from .headers import RateLimitHeaders
-from .limiter import DEFAULT_MARGIN_SECONDS, Limiter, LimiterStats, RateLimiter, Reservation
+from .limiter import (
+    DEFAULT_MARGIN_SECONDS,
+    Limiter,
+    LimiterStats,
+    RateLimiter,
+    Reservation,
+    announce_limit,
+)
 from .redis_client import LuaScript, RedisClient
 
 if TYPE_CHECKING:
@@ -49,7 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisLimiter", "RedisReservation", "limiter_from_config"]
 
-logger = logging.getLogger(__name__)
 
 # Shared by every script. KEYS[1] = state hash; ARGV[1..4] = configured tpm, rpm, burst_seconds,
 # margin_seconds. A limit learned from headers replaces the configured one, as in the in-memory
@@ -579,16 +584,13 @@ class RedisLimiter:
         for index, kind in enumerate(("tokens", "requests")):
             if limits[index] != self._limits[index]:
                 self._limit_changes += 1
-                if (kind, limits[index]) not in self._announced:
-                    self._announced.add((kind, limits[index]))
-                    logger.warning(
-                        "server reports a limit of %d %s per minute (was %d, configured %d); "
-                        "adopting it",
-                        limits[index],
-                        kind,
-                        self._limits[index],
-                        self._configured[index],
-                    )
+                announce_limit(
+                    self._announced,
+                    kind,
+                    limits[index],
+                    old=self._limits[index],
+                    configured=self._configured[index],
+                )
         self._limits = limits
         self._levels = (token_level, request_level)
         self._cool_left = float(state[4])
