@@ -509,17 +509,18 @@ class RedisLimiter:
         tpm, rpm = self._limits
         token_level, request_level = self._levels
         cool_left = self._cool_left
-        token_capacity = min(tpm, tpm * self._burst_seconds / 60)
-        request_capacity = min(rpm, rpm * self._burst_seconds / 60)
+        # The buckets the learned limits describe (the formula lives in bucket.py only).
+        shape = BucketPair.per_minute(
+            tpm=tpm, rpm=rpm, burst_seconds=self._burst_seconds, margin=self._margin
+        )
+        tokens, requests = shape.tokens, shape.requests
         if self._seen_at is not None:
             try:
                 elapsed = max(0.0, anyio.current_time() - self._seen_at)
             except RuntimeError:
                 elapsed = 0.0
-            token_top = token_capacity + tpm / 60 * self._margin
-            request_top = request_capacity + rpm / 60 * self._margin
-            token_level = min(token_top, token_level + tpm / 60 * elapsed)
-            request_level = min(request_top, request_level + rpm / 60 * elapsed)
+            token_level = min(tokens.top, token_level + tokens.rate * elapsed)
+            request_level = min(requests.top, request_level + requests.rate * elapsed)
             cool_left = max(0.0, cool_left - elapsed)
         return LimiterStats(
             tpm=tpm,
@@ -536,8 +537,8 @@ class RedisLimiter:
             waiting=self._waiting,
             token_level=token_level,
             request_level=request_level,
-            token_capacity=token_capacity,
-            token_debt=tpm - token_capacity,
+            token_capacity=tokens.capacity,
+            token_debt=tokens.debt,
             lowest_token_level=self._lowest_level,
             cooldowns=self._cooldowns,
             rate_limited=self._rate_limited,
