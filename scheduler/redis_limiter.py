@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -46,6 +46,7 @@ from .limiter import (
     LimiterStats,
     RateLimiter,
     Reservation,
+    SettlePolicy,
     announce_limit,
 )
 from .redis_client import LuaScript, RedisClient
@@ -250,7 +251,7 @@ class RedisLimiter:
         tpm: int,
         rpm: int,
         burst_seconds: float = 3.0,
-        settle: Literal["none", "actual"] = "actual",
+        settle: SettlePolicy = "none",
         learn_from_headers: bool = True,
         key: str = "vsched:limiter",
         lease_seconds: float = 0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from scheduler.config import load_config
+from scheduler.config import LimitsConfig, load_config
 from scheduler.dispatch import Scheduler
 from scheduler.errors import ConfigError, RequestTooLarge
 from scheduler.headers import RateLimitHeaders
@@ -31,13 +31,15 @@ def make(url: str, **kw: object) -> RedisLimiter:
     """A limiter on the test database with fast limits unless overridden.
 
     The margin is 0 unless a test asks for it: these tests pin waits of tens of milliseconds
-    that the default margin (0.05 s, half of this burst) would shift.
+    that the default margin (0.05 s, half of this burst) would shift. Settle is "actual" so that
+    the settle mechanics are exercised (the default, "none", keeps the estimate).
     """
     options: dict[str, object] = {
         "tpm": TPM,
         "rpm": RPM,
         "burst_seconds": 0.1,
         "margin_seconds": 0.0,
+        "settle": "actual",
     } | kw
     return RedisLimiter(url, **options)  # type: ignore[arg-type]
 
@@ -143,6 +145,19 @@ async def test_settle_none_ignores_usage(redis_url: str) -> None:
         await reservation.settle(1_900)
         await limiter.acquire(tokens=800)
         assert limiter.stats().wait_time == 0
+
+
+async def test_default_settle_keeps_the_estimate_like_limiter_and_config(redis_url: str) -> None:
+    """Built without settle=, the Redis limiter keeps the estimate, as Limiter and [limits] do."""
+    assert LimitsConfig().settle == "none"
+    async with RedisLimiter(
+        redis_url, tpm=TPM, rpm=RPM, burst_seconds=0.1, margin_seconds=0.0
+    ) as limiter:
+        reservation = await limiter.acquire(tokens=100)
+        await reservation.settle(1_900)
+        await limiter.acquire(tokens=800)
+        assert limiter.stats().wait_time == 0
+        assert limiter.stats().extra_tokens == 0
 
 
 async def test_cooldown_pauses_every_process(redis_url: str) -> None:
