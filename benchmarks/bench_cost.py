@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from scheduler.config import Config, CostConfig
+from scheduler._config import Config, CostConfig
 from scheduler.cost import CostModel, image_tokens
 from scheduler.images import ImageInfo, probe_image
 

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import httpx
 
-from scheduler.config import Secret, load_config
+from scheduler import Secret, load_config
 from scheduler.drain import run_drain
 
 _ANSWER = {

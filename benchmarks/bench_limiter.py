@@ -34,7 +34,7 @@ import anyio
 import trio
 import trio.testing
 
-from scheduler.limiter import Limiter
+from scheduler.limits import Limiter
 
 WAITERS = 1000
 
@@ -98,9 +98,10 @@ async def against_sim(
     import httpx
 
     from scheduler.cost import CostModel
-    from scheduler.headers import RateLimitHeaders
     from scheduler.images import ImageInfo
-    from scheduler.sim import SimSettings, create_app
+    from scheduler.limits import RateLimitHeaders
+    from scheduler.sim.app import create_app
+    from scheduler.sim.settings import SimSettings
 
     tpm, rpm = 30_000, 500
     app = create_app(

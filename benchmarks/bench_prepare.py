@@ -30,7 +30,7 @@ from pathlib import Path
 import anyio
 from PIL import Image, ImageOps
 
-from scheduler.config import Config, ImagesConfig
+from scheduler._config import Config, ImagesConfig
 from scheduler.images import ImageInfo
 from scheduler.prepare import ImagePreparer, PreparedImage, prepare_image
 

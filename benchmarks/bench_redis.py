@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import anyio
 
-from scheduler.redis_limiter import RedisLimiter
+from scheduler.limits import RedisLimiter
 
 HUGE = 10**12
 RPM = 60_000_000

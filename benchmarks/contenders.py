@@ -84,7 +84,7 @@ async def _run_vsched(
     settle: Literal["none", "actual"] | None = None,
     prepare: bool = False,
 ) -> list[JobOutcome]:
-    from scheduler.config import Secret, load_config
+    from scheduler import Secret, load_config
     from scheduler.dispatch import Scheduler
 
     # Like the CLI, VSCHED_<SECTION>_<KEY> variables apply (try a setting without editing code).

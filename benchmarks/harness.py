@@ -118,7 +118,7 @@ def _record(
 
 def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
     """Run ``contender`` against the in-process simulator on the virtual-time loop."""
-    from scheduler.sim import create_app
+    from scheduler.sim.app import create_app
 
     bodies = make_bodies(spec.requests, seed=spec.scenario.seed)
     random.seed(spec.scenario.seed)  # the SDK's and vsched's retry jitter: same run, same figures

@@ -83,7 +83,7 @@ class RunSpec:
 
     def sim_settings(self) -> Any:
         """The simulator's settings for this run (``scheduler.sim.SimSettings``)."""
-        from scheduler.sim import FaultRates, LatencyModel, SimSettings
+        from scheduler.sim.settings import FaultRates, LatencyModel, SimSettings
 
         return SimSettings(
             tpm=self.size.tpm,

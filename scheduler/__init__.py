@@ -3,12 +3,8 @@
 The flow is one way: source -> cost -> limiter -> dispatch -> sink.
 """
 
-from .bucket import BucketPair, TokenBucket
-from .config import Config, Secret, load_config
-from .cost import CostModel, ImageCost, RequestCost, estimate_cost, image_tokens, working_size
-from .dispatch import ResultStream, Scheduler, run_batch
-from .drain import run_drain
-from .errors import (
+from ._config import Config, Secret, load_config
+from ._errors import (
     APIError,
     AuthenticationFailed,
     ConfigError,
@@ -32,22 +28,24 @@ from .errors import (
     UnsupportedImage,
     VschedError,
 )
-from .images import ImageInfo, ImageProber, probe_image, read_image_bytes
-from .jobs import Job, iter_jobs
-from .limiter import Limiter, LimiterReservation, LimiterStats, RateLimiter, Reservation
-from .prepare import (
-    DetailChoice,
-    ImagePreparer,
-    PreparedImage,
-    PrepareStats,
-    choose_detail,
-    prepare_image,
-)
-from .profiles import ModelProfile, ProfileTable
-from .queues.sqlite import SqliteQueue
-from .redis_limiter import RedisLimiter
-from .results import ErrorInfo, Request, Result, SchedulerStats
-from .uploads import PrepareHook
+from .cost._model import CostModel, ImageCost, RequestCost, estimate_cost
+from .cost._profiles import ModelProfile, ProfileTable
+from .cost._tokens import image_tokens, working_size
+from .dispatch._batch import run_batch
+from .dispatch._results import ErrorInfo, Request, Result, SchedulerStats
+from .dispatch._scheduler import Scheduler
+from .dispatch._stream import ResultStream
+from .drain._run import run_drain
+from .images._probe import ImageInfo, ImageProber, probe_image, read_image_bytes
+from .limits._base import LimiterStats, RateLimiter, Reservation
+from .limits._bucket import BucketPair, TokenBucket
+from .limits._memory import Limiter, LimiterReservation
+from .limits._redis import RedisLimiter
+from .prepare._image import DetailChoice, PreparedImage, PrepareStats, choose_detail, prepare_image
+from .prepare._inline import PrepareHook
+from .prepare._preparer import ImagePreparer
+from .queues._sqlite import SqliteQueue
+from .sources._jobs import Job, iter_jobs
 
 __version__ = "0.1.0"
 

@@ -11,10 +11,9 @@ import httpx
 import pytest
 from trio.testing import MockClock
 
-from scheduler.config import Config, load_config
+from scheduler import Config, RequestTooLarge, UnsupportedContent, load_config
 from scheduler.cost import RequestCost
-from scheduler.errors import RequestTooLarge, UnsupportedContent
-from scheduler.headers import RateLimitHeaders
+from scheduler.limits import RateLimitHeaders
 
 API_KEY = "sk-test-Zq9SECRETvalue0123456789"
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from freezegun import freeze_time
 
-from scheduler.bucket import BucketPair, TokenBucket
-from scheduler.errors import RequestTooLarge
+from scheduler import RequestTooLarge
+from scheduler.limits import BucketPair, TokenBucket
 
 
 def bucket(level: float, *, capacity: float = 100.0, rate: float = 10.0, debt: float = 500.0):

@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from scheduler import QuotaExceeded, load_config
 from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_USAGE, build_parser, main
 from scheduler.cli.demo import make_images
 from scheduler.cli.drain import EXIT_STOPPED, exit_code, folder_prompt, run_report
-from scheduler.config import load_config
-from scheduler.drain import DrainReport
-from scheduler.errors import QuotaExceeded
-from scheduler.progress import DrainSummary
+from scheduler.drain import DrainReport, DrainSummary
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

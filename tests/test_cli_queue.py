@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from scheduler import load_config
 from scheduler.cli import EXIT_OK, EXIT_USAGE, main
 from scheduler.cli.queue_paths import default_output, default_queue
-from scheduler.config import load_config
-from scheduler.jobs import Job
-from scheduler.queues import Outcome
-from scheduler.queues.sqlite import SqliteQueue
+from scheduler.queues import Outcome, SqliteQueue
+from scheduler.sources import Job
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -8,8 +8,7 @@ import httpx
 import pytest
 from dispatch_fakes import API_KEY, anyio_backend, make_config  # noqa: F401
 
-from scheduler.client import OpenAIClient, Reply, classify, server_hint
-from scheduler.errors import (
+from scheduler._errors import (
     APIError,
     AuthenticationFailed,
     JobFailed,
@@ -20,7 +19,8 @@ from scheduler.errors import (
     ServerError,
     TransportError,
 )
-from scheduler.headers import RateLimitHeaders
+from scheduler.dispatch import OpenAIClient, Reply, classify, server_hint
+from scheduler.limits import RateLimitHeaders
 
 pytestmark = pytest.mark.anyio
 
@@ -318,7 +318,7 @@ async def test_urls_and_auth(
 )
 async def test_transport_failures(failure: httpx.TransportError, sent: bool) -> None:
     """Transport failures raise TransportError and say whether the request reached the server."""
-    from scheduler.client import request_was_sent
+    from scheduler.dispatch import request_was_sent
 
     async def handle(request: httpx.Request) -> httpx.Response:
         raise failure

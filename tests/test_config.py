@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.config import Secret, load_config
-from scheduler.errors import ConfigError
+from scheduler import ConfigError, Secret, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -7,21 +7,24 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from scheduler.config import Config, CostConfig
+from scheduler import CorruptImage, UnknownModel, UnsupportedContent
+from scheduler._config import Config, CostConfig
 from scheduler.cost import (
+    CharCounter,
     CostModel,
     ImageCost,
+    ModelProfile,
+    ProfileTable,
     RequestCost,
     estimate_cost,
+)
+from scheduler.cost._tokens import (
     image_tokens,
     max_image_tokens,
     profile_image_tokens,
     working_size,
 )
-from scheduler.errors import CorruptImage, UnknownModel, UnsupportedContent
 from scheduler.images import ImageInfo
-from scheduler.profiles import ModelProfile, ProfileTable
-from scheduler.text_tokens import CharCounter
 
 TABLE = ProfileTable.builtin()
 CHARS = Config(cost=CostConfig(text_counter="chars"))

@@ -23,9 +23,8 @@ from dispatch_fakes import (  # noqa: F401
     virtual_time,
 )
 
-from scheduler.dispatch import Scheduler, run_batch
-from scheduler.errors import AuthenticationFailed, QuotaExceeded
-from scheduler.results import Request, Result
+from scheduler import AuthenticationFailed, QuotaExceeded
+from scheduler.dispatch import Request, Result, Scheduler, run_batch
 
 pytestmark = pytest.mark.anyio
 
@@ -527,7 +526,7 @@ async def test_local_image_is_priced_by_its_size_and_inlined_at_dispatch(tmp_pat
 @virtual_time()
 async def test_endless_generator_with_the_real_limiter() -> None:
     """At 60 RPM the real Limiter admits ~1 request/s; the input is read no faster than that."""
-    from scheduler.limiter import Limiter
+    from scheduler.limits import Limiter
 
     read = 0
 
@@ -551,7 +550,7 @@ async def test_endless_generator_with_the_real_limiter() -> None:
 @virtual_time()
 async def test_a_429_pauses_everyone_through_the_real_limiter() -> None:
     """After a 429 with retry-after-ms 5000, no request at all is sent for the next 5 s."""
-    from scheduler.limiter import Limiter
+    from scheduler.limits import Limiter
 
     async def handle(request: httpx.Request) -> httpx.Response:
         server.calls.append((anyio.current_time(), request, {}))

@@ -22,11 +22,10 @@ from dispatch_fakes import (  # noqa: F401
 )
 from PIL import Image
 
-from scheduler.dispatch import Scheduler
-from scheduler.errors import CorruptImage
+from scheduler import CorruptImage
+from scheduler.dispatch import Request, Scheduler
 from scheduler.images import short_source
-from scheduler.limiter import Limiter
-from scheduler.results import Request
+from scheduler.limits import Limiter
 
 pytestmark = pytest.mark.anyio
 

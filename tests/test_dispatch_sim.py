@@ -8,10 +8,9 @@ import httpx
 import pytest
 from dispatch_fakes import API_KEY, make_config, virtual_time
 
-from scheduler.dispatch import Scheduler
-from scheduler.errors import QuotaExceeded
-from scheduler.results import Result
-from scheduler.sim import create_app
+from scheduler import QuotaExceeded
+from scheduler.dispatch import Result, Scheduler
+from scheduler.sim.app import create_app
 from scheduler.sim.settings import FaultRates, LatencyModel, SimSettings
 
 pytestmark = [pytest.mark.anyio, virtual_time()]

@@ -12,11 +12,10 @@ import anyio
 import pytest
 from trio.testing import MockClock
 
+from scheduler import QuotaExceeded
 from scheduler.drain import DrainSettings, StopControl, drain_queue
-from scheduler.errors import QuotaExceeded
-from scheduler.jobs import Job
-from scheduler.queues import ClaimedJob
-from scheduler.queues.sqlite import SqliteQueue
+from scheduler.queues import ClaimedJob, SqliteQueue
+from scheduler.sources import Job
 
 pytestmark = pytest.mark.anyio
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}

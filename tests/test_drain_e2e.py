@@ -18,9 +18,9 @@ from PIL import Image
 
 from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK
 from scheduler.cli.drain import EXIT_STOPPED
-from scheduler.queues.sqlite import SqliteQueue
-from scheduler.sim import LatencyModel, SimSettings
+from scheduler.queues import SqliteQueue
 from scheduler.sim.server import RunningSim, running
+from scheduler.sim.settings import LatencyModel, SimSettings
 
 pytestmark = pytest.mark.e2e
 

@@ -9,11 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from scheduler import Config, ConfigError
 from scheduler.cli import main
-from scheduler.config import Config
-from scheduler.cost import RequestCost
-from scheduler.errors import ConfigError
-from scheduler.estimate import EstimateReport, Price, PriceTable
+from scheduler.cost import EstimateReport, Price, PriceTable, RequestCost
 
 
 def image_url(width: int, height: int) -> str:

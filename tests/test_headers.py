@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from scheduler.headers import RateLimitHeaders, format_duration, parse_duration
+from scheduler.limits import RateLimitHeaders, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

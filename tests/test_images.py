@@ -11,8 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from scheduler.config import ImagesConfig
-from scheduler.errors import (
+from scheduler._config import ImagesConfig
+from scheduler._errors import (
     CorruptImage,
     ImageError,
     ImageFetchError,
@@ -20,8 +20,14 @@ from scheduler.errors import (
     ImageTooLarge,
     UnsupportedImage,
 )
-from scheduler.image_headers import NeedMoreBytes, parse_header
-from scheduler.images import ImageInfo, ImageProber, probe_image, read_image_bytes, short_source
+from scheduler.images import NeedMoreBytes, parse_header
+from scheduler.images._probe import (
+    ImageInfo,
+    ImageProber,
+    probe_image,
+    read_image_bytes,
+    short_source,
+)
 
 
 def encode(fmt: str, size: tuple[int, int] = (300, 200), **save: object) -> bytes:

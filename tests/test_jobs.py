@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.errors import InputError
-from scheduler.jobs import FolderPrompt, Job, detect_format, iter_jobs, parse_line
+from scheduler import InputError
+from scheduler.sources import FolderPrompt, Job, detect_format, iter_jobs, parse_line
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

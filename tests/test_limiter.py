@@ -11,11 +11,9 @@ import anyio.lowlevel
 import pytest
 import trio.testing
 
-from scheduler import RateLimiter
-from scheduler.config import LimitsConfig
-from scheduler.errors import RequestTooLarge
-from scheduler.headers import RateLimitHeaders
-from scheduler.limiter import Limiter, LimiterReservation
+from scheduler import RequestTooLarge
+from scheduler._config import LimitsConfig
+from scheduler.limits import Limiter, LimiterReservation, RateLimiter, RateLimitHeaders
 
 VIRTUAL = pytest.param("trio-virtual", id="trio")
 BOTH = [VIRTUAL, pytest.param("asyncio", id="asyncio")]

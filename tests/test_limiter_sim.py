@@ -9,9 +9,9 @@ import httpx
 import pytest
 import trio.testing
 
-from scheduler.headers import RateLimitHeaders
-from scheduler.limiter import Limiter
-from scheduler.sim import SimSettings, create_app
+from scheduler.limits import Limiter, RateLimitHeaders
+from scheduler.sim.app import create_app
+from scheduler.sim.settings import SimSettings
 
 TPM, RPM = 30_000, 500
 BODY = {

@@ -15,13 +15,12 @@ import httpx
 import pytest
 import trio.testing
 
-from scheduler.bucket import TokenBucket
-from scheduler.config import LimitsConfig, load_config
+from scheduler import ConfigError
+from scheduler._config import LimitsConfig, load_config
 from scheduler.cost import estimate_cost
-from scheduler.errors import ConfigError
-from scheduler.headers import RateLimitHeaders
-from scheduler.limiter import DEFAULT_MARGIN_SECONDS, Limiter
-from scheduler.sim import SimSettings, create_app
+from scheduler.limits import DEFAULT_MARGIN_SECONDS, Limiter, RateLimitHeaders, TokenBucket
+from scheduler.sim.app import create_app
+from scheduler.sim.settings import SimSettings
 
 # -- pure core: 100 units/s, 300 of burst, 0.05 s of margin = a reserve of 5 units -------------
 

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from dispatch_fakes import API_KEY, make_config, virtual_time
 
-from scheduler.config import LimitsConfig, ModelLimitsConfig, load_config
+from scheduler import ConfigError
+from scheduler._config import LimitsConfig, ModelLimitsConfig, load_config
 from scheduler.dispatch import Scheduler
-from scheduler.errors import ConfigError
-from scheduler.limiter import Limiter
-from scheduler.sim import create_app
+from scheduler.limits import Limiter
+from scheduler.sim.app import create_app
 from scheduler.sim.settings import LatencyModel, ModelLimits, SimSettings
 
 SIM = "http://sim/v1"

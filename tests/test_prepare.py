@@ -16,23 +16,22 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+from scheduler import CorruptImage, InputError, UnsupportedImage
+from scheduler._config import Config, ImagesConfig, load_config
 from scheduler.cli import main
-from scheduler.config import Config, ImagesConfig, load_config
-from scheduler.cost import image_tokens
+from scheduler.cost import ModelProfile, ProfileTable, image_tokens
 from scheduler.dispatch import Scheduler
-from scheduler.errors import CorruptImage, InputError, UnsupportedImage
 from scheduler.images import ImageInfo
-from scheduler.jobs import Job
-from scheduler.prepare import (
+from scheduler.prepare import ImagePreparer
+from scheduler.prepare._image import (
     DecodeBudget,
     DetailChoice,
-    ImagePreparer,
     PrepareStats,
     choose_detail,
     job_token_budget,
     prepare_image,
 )
-from scheduler.profiles import ModelProfile, ProfileTable
+from scheduler.sources import Job
 
 PROFILES = ProfileTable.from_config()
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

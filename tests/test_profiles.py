@@ -5,10 +5,9 @@ from typing import Any
 
 import pytest
 
-from scheduler.config import Config, CostConfig, load_config
-from scheduler.cost import image_tokens
-from scheduler.errors import ConfigError, UnknownModel
-from scheduler.profiles import ModelProfile, ProfileTable
+from scheduler import ConfigError, UnknownModel
+from scheduler._config import Config, CostConfig, load_config
+from scheduler.cost import ModelProfile, ProfileTable, image_tokens
 
 
 @pytest.mark.parametrize(

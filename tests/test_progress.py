@@ -8,10 +8,9 @@ import json
 
 import pytest
 
-from scheduler.progress import (
+from scheduler.drain import DrainSummary, Failure
+from scheduler.drain._progress import (
     DrainProgress,
-    DrainSummary,
-    Failure,
     JsonLogRenderer,
     LiveRenderer,
     LogRenderer,

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.errors import InputError
-from scheduler.jobs import Job
-from scheduler.queues import Outcome
-from scheduler.queues.jsonl import write_results
-from scheduler.queues.sqlite import QueueBusy, SqliteQueue
+from scheduler import InputError
+from scheduler.queues import Outcome, QueueBusy, SqliteQueue, write_results
+from scheduler.sources import Job
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.cli import EXIT_OK, EXIT_USAGE, main
-from scheduler.queues import Outcome
-from scheduler.queues.redis_streams import RedisStreamsQueue
+from scheduler.queues import Outcome, RedisStreamsQueue
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 

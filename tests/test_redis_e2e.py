@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.queues.redis_streams import RedisStreamsQueue
+from scheduler.queues import RedisStreamsQueue
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from scheduler.config import LimitsConfig, load_config
+from scheduler import ConfigError, RequestTooLarge
+from scheduler._config import LimitsConfig, load_config
+from scheduler._redis import RedisClient
 from scheduler.dispatch import Scheduler
-from scheduler.errors import ConfigError, RequestTooLarge
-from scheduler.headers import RateLimitHeaders
-from scheduler.limiter import Limiter, RateLimiter
-from scheduler.redis_client import RedisClient
-from scheduler.redis_limiter import RedisLimiter, limiter_from_config
+from scheduler.limits import (
+    Limiter,
+    RateLimiter,
+    RateLimitHeaders,
+    RedisLimiter,
+    limiter_from_config,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.anyio]
 

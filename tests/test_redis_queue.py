@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.jobs import Job
-from scheduler.queues import JobQueue, Outcome
-from scheduler.queues.jsonl import write_results
-from scheduler.queues.redis_streams import RedisStreamsQueue
+from scheduler.queues import JobQueue, Outcome, RedisStreamsQueue, write_results
+from scheduler.sources import Job
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 

@@ -9,10 +9,9 @@ import httpx
 import pytest
 from dispatch_fakes import API_KEY, make_config
 
-from scheduler.dispatch import Scheduler
-from scheduler.redis_limiter import RedisLimiter
-from scheduler.results import Result
-from scheduler.sim import create_app
+from scheduler.dispatch import Result, Scheduler
+from scheduler.limits import RedisLimiter
+from scheduler.sim.app import create_app
 from scheduler.sim.settings import LatencyModel, SimSettings
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.anyio]

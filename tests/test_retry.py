@@ -7,9 +7,9 @@ import pytest
 from dispatch_fakes import anyio_backend, virtual_time  # noqa: F401
 from tenacity import RetryCallState, wait_fixed
 
-from scheduler.config import RetryConfig
-from scheduler.errors import JobFailed, RateLimited, ServerError
-from scheduler.retry import retrying, stop_after_elapsed, wait_server_hint
+from scheduler import JobFailed, RateLimited, ServerError
+from scheduler._config import RetryConfig
+from scheduler.dispatch import retrying, stop_after_elapsed, wait_server_hint
 
 pytestmark = pytest.mark.anyio
 

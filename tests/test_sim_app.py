@@ -17,8 +17,9 @@ from PIL import Image
 from trio.testing import MockClock
 
 from scheduler.cost import CostModel
-from scheduler.headers import RateLimitHeaders
-from scheduler.sim import FaultRates, LatencyModel, ModelLimits, SimApp, SimSettings, create_app
+from scheduler.limits import RateLimitHeaders
+from scheduler.sim.app import SimApp, create_app
+from scheduler.sim.settings import FaultRates, LatencyModel, ModelLimits, SimSettings
 
 pytestmark = pytest.mark.anyio
 

@@ -11,11 +11,10 @@ import sys
 import httpx
 import pytest
 
+from scheduler import ConfigError, load_config
 from scheduler.cli import build_parser
 from scheduler.cli.sim import settings_from_args
-from scheduler.config import load_config
-from scheduler.errors import ConfigError
-from scheduler.sim import FaultRates, ModelLimits
+from scheduler.sim.settings import FaultRates, ModelLimits
 
 
 def test_flags_become_settings() -> None:

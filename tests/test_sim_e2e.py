@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from scheduler.sim import FaultRates, LatencyModel, SimSettings
 from scheduler.sim.server import running
+from scheduler.sim.settings import FaultRates, LatencyModel, SimSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

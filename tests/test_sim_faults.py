@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from scheduler.errors import ConfigError
+from scheduler import ConfigError
 from scheduler.sim.faults import RequestDraw, request_rng
 from scheduler.sim.settings import FaultRates, LatencyModel
 

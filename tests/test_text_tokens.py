@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.errors import ConfigError
-from scheduler.text_tokens import (
+from scheduler import ConfigError
+from scheduler.cost._text import (
     CharCounter,
     Encoding,
     TiktokenCounter,

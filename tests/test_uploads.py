@@ -12,7 +12,7 @@ import pytest
 from dispatch_fakes import anyio_backend, make_config  # noqa: F401
 from PIL import Image
 
-from scheduler.uploads import has_heavy_images, inline_local_images
+from scheduler.prepare import has_heavy_images, inline_local_images
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..errors import ConfigError, FatalError, VschedError
+from .._errors import ConfigError, FatalError, VschedError
 
 __all__ = ["EXIT_FAILED", "EXIT_FATAL", "EXIT_OK", "EXIT_USAGE", "main"]
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..config import Secret
-from ..drain import DrainReport, run_drain
-from ..jobs import FolderPrompt
-from ..progress import make_renderer
-from .common import config_from_args
+from .._config import Secret
+from ..drain._engine import DrainReport
+from ..drain._progress import make_renderer
+from ..drain._run import run_drain
+from ..sources._jobs import FolderPrompt
 from .drain import add_drain_flags, drain_overrides, exit_code, run_report
+from .flags import config_from_args
 from .queue_paths import default_output, default_queue
 
 __all__ = ["SIZES", "make_images", "register", "run"]
@@ -81,8 +82,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate images, serve the simulator on loopback, drain, print the summary."""
-    from ..sim import SimSettings  # the simulator needs the sim extra
     from ..sim.server import running
+    from ..sim.settings import SimSettings
 
     overrides = drain_overrides(args)
     if overrides["limits.tpm"] is None:

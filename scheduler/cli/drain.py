@@ -17,15 +17,16 @@ from typing import Any
 
 import anyio
 
-from ..config import Config
-from ..drain import DrainReport, run_drain, run_redis_drain
-from ..errors import InputError
-from ..jobs import FolderPrompt
-from ..progress import make_renderer
-from ..queues import LoadReport
+from .._config import Config
+from .._errors import InputError
+from ..drain._engine import DrainReport
+from ..drain._progress import make_renderer
+from ..drain._run import run_drain, run_redis_drain
+from ..queues._base import LoadReport
+from ..sources._jobs import FolderPrompt
 from . import EXIT_FAILED, EXIT_FATAL, EXIT_OK
-from .common import add_config_flag, config_from_args
 from .enqueue import add_redis_flags
+from .flags import add_config_flag, config_from_args
 from .queue_paths import default_output, default_queue
 
 __all__ = [

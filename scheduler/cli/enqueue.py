@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..errors import InputError
-from ..jobs import iter_jsonl_jobs
-from ..queues.redis_streams import RedisStreamsQueue
-from .common import add_config_flag, config_from_args
+from .._config import Config
+from .._errors import InputError
+from ..queues._redis_streams import RedisStreamsQueue
+from ..sources._jobs import iter_jsonl_jobs
+from .flags import add_config_flag, config_from_args
 
 __all__ = ["add_redis_flags", "redis_config", "register", "run"]
 

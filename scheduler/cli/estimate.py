@@ -8,14 +8,16 @@ from typing import Any
 
 import anyio
 
-from ..cost import CostModel
-from ..estimate import EstimateReport, PriceTable, estimate_jobs
-from ..images import ImageProber
-from ..jobs import iter_jobs
-from ..prepare import PrepareStats, prepare_bodies
-from ..progress import format_seconds
+from ..cost._estimate import EstimateReport, estimate_jobs
+from ..cost._model import CostModel
+from ..cost._prices import PriceTable
+from ..drain._progress import format_seconds
+from ..images._probe import ImageProber
+from ..prepare._image import PrepareStats
+from ..prepare._preparer import prepare_bodies
+from ..sources._jobs import iter_jobs
 from . import EXIT_FAILED, EXIT_OK
-from .common import add_config_flag, config_from_args
+from .flags import add_config_flag, config_from_args
 
 __all__ = ["register", "run"]
 

@@ -8,10 +8,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..queues.jsonl import write_results
-from .common import add_config_flag
+from .._config import Config
+from ..queues._jsonl import write_results
 from .enqueue import add_redis_flags
+from .flags import add_config_flag
 from .queue_paths import add_queue_flags, default_output, is_queue_file, open_queue
 
 __all__ = ["register", "run"]

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..errors import InputError
-from ..queues import JobQueue
-from ..queues.redis_streams import RedisStreamsQueue
-from ..queues.sqlite import SqliteQueue
-from .common import config_from_args
+from .._config import Config
+from .._errors import InputError
+from ..queues._base import JobQueue
+from ..queues._redis_streams import RedisStreamsQueue
+from ..queues._sqlite import SqliteQueue
 from .enqueue import redis_config
+from .flags import config_from_args
 
 __all__ = [
     "add_queue_flags",

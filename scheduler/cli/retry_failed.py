@@ -7,8 +7,8 @@ import sys
 from contextlib import closing
 from typing import Any
 
-from .common import add_config_flag
 from .enqueue import add_redis_flags
+from .flags import add_config_flag
 from .queue_paths import add_queue_flags, open_queue
 
 __all__ = ["register", "run"]

@@ -7,13 +7,13 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ..config import Config
-from ..errors import ConfigError
+from .._config import Config
+from .._errors import ConfigError
 from . import EXIT_OK
-from .common import add_config_flag, config_from_args
+from .flags import add_config_flag, config_from_args
 
 if TYPE_CHECKING:  # the simulator needs the sim extra; import it only when the command runs
-    from ..sim import SimSettings
+    from ..sim.settings import SimSettings
 
 __all__ = ["register", "run", "settings_from_args"]
 
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
     """Turn the flags (and the config's limits and cost profiles) into SimSettings."""
-    from ..sim import FaultRates, LatencyModel, ModelLimits, SimSettings
+    from ..sim.settings import FaultRates, LatencyModel, ModelLimits, SimSettings
 
     model_limits: dict[str, ModelLimits] = {}
     for item in args.model_limit:

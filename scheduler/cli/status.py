@@ -8,9 +8,10 @@ from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
-from ..progress import failure_line, format_seconds
-from .common import add_config_flag
+from ..drain._progress import format_seconds
+from ..drain._summary import failure_line
 from .enqueue import add_redis_flags
+from .flags import add_config_flag
 from .queue_paths import add_queue_flags, open_queue
 
 __all__ = ["register", "run"]

@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..errors import InputError, UnknownModel
-from ..headers import RateLimitHeaders
+from .._errors import InputError, UnknownModel
+from ..limits._headers import RateLimitHeaders
 from . import bodies
 from .charge import Charge, Pricer
 from .faults import RequestDraw, request_rng

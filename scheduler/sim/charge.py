@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..cost import CostModel, RequestCost
-from ..errors import ImageFetchError
-from ..images import ImageInfo, probe_image, short_source
+from .._errors import ImageFetchError
+from ..cost._model import CostModel, RequestCost
+from ..images._probe import ImageInfo, probe_image, short_source
 from .settings import SimSettings
 
 __all__ = ["Charge", "Pricer"]

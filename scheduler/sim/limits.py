@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..headers import RateLimitHeaders
+from ..limits._headers import RateLimitHeaders
 
 __all__ = ["Admission", "Meter", "ModelMeters", "Refusal"]
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import Config
-from ..errors import ConfigError
+from .._config import Config
+from .._errors import ConfigError
 
 __all__ = ["FaultRates", "LatencyModel", "ModelLimits", "SimSettings"]
 

@@ -1,0 +1,462 @@
+"""Configuration: a TOML file, the environment and flags, loaded once into frozen dataclasses.
+
+Precedence, highest first: flags (``overrides``) > environment > file > defaults.
+The environment supplies ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``, and any key as
+``VSCHED_<SECTION>_<KEY>`` (for example ``VSCHED_LIMITS_TPM=30000``).
+Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ._errors import ConfigError
+
+__all__ = [
+    "ApiConfig",
+    "ConcurrencyConfig",
+    "Config",
+    "CostConfig",
+    "DrainConfig",
+    "ImagesConfig",
+    "LimitsConfig",
+    "ModelLimitsConfig",
+    "QueueConfig",
+    "RetryConfig",
+    "Secret",
+    "load_config",
+]
+
+
+class Secret:
+    """A string that never shows itself in a repr, str, log or traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiConfig:
+    """Where requests go and how they authenticate."""
+
+    base_url: str = "https://api.openai.com/v1"
+    api_key: Secret | None = field(default=None, repr=False)
+    organization: str = ""
+    project: str = ""
+    timeout: float = 60.0
+    # Azure OpenAI: set api_version (and deployment, or the model name is used as deployment).
+    azure_api_version: str = ""
+    azure_deployment: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"api.base_url: expected an http(s) URL, got {self.base_url!r}")
+        _positive("api.timeout", self.timeout)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelLimitsConfig:
+    """One limit group's own limits (``[limits.models."<model>"]``); unset keys use the default."""
+
+    tpm: int | None = None
+    rpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """The organisation's limits and how the limiter paces against them."""
+
+    tpm: int = 30_000
+    rpm: int = 500
+    burst_seconds: float = 1.0
+    settle: Literal["none", "actual"] = "none"
+    learn_from_headers: bool = True
+    backfill: bool = False
+    # Seconds a request needing a full bucket waits past "full" (covers send-delay jitter).
+    margin_seconds: float = 0.05
+    # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).
+    lease_seconds: float = 0.0
+    # Per-model overrides of tpm/rpm, keyed by model family (or raw name for unknown models).
+    models: Mapping[str, ModelLimitsConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive("limits.tpm", self.tpm)
+        _positive("limits.rpm", self.rpm)
+        for model, override in self.models.items():
+            for key in ("tpm", "rpm"):
+                value = getattr(override, key)
+                if value is not None:
+                    _positive(f"limits.models.{model}.{key}", value)
+        _positive("limits.burst_seconds", self.burst_seconds)
+        _one_of("limits.settle", self.settle, ("none", "actual"))
+        if not (self.margin_seconds >= 0 and math.isfinite(self.margin_seconds)):
+            raise ConfigError(
+                f"limits.margin_seconds: expected a number >= 0, got {self.margin_seconds!r}"
+            )
+        if self.lease_seconds < 0:
+            raise ConfigError(f"limits.lease_seconds: expected >= 0, got {self.lease_seconds!r}")
+
+    def for_model(self, name: str) -> LimitsConfig:
+        """These limits with ``name``'s override of tpm/rpm applied (and no overrides left)."""
+        override = self.models.get(name)
+        if override is None:
+            return dataclasses.replace(self, models={})
+        return dataclasses.replace(
+            self,
+            tpm=self.tpm if override.tpm is None else override.tpm,
+            rpm=self.rpm if override.rpm is None else override.rpm,
+            models={},
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConcurrencyConfig:
+    """How many requests may be in flight and how far ahead the input is read."""
+
+    max_in_flight: int = 64
+    read_ahead: int = 256
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive("concurrency.max_in_flight", self.max_in_flight)
+        _positive("concurrency.read_ahead", self.read_ahead)
+        if self.shutdown_grace < 0:
+            raise ConfigError(
+                f"concurrency.shutdown_grace: expected >= 0, got {self.shutdown_grace!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    """When a failed attempt is tried again, and how long to wait."""
+
+    max_attempts: int = 6
+    max_retry_time: float = 600.0
+    initial_backoff: float = 0.5
+    max_backoff: float = 60.0
+    max_server_wait: float = 120.0
+
+    def __post_init__(self) -> None:
+        _positive("retry.max_attempts", self.max_attempts)
+        _positive("retry.max_retry_time", self.max_retry_time)
+        _positive("retry.initial_backoff", self.initial_backoff)
+        _positive("retry.max_backoff", self.max_backoff)
+        _positive("retry.max_server_wait", self.max_server_wait)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CostConfig:
+    """How requests are priced in tokens."""
+
+    default_model: str = "gpt-4o"
+    default_max_tokens: int = 1024
+    text_counter: Literal["auto", "chars", "tiktoken"] = "auto"
+    fallback_profile: str = ""
+
+    def __post_init__(self) -> None:
+        _positive("cost.default_max_tokens", self.default_max_tokens)
+        _one_of("cost.text_counter", self.text_counter, ("auto", "chars", "tiktoken"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImagesConfig:
+    """Which images are accepted, how they are fetched, and how they are prepared."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_dimension: int = 65_535
+    allow_local: bool = True
+    fetch_timeout: float = 10.0
+    orient: bool = True
+    shrink: bool = True
+    jpeg_quality: int = 90
+    token_budget: int = 0
+    prepare_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("images.max_bytes", self.max_bytes)
+        _positive("images.max_dimension", self.max_dimension)
+        _positive("images.fetch_timeout", self.fetch_timeout)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"images.jpeg_quality: expected 1..100, got {self.jpeg_quality}")
+        if self.token_budget < 0:
+            raise ConfigError(f"images.token_budget: expected >= 0, got {self.token_budget}")
+        if self.prepare_threads < 0:
+            raise ConfigError(f"images.prepare_threads: expected >= 0, got {self.prepare_threads}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """Where the drain keeps its jobs: an SQLite file (default) or Redis."""
+
+    path: str = ""
+    redis_url: str = ""
+    # Redis only: the queue's name (several queues can share one Redis), and how long a job may
+    # sit unanswered with a worker that stopped beating before another worker takes it over.
+    redis_name: str = "vsched"
+    reclaim_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"queue.redis_url: expected redis://host:port/db, got {self.redis_url!r}"
+            )
+        if not self.redis_name:
+            raise ConfigError("queue.redis_name: expected a non-empty name")
+        _positive("queue.reclaim_after", self.reclaim_after)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainConfig:
+    """How ``vsched drain`` builds requests from a folder, shows progress, stops and writes."""
+
+    output: str = ""
+    grace: float = 30.0
+    progress: Literal["auto", "bar", "log", "json", "quiet"] = "auto"
+    log_interval: float = 10.0
+    prompt: str = ""
+    model: str = ""
+    detail: Literal["low", "high", "auto"] = "auto"
+    max_tokens: int = 300
+
+    def __post_init__(self) -> None:
+        if self.grace < 0:
+            raise ConfigError(f"drain.grace: expected >= 0, got {self.grace!r}")
+        _positive("drain.log_interval", self.log_interval)
+        _positive("drain.max_tokens", self.max_tokens)
+        _one_of("drain.progress", self.progress, ("auto", "bar", "log", "json", "quiet"))
+        _one_of("drain.detail", self.detail, ("low", "high", "auto"))
+
+
+_TABLES = ("models", "prices")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration; every section has defaults."""
+
+    api: ApiConfig = field(default_factory=ApiConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
+    # Free-form tables validated by their owners: model profiles and prices per model.
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: expected a positive number, got {value!r}")
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def _sections() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name not in _TABLES}
+
+
+def _coerce(key: str, value: Any, annotation: Any, *, from_text: bool) -> Any:
+    """Check (or, for environment text, parse) one value against its field type."""
+    origin = typing.get_origin(annotation)
+    if origin is types.UnionType or origin is typing.Union:
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _coerce(key, value, options[0], from_text=from_text)
+    if annotation is Secret:
+        if isinstance(value, Secret):
+            return value
+        if isinstance(value, str):
+            return Secret(value)
+        raise ConfigError(f"{key}: expected a string")
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            choices = ", ".join(map(str, allowed))
+            raise ConfigError(f"{key}: expected one of {choices}, got {value!r}")
+        return value
+    if annotation is bool:
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if from_text and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is Mapping and isinstance(value, Mapping):  # limits.models, validated by the loader
+        return value
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _model_limits(value: Any) -> dict[str, ModelLimitsConfig]:
+    """Validate ``[limits.models."<model>"]`` tables; errors name the full key."""
+    if not isinstance(value, Mapping):
+        raise ConfigError('limits.models: expected a table of tables ([limits.models."<model>"])')
+    known = {f.name for f in dataclasses.fields(ModelLimitsConfig)}
+    built: dict[str, ModelLimitsConfig] = {}
+    for model, values in value.items():
+        if isinstance(values, ModelLimitsConfig):
+            built[model] = values
+            continue
+        where = f"limits.models.{model}"
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"{where}: expected a model name")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f'{where}: expected a table ([limits.models."{model}"])')
+        kwargs: dict[str, int] = {}
+        for key, item in values.items():
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+            kwargs[key] = _coerce(f"{where}.{key}", item, int, from_text=False)
+            _positive(f"{where}.{key}", kwargs[key])
+        built[model] = ModelLimitsConfig(**kwargs)
+    return built
+
+
+def _build_section(name: str, cls: type[Any], values: Mapping[str, Any], *, text: set[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], from_text=key in text)
+    return cls(**kwargs)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML config file, turning syntax errors into a ConfigError naming the file."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration from defaults, a TOML file, the environment and flags.
+
+    ``overrides`` maps dotted keys (``"limits.tpm"``) to values already parsed by the caller;
+    a value of None means "flag not given" and is skipped.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = read_toml(Path(path)) if path is not None else {}
+    sections = _sections()
+    merged: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    text_keys: dict[str, set[str]] = {name: set() for name in sections}
+    tables: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
+
+    for name, value in data.items():
+        if name in _TABLES:
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(f"{name}: expected a table of tables ([{name}.<model>])")
+            tables[name] = value
+        elif name in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a table ([{name}])")
+            merged[name].update(value)
+        else:
+            known = ", ".join(sorted([*sections, *_TABLES]))
+            raise ConfigError(f"{name}: unknown section (known: {known})")
+
+    if env.get("OPENAI_BASE_URL"):
+        merged["api"]["base_url"] = env["OPENAI_BASE_URL"]
+    for name in sections:
+        prefix = f"VSCHED_{name.upper()}_"
+        for var, value in env.items():
+            if var.startswith(prefix):
+                key = var[len(prefix) :].lower()
+                if key == "api_key":
+                    raise ConfigError(f"{var}: set the key in OPENAI_API_KEY instead")
+                merged[name][key] = value
+                text_keys[name].add(key)
+    if "api_key" in merged["api"]:
+        raise ConfigError("api.api_key: keep the key out of files; set OPENAI_API_KEY instead")
+    if env.get("OPENAI_API_KEY"):
+        merged["api"]["api_key"] = Secret(env["OPENAI_API_KEY"])
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        name, _, key = dotted.partition(".")
+        if name not in sections or not key:
+            raise ConfigError(f"{dotted}: unknown setting")
+        merged[name][key] = value
+        text_keys[name].discard(key)
+
+    if "models" in merged["limits"]:
+        if "models" in text_keys["limits"]:
+            raise ConfigError(
+                'limits.models: set per-model limits in the config file ([limits.models."<model>"])'
+            )
+        merged["limits"]["models"] = _model_limits(merged["limits"]["models"])
+    built = {
+        name: _build_section(name, cls, merged[name], text=text_keys[name])
+        for name, cls in sections.items()
+    }
+    return Config(**built, **tables)  # type: ignore[arg-type]

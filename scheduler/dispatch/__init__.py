@@ -1,0 +1,28 @@
+"""Dispatch: the ``Scheduler`` sends each request through its limiter with httpx, classifies the
+answer and retries with tenacity; results come back as ``Result`` values."""
+
+from ._batch import run_batch
+from ._client import OpenAIClient, Reply, classify, request_was_sent, server_hint
+from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
+from ._retry import retrying, stop_after_elapsed, wait_server_hint
+from ._scheduler import Scheduler
+from ._stream import ResultStream
+
+__all__ = [
+    "CHAT_COMPLETIONS",
+    "ErrorInfo",
+    "OpenAIClient",
+    "Reply",
+    "Request",
+    "Result",
+    "ResultStream",
+    "Scheduler",
+    "SchedulerStats",
+    "classify",
+    "request_was_sent",
+    "retrying",
+    "run_batch",
+    "server_hint",
+    "stop_after_elapsed",
+    "wait_server_hint",
+]

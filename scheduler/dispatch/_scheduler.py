@@ -1,0 +1,529 @@
+"""The ``Scheduler``: a worker pool on an anyio task group that prices, paces, sends and retries.
+
+Each job is priced by the cost model (in a worker thread when that reads images), then its
+local and inline images are read and prepared once (``inline_local_images`` with the prepare
+hook) and the body that will be sent is priced again when preparation rewrote it, so the limiter
+is charged for what the server will see; only then is each attempt admitted by the limiter, sent
+by the client, classified, and retried by the tenacity policy. Preparing before admission keeps
+the time from admission to the wire short and steady (the limiter's margin counts on it). The
+prepared body is held while the job waits for admission and across its retries: at most
+``concurrency.max_in_flight`` of them at once, since every job holds an in-flight slot from
+start to end.
+A job that fails for its own reason becomes a failed ``Result``; a ``FatalError`` (quota, auth)
+stops the whole run: intake stops, requests not yet on the wire are cancelled, requests on the
+wire get ``grace`` seconds to finish, then the error is raised from ``submit``, ``map`` or
+``__aexit__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+from collections.abc import AsyncIterable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+
+from .._config import Config, ModelLimitsConfig, load_config
+from .._errors import APIError, ConfigError, FatalError, InputError, RateLimited, RetryableError
+from ..cost._model import CostModel, RequestCost
+from ..cost._profiles import ProfileTable
+from ..images._probe import ImageProber
+from ..limits._base import LimiterStats, RateLimiter
+from ..limits._groups import limiter_from_config
+from ..prepare._image import job_token_budget
+from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
+from ..prepare._preparer import ImagePreparer
+from ._client import OpenAIClient, Reply, classify, request_was_sent
+from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
+from ._retry import retrying
+from ._stream import ResultStream
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("scheduler.dispatch")
+
+
+class _Stopped(Exception):
+    """Raised inside a job when the run was stopped by a fatal error elsewhere."""
+
+
+class _Job:
+    """One job's cancel scope, and whether its request is on the wire right now."""
+
+    __slots__ = ("on_wire", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.on_wire = False
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int = 0
+    first_sent: float | None = None
+    status_code: int | None = None
+    request_id: str | None = None
+
+
+def _usage_total(usage: Mapping[str, Any] | None) -> int | None:
+    """Total tokens in a Chat Completions or Responses ``usage`` object."""
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    if not any(isinstance(p, int) for p in parts):
+        parts = [usage.get(k) for k in ("input_tokens", "output_tokens")]
+    numbers = [p for p in parts if isinstance(p, int)]
+    return sum(numbers) if numbers else None
+
+
+class Scheduler:
+    """Sends requests as fast as the limits allow: ``submit`` one, or ``map`` over many.
+
+    Use it as an async context manager; it works on asyncio and trio. ``transport`` replaces
+    httpx's network transport (``httpx.MockTransport``, ``httpx.ASGITransport`` for the
+    simulator); ``limiter`` is one limiter for every request; by default each limit group
+    (a request's model resolved to its family, see :meth:`limit_group`) gets its own, made on
+    first use from ``config.limits`` and its ``[limits.models]`` override: an in-memory
+    ``Limiter``, or the shared ``RedisLimiter`` at ``vsched:limiter:<group>`` when
+    ``queue.redis_url`` is set;
+    ``preparer`` rewrites local and inline images once per job, before its admission (the
+    limiter is charged for the prepared body); ``grace`` (default
+    ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
+    a fatal error.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limiter: RateLimiter | None = None,
+        cost_model: CostModel | None = None,
+        preparer: PrepareHook | None = None,
+        grace: float | None = None,
+    ) -> None:
+        # Only plain objects here: the connection pool and the rest are made on entry.
+        self._config = config if config is not None else load_config()
+        self._transport = transport
+        # A user-supplied limiter paces every request; otherwise one limiter per limit group.
+        self._user_limiter = limiter
+        self._limiters: dict[str, RateLimiter] = {}
+        self._groups: dict[str, str] = {}
+        self._profiles: ProfileTable | None = None
+        self._overrides: dict[str, ModelLimitsConfig] | None = None
+        self._cost_model = cost_model
+        self._prober: ImageProber | None = None
+        # Image preparation is on by default; images.orient/shrink/token_budget configure it.
+        self._preparer: PrepareHook = (
+            preparer if preparer is not None else ImagePreparer(self._config)
+        )
+        self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
+        self._client: OpenAIClient | None = None
+        self._tg: TaskGroup | None = None
+        # Made on entry: anyio primitives bind to the event loop that first uses them.
+        self._slots: anyio.Semaphore
+        self._drained: anyio.Event
+        self._closing = False
+        self._jobs: set[_Job] = set()
+        self._intakes: set[anyio.CancelScope] = set()
+        self._streams: set[ResultStream] = set()
+        self._fatal: FatalError | None = None
+        self._fatal_reported = False
+        self._ids = itertools.count(1)
+        self._counts = dict.fromkeys(
+            (
+                "started",
+                "succeeded",
+                "failed",
+                "attempts",
+                "retries",
+                "rate_limited",
+                "estimated_tokens",
+                "usage_tokens",
+            ),
+            0,
+        )
+
+    def __repr__(self) -> str:
+        return f"Scheduler(base_url={self._config.api.base_url!r}, in_flight={len(self._jobs)})"
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The ``limiter=`` given, else the limiter of ``cost.default_model``'s limit group.
+
+        With per-model limits see :attr:`limiters` for every group's limiter.
+        """
+        if self._user_limiter is not None:
+            return self._user_limiter
+        return self._group_limiter(self.limit_group(self._config.cost.default_model))
+
+    @property
+    def limiters(self) -> dict[str, RateLimiter]:
+        """The limiters made so far, by limit group (the given ``limiter`` under ``"*"``)."""
+        if self._user_limiter is not None:
+            return {"*": self._user_limiter}
+        return dict(self._limiters)
+
+    def limiter_stats(self) -> dict[str, LimiterStats]:
+        """Each limit group's limiter statistics (``stats()`` has the totals)."""
+        return {group: limiter.stats() for group, limiter in self.limiters.items()}
+
+    def limit_group(self, model: str) -> str:
+        """The limit group of ``model``: its profile family (so dated snapshots share their
+        family's limit), else the name itself (unknown models; ``cost.fallback_profile`` is not
+        used, so unknown models never share a limit)."""
+        group = self._groups.get(model)
+        if group is None:
+            if self._profiles is None:
+                self._profiles = ProfileTable.from_config(self._config)
+            profile = self._profiles.find(model)
+            group = profile.name if profile is not None else model
+            if len(self._groups) >= 1024:  # model names come from requests: keep it bounded
+                self._groups.clear()
+            self._groups[model] = group
+        return group
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None:
+            raise RuntimeError("a Scheduler can be entered only once")
+        if self._user_limiter is None and self._overrides is None:
+            self._overrides = self._group_overrides()  # a ConfigError surfaces here, not mid-run
+        if self._cost_model is None:
+            # Probing images (header bytes only) prices them exactly instead of at the maximum.
+            self._prober = ImageProber(self._config.images)
+            self._cost_model = CostModel(self._config, probe=self._prober)
+        self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
+        self._drained = anyio.Event()
+        self._client = OpenAIClient(
+            self._config.api,
+            max_connections=self._config.concurrency.max_in_flight,
+            transport=self._transport,
+        )
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None and self._client is not None
+        self._closing = True
+        for stream in list(self._streams):
+            stream.cancel()
+        if exc_type is not None:
+            self._tg.cancel_scope.cancel()
+        try:
+            # The body's own exception propagates untouched; only our tasks' errors come out here.
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            for stream in list(self._streams):
+                stream._finish()
+            with anyio.CancelScope(shield=True):
+                await self._client.aclose()
+                for limiter in list(self._limiters.values()):
+                    await limiter.aclose()
+                if self._prober is not None:
+                    self._prober.close()
+        if exc_type is None and self._fatal is not None and not self._fatal_reported:
+            self._fatal_reported = True
+            raise self._fatal
+        return None
+
+    def stats(self) -> SchedulerStats:
+        """A snapshot of the counters."""
+        in_flight = 0
+        if self._tg is not None:
+            in_flight = self._config.concurrency.max_in_flight - self._slots.value
+        return SchedulerStats(in_flight=in_flight, **self._counts)
+
+    async def submit(
+        self,
+        body: Mapping[str, Any] | Request,
+        *,
+        endpoint: str = CHAT_COMPLETIONS,
+        metadata: Any = None,
+    ) -> Result:
+        """Send one request (waiting for an in-flight slot and the limiter) and return its Result.
+
+        Raises the run's ``FatalError`` when the run was stopped before this job completed.
+        """
+        self._check_open()
+        request = (
+            body
+            if isinstance(body, Request)
+            else Request(body=body, endpoint=endpoint, metadata=metadata)
+        )
+        job = self._register()
+        result: Result | None = None
+        try:
+            with job.scope:
+                async with self._slots:
+                    result = await self._process(request, job)
+        finally:
+            self._unregister(job)
+        if result is None:
+            raise self._report_fatal()
+        return result
+
+    def map(
+        self, items: Iterable[Mapping[str, Any] | Request] | AsyncIterable[Any]
+    ) -> ResultStream:
+        """Results for many requests, in completion order, with bounded in-flight and read-ahead.
+
+        ``async with s.map(items) as results: async for r in results: ...`` stops the work
+        the moment the block is left; a plain ``async for`` works too.
+        """
+        self._check_open()
+        stream = ResultStream(self, items)
+        self._streams.add(stream)
+        return stream
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._tg is None:
+            raise RuntimeError("use the Scheduler as an async context manager (async with)")
+        if self._fatal is not None:
+            raise self._report_fatal()
+        if self._closing:
+            raise RuntimeError("the Scheduler is closed")
+
+    def _report_fatal(self) -> BaseException:
+        self._fatal_reported = True
+        if self._fatal is None:
+            return RuntimeError("the Scheduler was closed before this job completed")
+        return self._fatal
+
+    def _register(self) -> _Job:
+        job = _Job()
+        self._jobs.add(job)
+        return job
+
+    def _unregister(self, job: _Job) -> None:
+        self._jobs.discard(job)
+        if self._fatal is not None and not self._jobs:
+            self._drained.set()
+
+    def _cancel_everything(self) -> None:
+        for scope in list(self._intakes):
+            scope.cancel()
+        for job in list(self._jobs):
+            job.scope.cancel()
+
+    def _stop(self, error: FatalError) -> None:
+        """Stop the run: no new intake, cancel what is not on the wire, let the rest finish."""
+        if self._fatal is not None:
+            return
+        self._fatal = error
+        log.error("stopping the run: %s: %s", type(error).__name__, error)
+        for scope in list(self._intakes):
+            scope.cancel()
+        for job in list(self._jobs):
+            if not job.on_wire:
+                job.scope.cancel()
+        assert self._tg is not None
+        self._tg.start_soon(self._expire_grace)
+
+    async def _expire_grace(self) -> None:
+        with anyio.move_on_after(self._grace):
+            await self._drained.wait()
+        self._cancel_everything()
+
+    def _group_limiter(self, group: str) -> RateLimiter:
+        limiter = self._limiters.get(group)
+        if limiter is None:
+            if self._overrides is None:
+                self._overrides = self._group_overrides()
+            limits = dataclasses.replace(self._config.limits, models=self._overrides)
+            config = dataclasses.replace(self._config, limits=limits.for_model(group))
+            limiter = limiter_from_config(config, key=f"vsched:limiter:{group}")
+            self._limiters[group] = limiter
+        return limiter
+
+    def _group_overrides(self) -> dict[str, ModelLimitsConfig]:
+        """``[limits.models]`` keyed by limit group (a snapshot's key applies to its family)."""
+        overrides: dict[str, ModelLimitsConfig] = {}
+        keys: dict[str, str] = {}
+        for model, override in self._config.limits.models.items():
+            group = self.limit_group(model)
+            if group in keys:
+                raise ConfigError(
+                    f"limits.models.{model}: same limit group ({group}) as "
+                    f"limits.models.{keys[group]}; keep one"
+                )
+            keys[group] = model
+            overrides[group] = override
+        return overrides
+
+    def _limiter_for(self, request: Request) -> RateLimiter:
+        if self._user_limiter is not None:
+            return self._user_limiter
+        model = request.body.get("model") or self._config.cost.default_model
+        if not isinstance(model, str):
+            model = self._config.cost.default_model
+        return self._group_limiter(self.limit_group(model))
+
+    async def _estimate(self, body: Mapping[str, Any], endpoint: str) -> RequestCost:
+        assert self._cost_model is not None
+        estimate = functools.partial(self._cost_model.estimate, body, endpoint=endpoint)
+        if has_heavy_images(body):
+            return await anyio.to_thread.run_sync(estimate)
+        return estimate()
+
+    async def _prepare(
+        self, request: Request, cost: RequestCost
+    ) -> tuple[Mapping[str, Any], RequestCost]:
+        """The body to send (images read and prepared) and its cost, before any admission.
+
+        The body as given is priced first (cheap: image headers only), so a body that cannot be
+        priced fails before any image work. When preparation rewrote the body, the body to send
+        is priced again: a budget may have lowered the detail or shrunk an image below its
+        working size, and the limiter must be charged what the server will charge for it. The
+        image sources keep naming the caller's files, not the data URLs they became.
+        """
+        body = await inline_local_images(
+            request.body,
+            images=self._config.images,
+            preparer=self._preparer,
+            token_budget=job_token_budget(request.metadata),
+        )
+        if body is request.body:
+            return body, cost
+        sent = await self._estimate(body, request.endpoint)
+        if len(sent.images) == len(cost.images):
+            images = tuple(
+                dataclasses.replace(new, source=old.source)
+                for new, old in zip(sent.images, cost.images, strict=True)
+            )
+            sent = dataclasses.replace(sent, images=images)
+        return body, sent
+
+    async def _process(self, request: Request, job: _Job) -> Result | None:
+        """Run one job to its Result, or None when the run was stopped before it completed."""
+        started = anyio.current_time()
+        self._counts["started"] += 1
+        label = f"job #{next(self._ids)}"
+        state = _Attempts()
+        cost: RequestCost | None = None
+        try:
+            cost = await self._estimate(request.body, request.endpoint)
+            # Read and prepare the images once, before admission: what is sent and charged.
+            sent, cost = await self._prepare(request, cost)
+            policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
+            async for attempt in policy:
+                with attempt:
+                    reply = await self._attempt(request, sent, cost, job, state)
+        except _Stopped:
+            return None
+        except FatalError as exc:
+            self._stop(exc)
+            return None
+        except (InputError, APIError) as exc:
+            self._count_attempts(state)
+            self._counts["failed"] += 1
+            log.info("%s failed: %s: %s", label, type(exc).__name__, exc)
+            return Result(
+                status="failed",
+                status_code=state.status_code,
+                body=None,
+                usage=None,
+                attempts=state.count,
+                latency=anyio.current_time() - started,
+                cost=cost,
+                error=ErrorInfo.from_exception(exc),
+                metadata=request.metadata,
+                request=request,
+                request_id=state.request_id,
+            )
+        self._count_attempts(state)
+        self._counts["succeeded"] += 1
+        body: dict[str, Any] = reply.json
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        self._counts["estimated_tokens"] += cost.total
+        self._counts["usage_tokens"] += _usage_total(usage) or 0
+        return Result(
+            status="ok",
+            status_code=reply.status_code,
+            body=body,
+            usage=usage,
+            attempts=state.count,
+            latency=anyio.current_time() - started,
+            cost=cost,
+            error=None,
+            metadata=request.metadata,
+            request=request,
+            request_id=state.request_id,
+        )
+
+    def _count_attempts(self, state: _Attempts) -> None:
+        self._counts["attempts"] += state.count
+        self._counts["retries"] += max(0, state.count - 1)
+
+    async def _attempt(
+        self,
+        request: Request,
+        body: Mapping[str, Any],
+        cost: RequestCost,
+        job: _Job,
+        state: _Attempts,
+    ) -> Reply:
+        """One attempt: admission by the limiter, the request (already prepared), bookkeeping."""
+        assert self._client is not None
+        if self._fatal is not None:
+            raise _Stopped
+        limiter = self._limiter_for(request)
+        reservation = await limiter.acquire(tokens=cost.total)
+        posted = False
+        try:
+            if self._fatal is not None:
+                raise _Stopped
+            job.on_wire = posted = True
+            state.count += 1
+            if state.first_sent is None:
+                state.first_sent = anyio.current_time()
+            try:
+                reply = await self._client.post(request.endpoint, body)
+            finally:
+                job.on_wire = False
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if posted and request_was_sent(exc):
+                    await reservation.settle(reservation.tokens)
+                else:
+                    await reservation.release()
+            raise
+        state.status_code = reply.status_code
+        state.request_id = reply.request_id
+        error = classify(reply, secret=self._client.secret)
+        with anyio.CancelScope(shield=True):
+            await limiter.observe(reply.headers)
+            if error is None:
+                actual = _usage_total(reply.json.get("usage"))
+                await reservation.settle(actual if actual is not None else reservation.tokens)
+            else:
+                # Failed requests count against the limit: keep the estimate charged.
+                await reservation.settle(reservation.tokens)
+        if error is None:
+            return reply
+        if isinstance(error, RateLimited):
+            self._counts["rate_limited"] += 1
+            pause = error.retry_after
+            if pause is None:
+                pause = self._config.retry.initial_backoff
+            await limiter.cooldown(min(pause, self._config.retry.max_server_wait))
+        if isinstance(error, RetryableError) and self._fatal is not None:
+            raise _Stopped
+        raise error

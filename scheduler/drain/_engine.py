@@ -1,0 +1,354 @@
+"""Drain a durable queue through the scheduler: claim, send, record, report.
+
+The queue is the single source of truth. Jobs are marked in flight when they are taken for
+sending and recorded (result and final state in one transaction) as each answer arrives; the
+output file is exported from the queue at the end. So a crash at any moment loses nothing: jobs
+still in flight are sent again by the next run (at-least-once sending), and each job is one row,
+so it appears exactly once in the output (exactly-once output).
+
+Stopping: the first stop request (Ctrl-C, SIGTERM) stops intake and lets the requests already
+handed to the scheduler finish for up to ``grace`` seconds; a second request, or the end of the
+grace period, cancels them. Whatever was not answered goes back to pending. A fatal error from
+the scheduler (quota, authentication) stops the same way and is reported to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from .._errors import FatalError
+from ..queues._base import ClaimedJob, JobQueue, Outcome
+from ..queues._jsonl import write_results
+from ._progress import DrainProgress, ProgressRenderer, QuietRenderer
+from ._summary import DrainSummary, Failure
+
+__all__ = [
+    "DrainReport",
+    "DrainSettings",
+    "ErrorLike",
+    "Mapper",
+    "ResultLike",
+    "StopControl",
+    "drain_queue",
+    "outcome_of",
+]
+
+
+class ErrorLike(Protocol):
+    """Why a request failed (the scheduler's ``ErrorInfo``)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def code(self) -> str | None: ...
+
+
+class ResultLike(Protocol):
+    """What the scheduler yields per request (its ``Result``); ``metadata`` is the ClaimedJob."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def status_code(self) -> int | None: ...
+    @property
+    def body(self) -> Mapping[str, Any] | None: ...
+    @property
+    def usage(self) -> Mapping[str, Any] | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def error(self) -> ErrorLike | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def metadata(self) -> Any: ...
+
+
+# Sends claimed jobs and yields one result per job, in completion order (Scheduler.map).
+Mapper = Callable[[AsyncIterator[ClaimedJob]], AsyncIterator[ResultLike]]
+# Prices tokens per model ({model: (prompt, completion)}) in dollars; None when unknown.
+Pricer = Callable[[Mapping[str, Sequence[int]]], float | None]
+# The scheduler's running totals of 429 answers and retries.
+Counters = Callable[[], tuple[int, int] | None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainSettings:
+    """How a drain claims, stops and reports."""
+
+    tpm_limit: int
+    # Jobs handed to the scheduler and not yet answered, at most: the scheduler's in-flight
+    # limit, so that a stop leaves nothing queued inside the scheduler's read-ahead.
+    window: int = 64
+    grace: float = 30.0
+    claim_batch: int = 32
+    refresh: float = 0.25
+    failures_shown: int = 20
+    handle_signals: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.tpm_limit, self.window, self.claim_batch, self.refresh) <= 0:
+            raise ValueError("tpm_limit, window, claim_batch and refresh must be positive")
+        if self.grace < 0:
+            raise ValueError("grace must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainReport:
+    """How a drain ended: its summary, and the fatal error that stopped it, if any."""
+
+    summary: DrainSummary
+    fatal: FatalError | None = None
+
+
+class StopControl:
+    """Stop requests: the first stops intake and starts the grace period, the second cancels."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.reason: str | None = None
+        self._work: anyio.CancelScope | None = None
+        self._group: anyio.abc.TaskGroup | None = None
+        self._grace = 0.0
+
+    def _bind(self, work: anyio.CancelScope, group: anyio.abc.TaskGroup, grace: float) -> None:
+        self._work, self._group, self._grace = work, group, grace
+        if self.stopping:
+            self._start_grace()
+
+    def _start_grace(self) -> None:
+        if self._group is not None:
+            self._group.start_soon(self._expire_grace)
+
+    async def _expire_grace(self) -> None:
+        await anyio.sleep(self._grace)
+        self.cancel(f"{self.reason}; grace period of {self._grace:g}s over")
+
+    def request_stop(self, reason: str) -> None:
+        """Stop taking jobs; a second request cancels the requests in flight."""
+        if self.stopping:
+            self.cancel(f"{self.reason}; stopped again")
+            return
+        self.stopping = True
+        self.reason = reason
+        self._start_grace()
+
+    def cancel(self, reason: str) -> None:
+        """Cancel in-flight requests now; they go back to pending."""
+        self.stopping = True
+        self.reason = reason
+        if self._work is not None:
+            self._work.cancel()
+
+
+def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
+    if not usage:
+        return 0, 0
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    return int(prompt or 0), int(completion or 0)
+
+
+def outcome_of(result: ResultLike, job: ClaimedJob) -> Outcome:
+    """The queue's record of one scheduler result; a failure names the job's line."""
+    prompt, completion = _tokens(result.usage)
+    error = None
+    if result.status != "ok":
+        info = result.error
+        kind = info.type if info else "error"
+        message = info.message if info else "failed without an error message"
+        error = {
+            "code": (info.code if info else None) or kind,
+            "type": kind,
+            "message": f"line {job.line}: {message}",
+            "line": job.line,
+        }
+    return Outcome(
+        key=job.key,
+        ok=result.status == "ok",
+        attempts=result.attempts,
+        status_code=result.status_code,
+        body=result.body,
+        error=error,
+        tokens=prompt + completion,
+        request_id=result.request_id,
+    )
+
+
+async def _watch_signals(control: StopControl) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            control.request_stop(f"{signal.Signals(signum).name} received")
+
+
+async def drain_queue(
+    queue: JobQueue,
+    mapper: Mapper,
+    settings: DrainSettings,
+    *,
+    renderer: ProgressRenderer | None = None,
+    control: StopControl | None = None,
+    output: Path | None = None,
+    pricer: Pricer | None = None,
+    counters: Counters | None = None,
+) -> DrainReport:
+    """Send every pending job of ``queue`` through ``mapper``, record each result, export."""
+    renderer = renderer or QuietRenderer()
+    control = control or StopControl()
+    started_wall = time.time()
+    queue.recover()
+    counts = queue.counts()
+    progress = DrainProgress(
+        done=counts["done"],
+        failed=counts["failed"],
+        remaining=counts["pending"],
+        tpm_limit=settings.tpm_limit,
+        started=anyio.current_time(),
+    )
+
+    def refresh_counters() -> None:
+        figures = counters() if counters else None
+        if figures is not None:
+            progress.rate_limited, progress.retries = figures
+
+    window = anyio.Semaphore(settings.window)
+
+    async def intake() -> AsyncGenerator[ClaimedJob, None]:
+        while not control.stopping:
+            batch = queue.claim(min(settings.claim_batch, settings.window))
+            if not batch:
+                pause = queue.retry_claim_after()
+                if pause is None:
+                    return
+                await anyio.sleep(pause)  # other workers hold jobs that may come back
+                continue
+            for job in batch:
+                await window.acquire()
+                if control.stopping:
+                    return  # claimed but unsent jobs go back to pending below
+                yield job
+
+    async def redraw() -> None:
+        while True:
+            refresh_counters()
+            renderer.update(progress.snapshot(anyio.current_time()))
+            await anyio.sleep(settings.refresh)
+
+    fatal: FatalError | None = None
+    renderer.start()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(redraw)
+            if settings.handle_signals:
+                group.start_soon(_watch_signals, control)
+            with anyio.CancelScope() as work:
+                control._bind(work, group, settings.grace)
+                try:
+                    async with aclosing(intake()) as jobs:
+                        results = mapper(jobs)
+                        try:
+                            async for result in results:
+                                _record(queue, progress, result)
+                                window.release()
+                        finally:
+                            close = getattr(results, "aclose", None)
+                            if close is not None:
+                                await close()
+                except* FatalError as group_error:
+                    leaf = group_error.exceptions[0]
+                    while isinstance(leaf, BaseExceptionGroup):
+                        leaf = leaf.exceptions[0]
+                    assert isinstance(leaf, FatalError)
+                    fatal = leaf
+            group.cancel_scope.cancel()
+    finally:
+        queue.recover()
+    refresh_counters()
+    renderer.stop(progress.snapshot(anyio.current_time()))
+    summary = _summarise(
+        queue,
+        progress,
+        settings,
+        wall_time=time.time() - started_wall,
+        price=pricer(progress.by_model) if pricer else None,
+        stopped=f"{fatal}" if fatal else control.reason,
+        output=output,
+    )
+    queue.save_run(started_wall, time.time(), summary.to_dict())
+    return DrainReport(summary=summary, fatal=fatal)
+
+
+def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> None:
+    job = result.metadata
+    if not isinstance(job, ClaimedJob):
+        raise TypeError("the mapper must keep the ClaimedJob as the result's metadata")
+    queue.record([outcome_of(result, job)])
+    prompt, completion = _tokens(result.usage)
+    progress.add(
+        ok=result.status == "ok",
+        now=anyio.current_time(),
+        attempts=result.attempts,
+        model=str(job.body.get("model", "")),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        charged_tokens=_charged(result),
+    )
+
+
+def _charged(result: ResultLike) -> int:
+    """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown.
+
+    A job that was never sent (bad input, a request over the limit) charged nothing, even though
+    its estimate is known.
+    """
+    if result.attempts < 1:
+        return 0
+    total = getattr(getattr(result, "cost", None), "total", 0)
+    return total if isinstance(total, int) else 0
+
+
+def _summarise(
+    queue: JobQueue,
+    progress: DrainProgress,
+    settings: DrainSettings,
+    *,
+    wall_time: float,
+    price: float | None,
+    stopped: str | None,
+    output: Path | None,
+) -> DrainSummary:
+    if output is not None:
+        write_results(queue.records(), output)
+    counts = queue.counts()
+    failures: list[Failure] = []
+    for record in queue.records(["failed"]):
+        if len(failures) >= settings.failures_shown:
+            break
+        reason = str((record.error or {}).get("message", "failed"))
+        failures.append(Failure(custom_id=record.custom_id, line=record.line, reason=reason))
+    return DrainSummary(
+        counts={str(state): n for state, n in counts.items()},
+        tokens=progress.tokens,
+        charged=progress.charged,
+        price=price if price is None or math.isfinite(price) else None,
+        tpm_limit=settings.tpm_limit,
+        wall_time=wall_time,
+        rate_limited=progress.rate_limited,
+        retries=progress.retries,
+        failures=failures,
+        failures_total=counts["failed"],
+        stopped=stopped,
+        output=str(output) if output is not None else None,
+    )

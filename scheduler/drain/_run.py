@@ -1,0 +1,173 @@
+"""``run_drain``: open the queue the config names, load the input, drain it through a Scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+from .._config import Config
+from ..cost._prices import PriceTable
+from ..dispatch._results import Request
+from ..dispatch._scheduler import Scheduler
+from ..queues._base import ClaimedJob, JobQueue, LoadReport
+from ..queues._sqlite import SqliteQueue
+from ..sources._jobs import FolderPrompt, iter_jobs
+from ._engine import (
+    DrainReport,
+    DrainSettings,
+    Mapper,
+    Pricer,
+    ResultLike,
+    StopControl,
+    drain_queue,
+)
+from ._progress import ProgressRenderer
+
+__all__ = ["load_source", "price_of", "run_drain", "run_redis_drain", "scheduler_mapper"]
+
+
+def scheduler_mapper(scheduler: Scheduler) -> Mapper:
+    """Send claimed jobs through ``scheduler.map``; each Request carries its ClaimedJob back."""
+
+    def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[ResultLike]:
+        requests = (Request(body=j.body, endpoint=j.endpoint, metadata=j) async for j in jobs)
+        return scheduler.map(requests)
+
+    return mapper
+
+
+def price_of(config: Config) -> Pricer:
+    """Dollars for tokens per model from the price table; None if a used model has no price."""
+    table = PriceTable.from_config(config)
+
+    def pricer(by_model: Mapping[str, Sequence[int]]) -> float | None:
+        total = 0.0
+        for model, (prompt, completion) in by_model.items():
+            price = table.get(model)
+            if price is None:
+                return None
+            total += (prompt * price.input + completion * price.output) / 1e6
+        return total
+
+    return pricer
+
+
+def load_source(
+    queue: JobQueue, source: Path, *, folder: FolderPrompt | None = None
+) -> LoadReport | None:
+    """Queue the jobs of ``source``; None when this exact file was loaded already (a resume).
+
+    Loading is idempotent (a job is keyed by its id and line), so a load cut short by a crash
+    is simply done again; the fingerprint only saves re-reading a large unchanged file.
+    """
+    queue.bind_source(str(source.resolve()))
+    fingerprint = None
+    if source.is_file():
+        stat = source.stat()
+        fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
+        if queue.get_meta("loaded") == fingerprint:
+            return None
+    report = queue.load(iter_jobs(source, folder=folder))
+    if fingerprint is not None:
+        queue.set_meta("loaded", fingerprint)
+    return report
+
+
+async def run_drain(
+    config: Config,
+    source: Path,
+    *,
+    output: Path,
+    queue_path: Path,
+    folder: FolderPrompt | None = None,
+    renderer: ProgressRenderer | None = None,
+    control: StopControl | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    handle_signals: bool = False,
+    on_load: Callable[[LoadReport | None], None] | None = None,
+) -> DrainReport:
+    """Load ``source`` into the queue at ``queue_path``, drain it through a Scheduler, export."""
+    with SqliteQueue(queue_path, exclusive=True) as queue:
+        report = load_source(queue, source, folder=folder)
+        if on_load is not None:
+            on_load(report)
+        return await _drain_with_scheduler(
+            queue,
+            config,
+            output=output,
+            renderer=renderer,
+            control=control,
+            transport=transport,
+            handle_signals=handle_signals,
+        )
+
+
+async def run_redis_drain(
+    config: Config,
+    source: Path | None = None,
+    *,
+    output: Path | None = None,
+    folder: FolderPrompt | None = None,
+    renderer: ProgressRenderer | None = None,
+    control: StopControl | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    handle_signals: bool = False,
+    on_load: Callable[[LoadReport | None], None] | None = None,
+) -> DrainReport:
+    """Drain the shared Redis queue with the shared limit, as one of any number of workers.
+
+    ``source``, if given, is added first (idempotently, so every worker may pass it).
+    """
+    from ..queues._redis_streams import RedisStreamsQueue
+
+    with RedisStreamsQueue.from_config(config) as queue:
+        if source is not None:
+            report = load_source(queue, source, folder=folder)
+            if on_load is not None:
+                on_load(report)
+        return await _drain_with_scheduler(
+            queue,
+            config,
+            output=output,
+            renderer=renderer,
+            control=control,
+            transport=transport,
+            handle_signals=handle_signals,
+        )
+
+
+async def _drain_with_scheduler(
+    queue: JobQueue,
+    config: Config,
+    *,
+    output: Path | None,
+    renderer: ProgressRenderer | None,
+    control: StopControl | None,
+    transport: httpx.AsyncBaseTransport | None,
+    handle_signals: bool,
+) -> DrainReport:
+    settings = DrainSettings(
+        tpm_limit=config.limits.tpm,
+        window=config.concurrency.max_in_flight,
+        grace=config.drain.grace,
+        handle_signals=handle_signals,
+    )
+    # The Scheduler shares the limit through Redis when queue.redis_url is set.
+    async with Scheduler(config, transport=transport) as scheduler:
+
+        def counters() -> tuple[int, int]:
+            stats = scheduler.stats()
+            return stats.rate_limited, stats.retries
+
+        return await drain_queue(
+            queue,
+            scheduler_mapper(scheduler),
+            settings,
+            renderer=renderer,
+            control=control,
+            output=output,
+            pricer=price_of(config),
+            counters=counters,
+        )

@@ -1,0 +1,109 @@
+"""The limiter contract: the ``RateLimiter`` and ``Reservation`` protocols and ``LimiterStats``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from ._headers import RateLimitHeaders
+
+__all__ = ["LimiterStats", "RateLimiter", "Reservation"]
+logger = logging.getLogger("scheduler.limits")
+
+
+SettlePolicy = Literal["none", "actual"]
+
+
+# Seconds of safety margin at the cap; covers the spread of send delays over a network.
+DEFAULT_MARGIN_SECONDS = 0.05
+
+
+def announce_limit(
+    announced: set[tuple[str, int]], kind: str, limit: int, *, old: int, configured: int
+) -> None:
+    """Log that the server's limit differs from ours, once per new value (both limiters)."""
+    if (kind, limit) in announced:
+        return
+    announced.add((kind, limit))
+    logger.warning(
+        "server reports a limit of %d %s per minute (was %d, configured %d); adopting it",
+        limit,
+        kind,
+        old,
+        configured,
+    )
+
+
+class Reservation(Protocol):
+    """A request's admission: what it was charged, and how to reconcile or return that charge."""
+
+    tokens: int
+    requests: int
+
+    async def settle(self, actual_tokens: int) -> None:
+        """Reconcile the estimate with the usage the server reported (per the settle policy)."""
+
+    async def release(self) -> None:
+        """Give back the whole charge of a request that was never sent."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimiterStats:
+    """A snapshot of a limiter: what it admitted, how long callers waited, where it stands.
+
+    Levels are projected to the time of the snapshot; ``lowest_token_level`` is the lowest level
+    any admission left (never below ``-token_debt`` by construction; a settle that charges extra
+    usage may push the live level lower, because the server counted that usage).
+    """
+
+    tpm: int
+    rpm: int
+    configured_tpm: int
+    configured_rpm: int
+    admitted_tokens: int
+    admitted_requests: int
+    released_tokens: int
+    released_requests: int
+    refunded_tokens: int
+    extra_tokens: int
+    wait_time: float
+    waiting: int
+    token_level: float
+    request_level: float
+    token_capacity: float
+    token_debt: float
+    lowest_token_level: float
+    cooldowns: int
+    rate_limited: int
+    cooldown_remaining: float
+    limit_changes: int
+    wakeups: int
+
+    def __post_init__(self) -> None:
+        if self.tpm <= 0 or self.rpm <= 0:
+            raise ValueError("limits must be positive")
+        if self.waiting < 0 or self.wait_time < 0:
+            raise ValueError("waiting and wait_time must be >= 0")
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What dispatch needs from a limiter; the in-memory and the Redis limiter both provide it."""
+
+    async def acquire(self, *, tokens: int, requests: int = 1) -> Reservation:
+        """Wait in FIFO order until the charge fits; raise ``RequestTooLarge`` if it never can."""
+        ...
+
+    async def observe(self, headers: RateLimitHeaders) -> None:
+        """Learn from a response's ``x-ratelimit-*`` headers."""
+
+    async def cooldown(self, seconds: float) -> None:
+        """Record a 429 and pause admission for everyone for ``seconds``."""
+
+    def stats(self) -> LimiterStats:
+        """A snapshot of the limiter's counters and levels."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop admitting; waiters get ``anyio.ClosedResourceError``."""

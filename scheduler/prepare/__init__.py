@@ -1,0 +1,32 @@
+"""Preparation: images read, EXIF-oriented and shrunk to the size the model uses, then inlined
+into the body to send as data URLs."""
+
+from ._image import (
+    BUDGET_METADATA_KEY,
+    DecodeBudget,
+    DetailChoice,
+    PreparedImage,
+    PrepareStats,
+    choose_detail,
+    job_token_budget,
+    prepare_image,
+)
+from ._inline import PreparedUpload, PrepareHook, has_heavy_images, inline_local_images
+from ._preparer import ImagePreparer, prepare_bodies
+
+__all__ = [
+    "BUDGET_METADATA_KEY",
+    "DecodeBudget",
+    "DetailChoice",
+    "ImagePreparer",
+    "PrepareHook",
+    "PrepareStats",
+    "PreparedImage",
+    "PreparedUpload",
+    "choose_detail",
+    "has_heavy_images",
+    "inline_local_images",
+    "job_token_budget",
+    "prepare_bodies",
+    "prepare_image",
+]

@@ -1,0 +1,176 @@
+"""``ImagePreparer``: the scheduler's preparation hook, on its own few bounded threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._config import Config
+from .._errors import ImageError, InputError, UnsupportedImage
+from ..cost._profiles import ProfileTable
+from ..images._probe import ImageInfo
+from ._image import (
+    DEFAULT_DECODE_PIXELS,
+    DecodeBudget,
+    PreparedImage,
+    PrepareStats,
+    job_token_budget,
+    prepare_image,
+)
+from ._inline import inline_local_images
+
+__all__ = ["ImagePreparer", "prepare_bodies"]
+
+
+@cache
+def _preparation_threads() -> ThreadPoolExecutor:
+    """The threads every preparer decodes on: as many as were ever busy at once, at most 64."""
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vsched-prepare")
+
+
+class ImagePreparer:
+    """The scheduler's preparation hook: runs ``prepare_image`` in its own few worker threads.
+
+    One instance per scheduler. Images are prepared at dispatch time, so only in-flight images
+    are held in memory; the caller keeps a job's prepared body for its retries and drops it when
+    the job ends.
+
+    Memory stays bounded whatever ``max_in_flight`` and the image sizes: at most ``threads``
+    images are worked on at once, they hold at most ``decode_pixels`` decoded pixels together
+    (``DecodeBudget``), and the work runs on the module's own preparation threads (shared by
+    every preparer, an idle one reused before another is started), not on anyio's pool. The
+    last matters as much as the others: the C allocator gives each thread that allocates an
+    arena of its own and keeps freed pixel buffers there, so decodes spread over anyio's 40
+    pooled threads left tens of MB behind in each.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        profiles: ProfileTable | None = None,
+        threads: int | None = None,
+        decode_pixels: int = DEFAULT_DECODE_PIXELS,
+    ) -> None:
+        config = config or Config()
+        self._config = config.images
+        self._default_model = config.cost.default_model
+        self._profiles = profiles or ProfileTable.from_config(config)
+        # One CPU is left to the event loop by default: decoding threads that take every core
+        # make the loop wait for a CPU, and its heartbeat stalls.
+        threads = threads or config.images.prepare_threads or max(1, (os.cpu_count() or 1) - 1)
+        self._threads = anyio.CapacityLimiter(threads)
+        self._decode_budget = DecodeBudget(decode_pixels)
+        self._stats = PrepareStats()
+
+    @property
+    def threads(self) -> anyio.CapacityLimiter:
+        """The limiter that bounds how many images are decoded at once."""
+        return self._threads
+
+    @property
+    def decode_budget(self) -> DecodeBudget:
+        """The bound on decoded pixels held at once by all of this preparer's threads."""
+        return self._decode_budget
+
+    def stats(self) -> PrepareStats:
+        """Totals over every image prepared so far."""
+        return self._stats
+
+    def _on_own_thread(self, work: Callable[[], PreparedImage]) -> PreparedImage:
+        """Run ``work`` on one of this preparer's threads (called from an anyio worker)."""
+        return _preparation_threads().submit(work).result()
+
+    async def __call__(
+        self,
+        data: bytes,
+        info: ImageInfo,
+        *,
+        detail: str,
+        model: str,
+        token_budget: int | None = None,
+        source: str = "<image>",
+    ) -> PreparedImage:
+        """Prepare one image in a worker thread; refuse animated images before any work.
+
+        ``token_budget`` is the job's own budget (None: ``images.token_budget``); an empty
+        ``model`` means ``cost.default_model``, as in the cost model.
+        """
+        if info.animated:
+            raise UnsupportedImage(source, f"animated {info.format.upper()} is not accepted")
+        budget = self._config.token_budget if token_budget is None else token_budget
+        work = partial(
+            prepare_image,
+            data,
+            model=model or self._default_model,
+            detail=detail,
+            profiles=self._profiles,
+            config=self._config,
+            token_budget=budget,
+            source=source,
+            decode_budget=self._decode_budget,
+        )
+        try:
+            if self._config.orient or self._config.shrink or budget:
+                prepared = await anyio.to_thread.run_sync(
+                    self._on_own_thread, work, limiter=self._threads
+                )
+            else:
+                prepared = work()  # everything off: a header read, no decode, no thread needed
+        except ImageError:
+            self._stats = dataclasses.replace(self._stats, failed=self._stats.failed + 1)
+            raise
+        old = self._stats
+        self._stats = dataclasses.replace(
+            old,
+            images=old.images + 1,
+            reencoded=old.reencoded + prepared.reencoded,
+            bytes_in=old.bytes_in + prepared.original_bytes,
+            bytes_out=old.bytes_out + len(prepared.data),
+            tokens_in=old.tokens_in + prepared.original_tokens,
+            tokens_out=old.tokens_out + prepared.tokens,
+        )
+        return prepared
+
+
+async def prepare_bodies(
+    jobs: Iterable[tuple[Mapping[str, Any], Any]],
+    config: Config | None = None,
+    *,
+    preparer: ImagePreparer | None = None,
+    concurrency: int = 8,
+) -> PrepareStats:
+    """Prepare the images of (body, metadata) pairs as dispatch would, keeping only the totals.
+
+    For ``vsched estimate --prepare``: the prepared bodies are dropped at once; a job whose
+    images cannot be prepared counts in ``failed`` and the others go on.
+    """
+    config = config or Config()
+    preparer = preparer or ImagePreparer(config)
+    slots = anyio.Semaphore(concurrency)
+
+    async def one(body: Mapping[str, Any], metadata: Any) -> None:
+        try:
+            await inline_local_images(
+                body,
+                images=config.images,
+                preparer=preparer,
+                token_budget=job_token_budget(metadata),
+            )
+        except InputError:
+            pass  # counted by the preparer (or reported by the cost estimate)
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as tg:
+        for body, metadata in jobs:
+            await slots.acquire()
+            tg.start_soon(one, body, metadata)
+    return preparer.stats()

@@ -1,0 +1,371 @@
+"""The embedded durable queue: one SQLite file in WAL mode.
+
+Every state change is one transaction. ``synchronous=NORMAL`` in WAL mode survives a crash of
+the process (``kill -9``) without losing a commit; a power cut may roll back the last few
+commits, which only sends those jobs again (a recorded result is never half-written). One drain
+at a time holds the queue (an ``flock`` on ``<queue>.lock``, released by the kernel when the
+process dies); ``status`` and ``export`` read alongside it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, cast
+
+from .._errors import InputError
+from ..sources._jobs import Job
+from ._base import STATES, ClaimedJob, JobRecord, LoadReport, Outcome, State
+
+__all__ = ["QueueBusy", "SqliteQueue"]
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq         INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    custom_id   TEXT NOT NULL,
+    line        INTEGER NOT NULL,
+    endpoint    TEXT NOT NULL,
+    body        TEXT,
+    metadata    TEXT,
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'in_flight', 'done', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    claims      INTEGER NOT NULL DEFAULT 0,
+    status_code INTEGER,
+    response    TEXT,
+    error       TEXT,
+    tokens      INTEGER NOT NULL DEFAULT 0,
+    request_id  TEXT,
+    updated     REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id       INTEGER PRIMARY KEY,
+    started  REAL NOT NULL,
+    finished REAL NOT NULL,
+    stats    TEXT NOT NULL
+);
+"""
+_LOAD_CHUNK = 500
+_COLUMNS = "key, custom_id, line, state, attempts, metadata, status_code, response, error, tokens"
+
+
+class QueueBusy(InputError):
+    """Another drain holds this queue."""
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class SqliteQueue:
+    """A durable job queue in one SQLite file (see the package docstring for the states)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, exclusive: bool = False) -> None:
+        """Open (creating if needed) the queue at ``path``; ``exclusive`` takes the drain lock."""
+        self.path = Path(path)
+        self._lock: IO[bytes] | None = None
+        if exclusive:
+            self._lock = self._take_lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            self._drop_lock()
+            raise InputError(f"queue {self.path}: {exc}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise InputError(f"queue {self.path}: unknown schema version {version}")
+            if version == 0:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise InputError(f"queue {self.path}: not a vsched queue ({exc})") from None
+        except InputError:
+            self.close()
+            raise
+
+    def _take_lock(self) -> IO[bytes]:
+        handle = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held for the queue's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise QueueBusy(f"queue {self.path} is being drained by another process") from None
+        return handle
+
+    def _drop_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def close(self) -> None:
+        """Close the database and release the drain lock."""
+        self._db.close()
+        self._drop_lock()
+
+    def __enter__(self) -> SqliteQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def bind_source(self, source: str) -> None:
+        """Tie the queue to one input; loading another input into it is a usage error."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'source'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('source', ?)", (source,))
+        elif row[0] != source:
+            raise InputError(
+                f"queue {self.path} holds the jobs of {row[0]}, not {source}: "
+                "give another --queue, or delete the queue to start over"
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        """A value stored beside the jobs (input fingerprint and the like)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else cast(str, row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a value beside the jobs."""
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def load(self, jobs: Iterable[Job]) -> LoadReport:
+        """Add jobs not already queued; a job is the same when its id and line are.
+
+        A second line with an id already used elsewhere is queued as a failed job (duplicate
+        custom_id) under a key of its own, so it still appears once in the output.
+        """
+        added = malformed = duplicates = 0
+        iterator = iter(jobs)
+        now = time.time()
+        while chunk := list(islice(iterator, _LOAD_CHUNK)):
+            ids = list({job.id for job in chunk})
+            marks = ",".join("?" * len(ids))
+            known: dict[str, int] = dict(
+                self._db.execute(f"SELECT key, line FROM jobs WHERE key IN ({marks})", ids)
+            )
+            rows = []
+            for job in chunk:
+                first = known.setdefault(job.id, job.line)
+                key, error = job.id, job.error
+                if first != job.line:
+                    key = f"{job.id}@line{job.line}"
+                    error = f"line {job.line}: duplicate custom_id {job.id!r} (first: line {first})"
+                state = "failed" if error else "pending"
+                rows.append(
+                    (
+                        key,
+                        job.id,
+                        job.line,
+                        job.endpoint,
+                        None if error else _dumps(job.body),
+                        _dumps(job.metadata),
+                        state,
+                        _dumps({"code": "invalid_request", "message": error, "line": job.line})
+                        if error
+                        else None,
+                        now,
+                    )
+                )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for row in rows:
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO jobs (key, custom_id, line, endpoint, body,"
+                        " metadata, state, error, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        row,
+                    )
+                    if cursor.rowcount:
+                        added += 1
+                        malformed += row[6] == "failed" and row[0] == row[1]
+                        duplicates += row[0] != row[1]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return LoadReport(added=added, malformed=malformed, duplicates=duplicates)
+
+    # -- the state machine ---------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Put jobs left in flight by a crashed drain back to pending; return how many."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = 'pending', updated = ? WHERE state = 'in_flight'",
+            (time.time(),),
+        )
+        return cursor.rowcount
+
+    def claim(self, limit: int) -> list[ClaimedJob]:
+        """Mark up to ``limit`` pending jobs in flight, oldest first, and return them."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = self._db.execute(
+                "SELECT seq, key, custom_id, line, endpoint, body, metadata FROM jobs"
+                " WHERE state = 'pending' ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE jobs SET state = 'in_flight', claims = claims + 1, updated = ?"
+                " WHERE seq = ?",
+                [(time.time(), row[0]) for row in rows],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return [
+            ClaimedJob(
+                key=key,
+                custom_id=custom_id,
+                line=line,
+                endpoint=endpoint,
+                body=json.loads(body),
+                metadata=_loads(metadata),
+            )
+            for _, key, custom_id, line, endpoint, body, metadata in rows
+        ]
+
+    def retry_claim_after(self) -> float | None:
+        """None: one drain holds this queue, so an empty claim means nothing is left to take."""
+        return None
+
+    def record(self, outcomes: Sequence[Outcome]) -> int:
+        """Store each in-flight job's result and final state in one transaction.
+
+        Only jobs still in flight are updated, so a late or repeated answer never overwrites a
+        recorded one; the return value counts the jobs actually recorded.
+        """
+        now = time.time()
+        rows = [
+            (
+                "done" if o.ok else "failed",
+                o.attempts,
+                o.status_code,
+                _dumps(o.body),
+                _dumps(o.error),
+                o.tokens,
+                o.request_id,
+                now,
+                o.key,
+            )
+            for o in outcomes
+        ]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            recorded = 0
+            for row in rows:
+                recorded += self._db.execute(
+                    "UPDATE jobs SET state = ?, attempts = attempts + ?, status_code = ?,"
+                    " response = ?, error = ?, tokens = ?, request_id = ?, updated = ?"
+                    " WHERE key = ? AND state = 'in_flight'",
+                    row,
+                ).rowcount
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return recorded
+
+    def release(self, keys: Iterable[str]) -> int:
+        """Put in-flight jobs that were never answered back to pending."""
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            released = 0
+            for key in keys:
+                released += self._db.execute(
+                    "UPDATE jobs SET state = 'pending', updated = ?"
+                    " WHERE key = ? AND state = 'in_flight'",
+                    (now, key),
+                ).rowcount
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return released
+
+    def retry_failed(self) -> int:
+        """Put failed jobs that have a request back to pending (malformed lines stay failed)."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = 'pending', updated = ? WHERE state = 'failed'"
+            " AND body IS NOT NULL",
+            (time.time(),),
+        )
+        return cursor.rowcount
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def counts(self) -> dict[State, int]:
+        """How many jobs are in each state (every state present, zero included)."""
+        found = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        return {state: int(found.get(state, 0)) for state in STATES}
+
+    def records(self, states: Iterable[State] = ("done", "failed")) -> Iterator[JobRecord]:
+        """Jobs in the given states in load order, streamed from a cursor."""
+        wanted = [s for s in STATES if s in set(states)]
+        marks = ",".join("?" * len(wanted))
+        cursor = self._db.execute(
+            f"SELECT {_COLUMNS}, request_id FROM jobs WHERE state IN ({marks}) ORDER BY seq",
+            wanted,
+        )
+        for row in cursor:
+            yield JobRecord(
+                key=row[0],
+                custom_id=row[1],
+                line=row[2],
+                state=row[3],
+                attempts=row[4],
+                metadata=_loads(row[5]),
+                status_code=row[6],
+                body=_loads(row[7]),
+                error=_loads(row[8]),
+                tokens=row[9],
+                request_id=row[10],
+            )
+
+    def total_claims(self) -> int:
+        """How many times jobs were claimed for sending, over every run (at-least-once)."""
+        return int(self._db.execute("SELECT COALESCE(SUM(claims), 0) FROM jobs").fetchone()[0])
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def save_run(self, started: float, finished: float, stats: Mapping[str, Any]) -> None:
+        """Remember the figures of one drain run, for ``vsched status``."""
+        self._db.execute(
+            "INSERT INTO runs (started, finished, stats) VALUES (?, ?, ?)",
+            (started, finished, _dumps(dict(stats))),
+        )
+
+    def last_run(self) -> dict[str, Any] | None:
+        """The figures of the most recent run, with its start and end times; None if none."""
+        row = self._db.execute(
+            "SELECT started, finished, stats FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        stats: dict[str, Any] = json.loads(row[2])
+        return {"started": row[0], "finished": row[1], **stats}
