@@ -31,9 +31,11 @@ __all__ = [
     "LimitsConfig",
     "ModelLimitsConfig",
     "QueueConfig",
+    "RedisConfig",
     "RetryConfig",
     "Secret",
     "load_config",
+    "mask_url",
 ]
 
 
@@ -62,6 +64,21 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***`` (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    # A bare user info (redis://secret@host) is a password to Redis: mask it too.
+    masked = f"{user}:***" if colon else "***"
+    return f"{scheme}://{masked}@{host}{slash}{path}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +120,8 @@ class LimitsConfig:
     backfill: bool = False
     # Seconds a request needing a full bucket waits past "full" (covers send-delay jitter).
     margin_seconds: float = 0.05
+    # True: the limit lives in Redis at [redis] url, shared by every process that names it.
+    shared: bool = False
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).
     lease_seconds: float = 0.0
     # Per-model overrides of tpm/rpm, keyed by model family (or raw name for unknown models).
@@ -214,21 +233,33 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QueueConfig:
-    """Where the drain keeps its jobs: an SQLite file (default) or Redis."""
+class RedisConfig:
+    """The Redis server shared by many machines (the queue with ``queue.backend = "redis"``, the
+    limit with ``limits.shared = true``)."""
 
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"redis.url: expected redis://host:port/db, got {mask_url(self.url)!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """Where the drain keeps its jobs: an SQLite file (``backend = "sqlite"``, the default) or a
+    Redis Streams queue at ``[redis] url`` shared by many workers (``backend = "redis"``)."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
     path: str = ""
-    redis_url: str = ""
     # Redis only: the queue's name (several queues can share one Redis), and how long a job may
     # sit unanswered with a worker that stopped beating before another worker takes it over.
     redis_name: str = "vsched"
     reclaim_after: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"queue.redis_url: expected redis://host:port/db, got {self.redis_url!r}"
-            )
+        _one_of("queue.backend", self.backend, ("sqlite", "redis"))
         if not self.redis_name:
             raise ConfigError("queue.redis_name: expected a non-empty name")
         _positive("queue.reclaim_after", self.reclaim_after)
@@ -257,6 +288,13 @@ class DrainConfig:
 
 
 _TABLES = ("models", "prices")
+# Keys that were renamed, with what to write instead.
+_MOVED = {
+    "queue.redis_url": (
+        'set [redis] url, with queue.backend = "redis" for the queue and limits.shared = true '
+        "for the limit (the --redis URL flag sets all three)"
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,10 +308,17 @@ class Config:
     cost: CostConfig = field(default_factory=CostConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
     # Free-form tables validated by their owners: model profiles and prices per model.
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        uses_redis = self.queue.backend == "redis" or self.limits.shared
+        if uses_redis and not self.redis.url:
+            what = 'queue.backend = "redis"' if self.queue.backend == "redis" else "limits.shared"
+            raise ConfigError(f"{what} needs the Redis server: set [redis] url (or --redis URL)")
 
 
 def _positive(key: str, value: float) -> None:
@@ -435,6 +480,10 @@ def load_config(
                     raise ConfigError(f"{var}: set the key in OPENAI_API_KEY instead")
                 merged[name][key] = value
                 text_keys[name].add(key)
+    for moved, where in _MOVED.items():
+        section, _, key = moved.partition(".")
+        if key in merged.get(section, {}):
+            raise ConfigError(f"{moved}: moved; {where}")
     if "api_key" in merged["api"]:
         raise ConfigError("api.api_key: keep the key out of files; set OPENAI_API_KEY instead")
     if env.get("OPENAI_API_KEY"):

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from ._config import mask_url
 from ._errors import ConfigError
 
 __all__ = ["LuaScript", "RedisClient"]
@@ -50,7 +51,7 @@ class RedisClient:
 
     def __init__(self, url: str) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"queue.redis_url: expected redis://host:port/db, got {url!r}")
+            raise ConfigError(f"redis.url: expected redis://host:port/db, got {mask_url(url)!r}")
         self.url = url
         self._async: Any = None
         self._sync: Any = None

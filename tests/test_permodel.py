@@ -161,14 +161,18 @@ async def test_two_overrides_for_one_group_are_refused_on_entry() -> None:
 
 
 def test_redis_limiters_get_a_key_per_group(redis_url: str) -> None:
-    """With queue.redis_url each group shares its limit through its own Redis key."""
+    """With limits.shared each group shares its limit through its own Redis key."""
     config = load_config(
         env={},
-        overrides={"queue.redis_url": redis_url, "limits.models": {"gpt-4o-mini": {"tpm": 9_000}}},
+        overrides={
+            "redis.url": redis_url,
+            "limits.shared": True,
+            "limits.models": {"gpt-4o-mini": {"tpm": 9_000}},
+        },
     )
     s = Scheduler(config)
     assert s.limiter.key == "vsched:limiter:gpt-4o"  # type: ignore[attr-defined]
-    mini = s._group_limiter(s.limit_group("gpt-4o-mini-2024-07-18"))
+    mini = s._limit_groups().limiter(s.limit_group("gpt-4o-mini-2024-07-18"))
     assert mini.key == "vsched:limiter:gpt-4o-mini"  # type: ignore[attr-defined]
     assert mini.stats().configured_tpm == 9_000
 

@@ -42,7 +42,7 @@ def test_enqueue_adds_jobs_once(
 def test_enqueue_without_a_server_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without --redis or queue.redis_url, enqueue says what to give."""
+    """Without --redis or queue.backend = "redis", enqueue says what to give."""
     monkeypatch.delenv("VSCHED_QUEUE_REDIS_URL", raising=False)
     source = _write_batch(tmp_path / "jobs.jsonl", 1)
     assert main(["enqueue", str(source)]) == EXIT_USAGE

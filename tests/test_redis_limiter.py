@@ -327,9 +327,10 @@ async def test_close_ends_waits_with_closed_resource_error(redis_url: str) -> No
 
 
 def test_config_picks_the_shared_limiter(redis_url: str) -> None:
-    """With queue.redis_url set the configured limiter is the Redis one, with the lease setting."""
+    """With limits.shared the configured limiter is the Redis one, with the lease setting."""
     shared = load_config(
-        env={}, overrides={"queue.redis_url": redis_url, "limits.lease_seconds": 0.5}
+        env={},
+        overrides={"redis.url": redis_url, "limits.shared": True, "limits.lease_seconds": 0.5},
     )
     limiter = limiter_from_config(shared)
     assert isinstance(limiter, RedisLimiter)

@@ -21,12 +21,11 @@ from .._config import Config
 from .._errors import InputError
 from ..drain._engine import DrainReport
 from ..drain._progress import make_renderer
-from ..drain._run import run_drain, run_redis_drain
+from ..drain._run import run_drain
 from ..queues._base import LoadReport
 from ..sources._jobs import FolderPrompt
 from . import EXIT_FAILED, EXIT_FATAL, EXIT_OK
-from .enqueue import add_redis_flags
-from .flags import add_config_flag, config_from_args
+from .flags import add_config_flag, add_redis_flags, config_from_args, redis_overrides
 from .queue_paths import default_output, default_queue
 
 __all__ = [
@@ -158,11 +157,11 @@ def exit_code(report: DrainReport) -> int:
     return EXIT_OK
 
 
-def _announce(report: LoadReport | None, queue: Path, quiet: bool) -> None:
+def _announce(report: LoadReport | None, where: str, quiet: bool) -> None:
     if quiet:
         return
     if report is None:
-        print(f"vsched: resuming queue {queue}", file=sys.stderr)
+        print(f"vsched: resuming {where}", file=sys.stderr)
         return
     extra = []
     if report.malformed:
@@ -170,13 +169,14 @@ def _announce(report: LoadReport | None, queue: Path, quiet: bool) -> None:
     if report.duplicates:
         extra.append(f"{report.duplicates} duplicate ids")
     note = f" ({', '.join(extra)})" if extra else ""
-    print(f"vsched: queued {report.added} new jobs{note} in {queue}", file=sys.stderr)
+    print(f"vsched: queued {report.added} new jobs{note} in {where}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load, drain, export, print the summary; the exit code says how it ended."""
     overrides = {
         **drain_overrides(args),
+        **redis_overrides(args),
         "drain.output": args.output,
         "queue.path": args.queue,
         "api.base_url": args.base_url,
@@ -184,25 +184,25 @@ def run(args: argparse.Namespace) -> int:
         "drain.model": args.model,
         "drain.detail": args.detail,
         "drain.max_tokens": args.max_tokens,
+        "limits.lease_seconds": args.lease,
     }
-    config = config_from_args(
-        args,
-        {
-            **overrides,
-            "queue.redis_url": args.redis,
-            "queue.redis_name": args.queue_name,
-            "limits.lease_seconds": args.lease,
-        },
-    )
-    if config.queue.redis_url:
-        return _run_redis(args, config)
-    if args.source is None:
+    config = config_from_args(args, overrides)
+    shared = config.queue.backend == "redis"
+    source = Path(args.source) if args.source is not None else None
+    if source is None and not shared:
         raise InputError("give the INPUT to drain (or --redis URL to work on a shared queue)")
-    source = Path(args.source)
-    if not source.exists():
+    if source is not None and not source.exists():
         raise InputError(f"{source}: no such file or folder")
-    output = default_output(source, config)
-    queue = default_queue(output, config)
+    output: Path | None
+    if shared:
+        output = Path(config.drain.output) if config.drain.output else None
+        queue: Path | None = None
+        where = f"Redis queue {config.queue.redis_name!r}"
+    else:
+        assert source is not None
+        output = default_output(source, config)
+        queue = default_queue(output, config)
+        where = f"queue {queue}"
     quiet = config.drain.progress == "quiet"
     renderer = make_renderer(config.drain.progress, interval=config.drain.log_interval)
 
@@ -215,41 +215,11 @@ def run(args: argparse.Namespace) -> int:
             folder=folder_prompt(config),
             renderer=renderer,
             handle_signals=True,
-            on_load=lambda report: _announce(report, queue, quiet),
+            on_load=lambda report: _announce(report, where, quiet),
         )
 
     report = run_report(args, main)
     print(report.summary.render())
-    if report.summary.counts.get("pending"):
+    if report.summary.counts.get("pending") and not shared:
         print("Run the same command again to resume the pending jobs.")
-    return exit_code(report)
-
-
-def _run_redis(args: argparse.Namespace, config: Config) -> int:
-    """One worker on the shared Redis queue (``--redis`` or ``queue.redis_url``)."""
-    source = Path(args.source) if args.source is not None else None
-    output = Path(config.drain.output) if config.drain.output else None
-    quiet = config.drain.progress == "quiet"
-    renderer = make_renderer(config.drain.progress, interval=config.drain.log_interval)
-    name = config.queue.redis_name
-
-    def announce(report: LoadReport | None) -> None:
-        if not quiet and report is not None:
-            print(
-                f"vsched: queued {report.added} new jobs in Redis queue {name!r}", file=sys.stderr
-            )
-
-    async def main() -> DrainReport:
-        return await run_redis_drain(
-            config,
-            source,
-            output=output,
-            folder=folder_prompt(config),
-            renderer=renderer,
-            handle_signals=True,
-            on_load=announce,
-        )
-
-    report = run_report(args, main)
-    print(report.summary.render())
     return exit_code(report)

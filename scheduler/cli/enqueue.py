@@ -7,34 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._config import Config
 from .._errors import InputError
 from ..queues._redis_streams import RedisStreamsQueue
 from ..sources._jobs import iter_jsonl_jobs
-from .flags import add_config_flag, config_from_args
+from .flags import add_config_flag, add_redis_flags, config_from_args, redis_overrides
 
-__all__ = ["add_redis_flags", "redis_config", "register", "run"]
-
-
-def add_redis_flags(parser: argparse.ArgumentParser) -> None:
-    """``--redis URL`` and ``--queue-name NAME``, shared by enqueue, drain and export."""
-    parser.add_argument(
-        "--redis", metavar="URL", help="shared Redis queue, redis://host:port/db [queue.redis_url]"
-    )
-    parser.add_argument(
-        "--queue-name",
-        metavar="NAME",
-        help="name of the queue in Redis, to keep several apart [queue.redis_name]",
-    )
-
-
-def redis_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
-    """The config with ``--redis`` and ``--queue-name`` applied; a usage error without a URL."""
-    flags = {"queue.redis_url": args.redis, "queue.redis_name": args.queue_name}
-    config = config_from_args(args, {**(overrides or {}), **flags})
-    if not config.queue.redis_url:
-        raise InputError("name the Redis server: give --redis URL or set queue.redis_url")
-    return config
+__all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -54,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.is_file():
         raise InputError(f"{source}: no such file (enqueue takes a JSONL file)")
-    config = redis_config(args)
+    config = config_from_args(args, redis_overrides(args))
+    if config.queue.backend != "redis":
+        raise InputError('name the Redis server: give --redis URL or set queue.backend = "redis"')
     with RedisStreamsQueue.from_config(config) as queue:
         queue.bind_source(str(source.resolve()))
         report = queue.load(iter_jsonl_jobs(source))

@@ -10,8 +10,7 @@ from typing import Any
 
 from .._config import Config
 from ..queues._jsonl import write_results
-from .enqueue import add_redis_flags
-from .flags import add_config_flag
+from .flags import add_config_flag, add_redis_flags
 from .queue_paths import add_queue_flags, default_output, is_queue_file, open_queue
 
 __all__ = ["register", "run"]

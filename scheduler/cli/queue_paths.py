@@ -9,10 +9,8 @@ from typing import Any
 from .._config import Config
 from .._errors import InputError
 from ..queues._base import JobQueue
-from ..queues._redis_streams import RedisStreamsQueue
-from ..queues._sqlite import SqliteQueue
-from .enqueue import redis_config
-from .flags import config_from_args
+from ..queues._open import open_queue as open_config_queue
+from .flags import config_from_args, redis_overrides
 
 __all__ = [
     "add_queue_flags",
@@ -82,15 +80,14 @@ def locate_queue(target: str | None, config: Config) -> Path:
 def open_queue(
     args: argparse.Namespace, overrides: dict[str, Any]
 ) -> tuple[JobQueue, Config, Path | None, str]:
-    """The queue the flags name: the shared Redis one (``--redis``) or an existing SQLite file.
+    """The queue the flags name: the shared Redis one (``--redis`` or ``queue.backend``) or an
+    existing SQLite file.
 
     Returns the queue (the caller closes it), the config, the SQLite file (None for Redis) and a
     label for messages.
     """
-    if args.redis:
-        config = redis_config(args)
-        label = f"Redis queue {config.queue.redis_name!r}"
-        return RedisStreamsQueue.from_config(config), config, None, label
-    config = config_from_args(args, overrides)
+    config = config_from_args(args, {**overrides, **redis_overrides(args)})
+    if config.queue.backend == "redis":
+        return open_config_queue(config), config, None, f"Redis queue {config.queue.redis_name!r}"
     path = locate_queue(args.target, config)
-    return SqliteQueue(path), config, path, str(path)
+    return open_config_queue(config, path=path), config, path, str(path)

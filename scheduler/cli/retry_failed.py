@@ -7,8 +7,7 @@ import sys
 from contextlib import closing
 from typing import Any
 
-from .enqueue import add_redis_flags
-from .flags import add_config_flag
+from .flags import add_config_flag, add_redis_flags
 from .queue_paths import add_queue_flags, open_queue
 
 __all__ = ["register", "run"]

@@ -10,8 +10,7 @@ from typing import Any
 
 from ..drain._progress import format_seconds
 from ..drain._summary import failure_line
-from .enqueue import add_redis_flags
-from .flags import add_config_flag
+from .flags import add_config_flag, add_redis_flags
 from .queue_paths import add_queue_flags, open_queue
 
 __all__ = ["register", "run"]

@@ -30,13 +30,12 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from .._config import Config, ModelLimitsConfig, load_config
-from .._errors import APIError, ConfigError, FatalError, InputError, RateLimited, RetryableError
+from .._config import Config, load_config
+from .._errors import APIError, FatalError, InputError, RateLimited, RetryableError
 from ..cost._model import CostModel, RequestCost
-from ..cost._profiles import ProfileTable
 from ..images._probe import ImageProber
 from ..limits._base import LimiterStats, RateLimiter
-from ..limits._groups import limiter_from_config
+from ..limits._groups import LimitGroups
 from ..prepare._image import job_token_budget
 from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
 from ..prepare._preparer import ImagePreparer
@@ -95,7 +94,7 @@ class Scheduler:
     (a request's model resolved to its family, see :meth:`limit_group`) gets its own, made on
     first use from ``config.limits`` and its ``[limits.models]`` override: an in-memory
     ``Limiter``, or the shared ``RedisLimiter`` at ``vsched:limiter:<group>`` when
-    ``queue.redis_url`` is set;
+    ``limits.shared`` is true;
     ``preparer`` rewrites local and inline images once per job, before its admission (the
     limiter is charged for the prepared body); ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
@@ -117,10 +116,7 @@ class Scheduler:
         self._transport = transport
         # A user-supplied limiter paces every request; otherwise one limiter per limit group.
         self._user_limiter = limiter
-        self._limiters: dict[str, RateLimiter] = {}
-        self._groups: dict[str, str] = {}
-        self._profiles: ProfileTable | None = None
-        self._overrides: dict[str, ModelLimitsConfig] | None = None
+        self._groups: LimitGroups | None = None
         self._cost_model = cost_model
         self._prober: ImageProber | None = None
         # Image preparation is on by default; images.orient/shrink/token_budget configure it.
@@ -165,39 +161,29 @@ class Scheduler:
         """
         if self._user_limiter is not None:
             return self._user_limiter
-        return self._group_limiter(self.limit_group(self._config.cost.default_model))
+        groups = self._limit_groups()
+        return groups.limiter(groups.group(self._config.cost.default_model))
 
     @property
     def limiters(self) -> dict[str, RateLimiter]:
         """The limiters made so far, by limit group (the given ``limiter`` under ``"*"``)."""
         if self._user_limiter is not None:
             return {"*": self._user_limiter}
-        return dict(self._limiters)
+        return self._limit_groups().limiters
 
     def limiter_stats(self) -> dict[str, LimiterStats]:
         """Each limit group's limiter statistics (``stats()`` has the totals)."""
         return {group: limiter.stats() for group, limiter in self.limiters.items()}
 
     def limit_group(self, model: str) -> str:
-        """The limit group of ``model``: its profile family (so dated snapshots share their
-        family's limit), else the name itself (unknown models; ``cost.fallback_profile`` is not
-        used, so unknown models never share a limit)."""
-        group = self._groups.get(model)
-        if group is None:
-            if self._profiles is None:
-                self._profiles = ProfileTable.from_config(self._config)
-            profile = self._profiles.find(model)
-            group = profile.name if profile is not None else model
-            if len(self._groups) >= 1024:  # model names come from requests: keep it bounded
-                self._groups.clear()
-            self._groups[model] = group
-        return group
+        """The limit group of ``model``: its profile family, else the name itself."""
+        return self._limit_groups().group(model)
 
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("a Scheduler can be entered only once")
-        if self._user_limiter is None and self._overrides is None:
-            self._overrides = self._group_overrides()  # a ConfigError surfaces here, not mid-run
+        if self._user_limiter is None:
+            self._limit_groups()  # a ConfigError surfaces here, not mid-run
         if self._cost_model is None:
             # Probing images (header bytes only) prices them exactly instead of at the maximum.
             self._prober = ImageProber(self._config.images)
@@ -233,8 +219,8 @@ class Scheduler:
                 stream._finish()
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
-                for limiter in list(self._limiters.values()):
-                    await limiter.aclose()
+                if self._groups is not None:
+                    await self._groups.aclose()
                 if self._prober is not None:
                     self._prober.close()
         if exc_type is None and self._fatal is not None and not self._fatal_reported:
@@ -342,31 +328,10 @@ class Scheduler:
             await self._drained.wait()
         self._cancel_everything()
 
-    def _group_limiter(self, group: str) -> RateLimiter:
-        limiter = self._limiters.get(group)
-        if limiter is None:
-            if self._overrides is None:
-                self._overrides = self._group_overrides()
-            limits = dataclasses.replace(self._config.limits, models=self._overrides)
-            config = dataclasses.replace(self._config, limits=limits.for_model(group))
-            limiter = limiter_from_config(config, key=f"vsched:limiter:{group}")
-            self._limiters[group] = limiter
-        return limiter
-
-    def _group_overrides(self) -> dict[str, ModelLimitsConfig]:
-        """``[limits.models]`` keyed by limit group (a snapshot's key applies to its family)."""
-        overrides: dict[str, ModelLimitsConfig] = {}
-        keys: dict[str, str] = {}
-        for model, override in self._config.limits.models.items():
-            group = self.limit_group(model)
-            if group in keys:
-                raise ConfigError(
-                    f"limits.models.{model}: same limit group ({group}) as "
-                    f"limits.models.{keys[group]}; keep one"
-                )
-            keys[group] = model
-            overrides[group] = override
-        return overrides
+    def _limit_groups(self) -> LimitGroups:
+        if self._groups is None:
+            self._groups = LimitGroups(self._config)
+        return self._groups
 
     def _limiter_for(self, request: Request) -> RateLimiter:
         if self._user_limiter is not None:
@@ -374,7 +339,8 @@ class Scheduler:
         model = request.body.get("model") or self._config.cost.default_model
         if not isinstance(model, str):
             model = self._config.cost.default_model
-        return self._group_limiter(self.limit_group(model))
+        groups = self._limit_groups()
+        return groups.limiter(groups.group(model))
 
     async def _estimate(self, body: Mapping[str, Any], endpoint: str) -> RequestCost:
         assert self._cost_model is not None

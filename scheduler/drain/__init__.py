@@ -2,7 +2,7 @@
 
 from ._engine import DrainReport, DrainSettings, StopControl, drain_queue, outcome_of
 from ._progress import DrainProgress, ProgressRenderer, format_seconds, make_renderer
-from ._run import load_source, price_of, run_drain, run_redis_drain, scheduler_mapper
+from ._run import load_source, price_of, run_drain, scheduler_mapper
 from ._summary import DrainSummary, Failure, failure_line
 
 __all__ = [
@@ -21,6 +21,5 @@ __all__ = [
     "outcome_of",
     "price_of",
     "run_drain",
-    "run_redis_drain",
     "scheduler_mapper",
 ]

@@ -21,12 +21,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
 
 from .._errors import FatalError
+from ..dispatch._results import Result
 from ..queues._base import ClaimedJob, JobQueue, Outcome
 from ..queues._jsonl import write_results
 from ._progress import DrainProgress, ProgressRenderer, QuietRenderer
@@ -35,49 +36,15 @@ from ._summary import DrainSummary, Failure
 __all__ = [
     "DrainReport",
     "DrainSettings",
-    "ErrorLike",
     "Mapper",
-    "ResultLike",
     "StopControl",
     "drain_queue",
     "outcome_of",
 ]
 
 
-class ErrorLike(Protocol):
-    """Why a request failed (the scheduler's ``ErrorInfo``)."""
-
-    @property
-    def type(self) -> str: ...
-    @property
-    def message(self) -> str: ...
-    @property
-    def code(self) -> str | None: ...
-
-
-class ResultLike(Protocol):
-    """What the scheduler yields per request (its ``Result``); ``metadata`` is the ClaimedJob."""
-
-    @property
-    def status(self) -> str: ...
-    @property
-    def status_code(self) -> int | None: ...
-    @property
-    def body(self) -> Mapping[str, Any] | None: ...
-    @property
-    def usage(self) -> Mapping[str, Any] | None: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def error(self) -> ErrorLike | None: ...
-    @property
-    def request_id(self) -> str | None: ...
-    @property
-    def metadata(self) -> Any: ...
-
-
 # Sends claimed jobs and yields one result per job, in completion order (Scheduler.map).
-Mapper = Callable[[AsyncIterator[ClaimedJob]], AsyncIterator[ResultLike]]
+Mapper = Callable[[AsyncIterator[ClaimedJob]], AsyncIterator[Result]]
 # Prices tokens per model ({model: (prompt, completion)}) in dollars; None when unknown.
 Pricer = Callable[[Mapping[str, Sequence[int]]], float | None]
 # The scheduler's running totals of 429 answers and retries.
@@ -161,7 +128,7 @@ def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
     return int(prompt or 0), int(completion or 0)
 
 
-def outcome_of(result: ResultLike, job: ClaimedJob) -> Outcome:
+def outcome_of(result: Result, job: ClaimedJob) -> Outcome:
     """The queue's record of one scheduler result; a failure names the job's line."""
     prompt, completion = _tokens(result.usage)
     error = None
@@ -290,7 +257,7 @@ async def drain_queue(
     return DrainReport(summary=summary, fatal=fatal)
 
 
-def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> None:
+def _record(queue: JobQueue, progress: DrainProgress, result: Result) -> None:
     job = result.metadata
     if not isinstance(job, ClaimedJob):
         raise TypeError("the mapper must keep the ClaimedJob as the result's metadata")
@@ -307,16 +274,15 @@ def _record(queue: JobQueue, progress: DrainProgress, result: ResultLike) -> Non
     )
 
 
-def _charged(result: ResultLike) -> int:
+def _charged(result: Result) -> int:
     """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown.
 
     A job that was never sent (bad input, a request over the limit) charged nothing, even though
     its estimate is known.
     """
-    if result.attempts < 1:
+    if result.attempts < 1 or result.cost is None:
         return 0
-    total = getattr(getattr(result, "cost", None), "total", 0)
-    return total if isinstance(total, int) else 0
+    return result.cost.total
 
 
 def _summarise(

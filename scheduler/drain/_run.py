@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 
 from .._config import Config
 from ..cost._prices import PriceTable
-from ..dispatch._results import Request
+from ..dispatch._results import Request, Result
 from ..dispatch._scheduler import Scheduler
 from ..queues._base import ClaimedJob, JobQueue, LoadReport
-from ..queues._sqlite import SqliteQueue
+from ..queues._open import open_queue
 from ..sources._jobs import FolderPrompt, iter_jobs
 from ._engine import (
     DrainReport,
     DrainSettings,
     Mapper,
     Pricer,
-    ResultLike,
     StopControl,
     drain_queue,
 )
 from ._progress import ProgressRenderer
 
-__all__ = ["load_source", "price_of", "run_drain", "run_redis_drain", "scheduler_mapper"]
+__all__ = ["load_source", "price_of", "run_drain", "scheduler_mapper"]
 
 
 def scheduler_mapper(scheduler: Scheduler) -> Mapper:
     """Send claimed jobs through ``scheduler.map``; each Request carries its ClaimedJob back."""
 
-    def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[ResultLike]:
+    def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[Result]:
         requests = (Request(body=j.body, endpoint=j.endpoint, metadata=j) async for j in jobs)
         return scheduler.map(requests)
 
@@ -77,38 +77,10 @@ def load_source(
 
 async def run_drain(
     config: Config,
-    source: Path,
-    *,
-    output: Path,
-    queue_path: Path,
-    folder: FolderPrompt | None = None,
-    renderer: ProgressRenderer | None = None,
-    control: StopControl | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    handle_signals: bool = False,
-    on_load: Callable[[LoadReport | None], None] | None = None,
-) -> DrainReport:
-    """Load ``source`` into the queue at ``queue_path``, drain it through a Scheduler, export."""
-    with SqliteQueue(queue_path, exclusive=True) as queue:
-        report = load_source(queue, source, folder=folder)
-        if on_load is not None:
-            on_load(report)
-        return await _drain_with_scheduler(
-            queue,
-            config,
-            output=output,
-            renderer=renderer,
-            control=control,
-            transport=transport,
-            handle_signals=handle_signals,
-        )
-
-
-async def run_redis_drain(
-    config: Config,
     source: Path | None = None,
     *,
     output: Path | None = None,
+    queue_path: Path | None = None,
     folder: FolderPrompt | None = None,
     renderer: ProgressRenderer | None = None,
     control: StopControl | None = None,
@@ -116,13 +88,13 @@ async def run_redis_drain(
     handle_signals: bool = False,
     on_load: Callable[[LoadReport | None], None] | None = None,
 ) -> DrainReport:
-    """Drain the shared Redis queue with the shared limit, as one of any number of workers.
+    """Load ``source`` into the queue the config names, drain it through a Scheduler, export.
 
-    ``source``, if given, is added first (idempotently, so every worker may pass it).
+    The queue is ``open_queue(config, path=queue_path)``: an SQLite file (which needs a
+    ``source`` the first time), or the Redis queue shared with any number of workers, where
+    ``source`` is optional and loaded idempotently (every worker may pass it).
     """
-    from ..queues._redis_streams import RedisStreamsQueue
-
-    with RedisStreamsQueue.from_config(config) as queue:
+    with closing(open_queue(config, path=queue_path, exclusive=True)) as queue:
         if source is not None:
             report = load_source(queue, source, folder=folder)
             if on_load is not None:
@@ -154,7 +126,6 @@ async def _drain_with_scheduler(
         grace=config.drain.grace,
         handle_signals=handle_signals,
     )
-    # The Scheduler shares the limit through Redis when queue.redis_url is set.
     async with Scheduler(config, transport=transport) as scheduler:
 
         def counters() -> tuple[int, int]:

@@ -3,7 +3,7 @@ headers and 429s. The pure core takes the time as an argument; only the async ed
 
 from ._base import DEFAULT_MARGIN_SECONDS, LimiterStats, RateLimiter, Reservation
 from ._bucket import BucketPair, TokenBucket
-from ._groups import limiter_from_config
+from ._groups import LimitGroups, limiter_from_config
 from ._headers import RateLimitHeaders, format_duration, parse_duration
 from ._memory import Limiter, LimiterReservation
 from ._redis import RedisLimiter, RedisReservation
@@ -11,6 +11,7 @@ from ._redis import RedisLimiter, RedisReservation
 __all__ = [
     "DEFAULT_MARGIN_SECONDS",
     "BucketPair",
+    "LimitGroups",
     "Limiter",
     "LimiterReservation",
     "LimiterStats",

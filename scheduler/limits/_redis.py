@@ -186,12 +186,12 @@ class RedisLimiter:
 
     @classmethod
     def from_config(cls, config: Config, *, key: str = "vsched:limiter") -> RedisLimiter:
-        """The shared limiter at ``queue.redis_url`` for the ``[limits]`` section."""
+        """The shared limiter on the ``[redis] url`` server for the ``[limits]`` section."""
         limits = config.limits
-        if not config.queue.redis_url:
-            raise ConfigError("queue.redis_url: set it to share the limit through Redis")
+        if not config.redis.url:
+            raise ConfigError("redis.url: set it to share the limit through Redis")
         return cls(
-            config.queue.redis_url,
+            config.redis.url,
             tpm=limits.tpm,
             rpm=limits.rpm,
             burst_seconds=limits.burst_seconds,

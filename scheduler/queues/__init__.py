@@ -3,6 +3,7 @@ results JSONL they export. One ``JobQueue`` protocol, two backends."""
 
 from ._base import STATES, ClaimedJob, JobQueue, JobRecord, LoadReport, Outcome, State
 from ._jsonl import ExportReport, result_line, write_results
+from ._open import open_queue
 from ._redis_streams import RedisStreamsQueue
 from ._sqlite import QueueBusy, SqliteQueue
 
@@ -18,6 +19,7 @@ __all__ = [
     "RedisStreamsQueue",
     "SqliteQueue",
     "State",
+    "open_queue",
     "result_line",
     "write_results",
 ]

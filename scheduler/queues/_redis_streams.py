@@ -178,11 +178,11 @@ class RedisStreamsQueue:
 
     @classmethod
     def from_config(cls, config: Config) -> RedisStreamsQueue:
-        """The queue ``queue.redis_url`` and ``queue.redis_name`` name."""
+        """The queue named ``queue.redis_name`` on the ``[redis] url`` server."""
         queue = config.queue
-        if not queue.redis_url:
-            raise ConfigError("queue.redis_url: set it to share the queue through Redis")
-        return cls(queue.redis_url, name=queue.redis_name, reclaim_after=queue.reclaim_after)
+        if not config.redis.url:
+            raise ConfigError("redis.url: set it to share the queue through Redis")
+        return cls(config.redis.url, name=queue.redis_name, reclaim_after=queue.reclaim_after)
 
     def close(self) -> None:
         """Stop the heartbeat and close the connection (jobs still held are reclaimed later)."""
