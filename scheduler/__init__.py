@@ -1,6 +1,8 @@
 """vsched: schedule OpenAI-style vision requests under TPM and RPM limits.
 
-The flow is one way: source -> cost -> limiter -> dispatch -> sink.
+The flow is one way, and so are the folders: sources -> images -> cost -> prepare -> limits ->
+dispatch -> queues -> drain (and the ``vsched`` command in cli, the simulator in sim). These
+names are the public face; everything else lives in private modules.
 """
 
 from ._config import Config, Secret, load_config
@@ -17,6 +19,8 @@ from ._errors import (
     InputError,
     JobFailed,
     MalformedResponse,
+    QueueBusy,
+    QueueError,
     QuotaExceeded,
     RateLimited,
     RequestTooLarge,
@@ -26,38 +30,36 @@ from ._errors import (
     UnknownModel,
     UnsupportedContent,
     UnsupportedImage,
+    UsageError,
     VschedError,
 )
-from .cost._model import CostModel, ImageCost, RequestCost, estimate_cost
-from .cost._profiles import ModelProfile, ProfileTable
-from .cost._tokens import image_tokens, working_size
-from .dispatch._batch import run_batch
-from .dispatch._results import ErrorInfo, Request, Result, SchedulerStats
-from .dispatch._scheduler import Scheduler
-from .dispatch._stream import ResultStream
-from .drain._run import run_drain
-from .images._probe import ImageInfo, ImageProber, probe_image, read_image_bytes
-from .limits._base import LimiterStats, RateLimiter, Reservation
-from .limits._bucket import BucketPair, TokenBucket
-from .limits._memory import Limiter, LimiterReservation
-from .limits._redis import RedisLimiter
-from .prepare._image import DetailChoice, PreparedImage, PrepareStats, choose_detail, prepare_image
-from .prepare._inline import PrepareHook
-from .prepare._preparer import ImagePreparer
-from .queues._sqlite import SqliteQueue
-from .sources._jobs import Job, iter_jobs
+from .cost import (
+    CostModel,
+    ImageCost,
+    ModelProfile,
+    ProfileTable,
+    RequestCost,
+    estimate_cost,
+    image_tokens,
+)
+from .dispatch import ErrorInfo, Request, Result, ResultStream, Scheduler, SchedulerStats, run_batch
+from .drain import DrainReport, run_drain
+from .images import ImageInfo, probe_image
+from .limits import Limiter, LimiterStats, RateLimiter, RedisLimiter, Reservation
+from .prepare import ImagePreparer, PrepareHook, PrepareStats
+from .queues import JobQueue, RedisStreamsQueue, SqliteQueue, open_queue
+from .sources import Job, iter_jobs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
     "AuthenticationFailed",
-    "BucketPair",
     "Config",
     "ConfigError",
     "CorruptImage",
     "CostModel",
-    "DetailChoice",
+    "DrainReport",
     "ErrorInfo",
     "FatalError",
     "ImageCost",
@@ -66,24 +68,25 @@ __all__ = [
     "ImageInfo",
     "ImageNotFound",
     "ImagePreparer",
-    "ImageProber",
     "ImageTooLarge",
     "InputError",
     "Job",
     "JobFailed",
+    "JobQueue",
     "Limiter",
-    "LimiterReservation",
     "LimiterStats",
     "MalformedResponse",
     "ModelProfile",
     "PrepareHook",
     "PrepareStats",
-    "PreparedImage",
     "ProfileTable",
+    "QueueBusy",
+    "QueueError",
     "QuotaExceeded",
     "RateLimited",
     "RateLimiter",
     "RedisLimiter",
+    "RedisStreamsQueue",
     "Request",
     "RequestCost",
     "RequestTooLarge",
@@ -96,21 +99,18 @@ __all__ = [
     "Secret",
     "ServerError",
     "SqliteQueue",
-    "TokenBucket",
     "TransportError",
     "UnknownModel",
     "UnsupportedContent",
     "UnsupportedImage",
+    "UsageError",
     "VschedError",
-    "choose_detail",
     "estimate_cost",
     "image_tokens",
     "iter_jobs",
     "load_config",
-    "prepare_image",
+    "open_queue",
     "probe_image",
-    "read_image_bytes",
     "run_batch",
     "run_drain",
-    "working_size",
 ]

@@ -4,6 +4,9 @@
 
     VschedError
     ├── ConfigError                  bad config file, key, type or value
+    ├── UsageError                   a command or call that cannot work as given (no input...)
+    ├── QueueError                   the job queue cannot be opened or used
+    │   └── QueueBusy                another drain holds this queue
     ├── InputError                   a job that can never be sent as written
     │   ├── ImageError               an image that cannot be read or is not accepted
     │   │   ├── ImageNotFound        missing path or unreachable URL
@@ -43,6 +46,8 @@ __all__ = [
     "InputError",
     "JobFailed",
     "MalformedResponse",
+    "QueueBusy",
+    "QueueError",
     "QuotaExceeded",
     "RateLimited",
     "RequestTooLarge",
@@ -52,6 +57,7 @@ __all__ = [
     "UnknownModel",
     "UnsupportedContent",
     "UnsupportedImage",
+    "UsageError",
     "VschedError",
 ]
 
@@ -62,6 +68,18 @@ class VschedError(Exception):
 
 class ConfigError(VschedError):
     """The configuration is invalid; the message names the key."""
+
+
+class UsageError(VschedError):
+    """A command or call that cannot work as given (a missing input, a wrong combination)."""
+
+
+class QueueError(VschedError):
+    """The job queue cannot be opened or used (not a queue, unreachable, locked)."""
+
+
+class QueueBusy(QueueError):
+    """Another drain holds this queue."""
 
 
 class InputError(VschedError):

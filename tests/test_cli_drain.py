@@ -14,9 +14,17 @@ import pytest
 from PIL import Image
 
 from scheduler import QuotaExceeded, load_config
-from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_USAGE, build_parser, main
+from scheduler.cli import (
+    EXIT_FAILED,
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+    build_parser,
+    main,
+)
 from scheduler.cli.demo import make_images
-from scheduler.cli.drain import EXIT_STOPPED, exit_code, folder_prompt, run_report
+from scheduler.cli.drain import exit_code, folder_prompt, run_report
 from scheduler.drain import DrainReport, DrainSummary
 
 README = Path(__file__).resolve().parent.parent / "README.md"

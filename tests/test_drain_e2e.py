@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK
-from scheduler.cli.drain import EXIT_STOPPED
+from scheduler.cli import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_STOPPED
 from scheduler.queues import SqliteQueue
 from scheduler.sim.server import RunningSim, running
 from scheduler.sim.settings import LatencyModel, SimSettings

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import InputError
-from scheduler.queues import Outcome, QueueBusy, SqliteQueue, write_results
+from scheduler import QueueBusy, QueueError, UsageError
+from scheduler.queues import Outcome, SqliteQueue, write_results
 from scheduler.sources import Job
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -94,15 +94,15 @@ def test_queue_is_bound_to_one_source(queue: SqliteQueue) -> None:
     """Loading a different input into a queue is refused with a message naming both."""
     queue.bind_source("/data/a.jsonl")
     queue.bind_source("/data/a.jsonl")
-    with pytest.raises(InputError, match=r"a\.jsonl"):
+    with pytest.raises(UsageError, match=r"a\.jsonl"):
         queue.bind_source("/data/b.jsonl")
 
 
-def test_not_a_queue_is_an_input_error(tmp_path: Path) -> None:
+def test_not_a_queue_is_a_queue_error(tmp_path: Path) -> None:
     """Opening a file that is not an SQLite database names it."""
     path = tmp_path / "junk.sqlite"
     path.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(InputError, match=r"junk\.sqlite"):
+    with pytest.raises(QueueError, match=r"junk\.sqlite"):
         SqliteQueue(path)
 
 

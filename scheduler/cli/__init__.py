@@ -1,75 +1,18 @@
 """The ``vsched`` command: a thin edge that parses flags and config, then calls the library.
 
 Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and
-sets ``run(args) -> int`` as the handler. Exit codes: 0 all done, 1 some jobs failed,
-2 usage or input error, 3 a fatal stop (quota, auth).
+sets ``run(args) -> int`` as the handler.
 """
 
-from __future__ import annotations
+from ._exit import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_STOPPED, EXIT_USAGE
+from ._main import build_parser, main
 
-import argparse
-import importlib
-import logging
-import sys
-from collections.abc import Sequence
-
-from .._errors import ConfigError, FatalError, VschedError
-
-__all__ = ["EXIT_FAILED", "EXIT_FATAL", "EXIT_OK", "EXIT_USAGE", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_FATAL = 3
-
-# Subcommand modules, in the order `vsched --help` lists them.
-_COMMANDS: tuple[str, ...] = (
-    "demo",
-    "drain",
-    "estimate",
-    "status",
-    "retry_failed",
-    "export",
-    "enqueue",
-    "sim",
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
-        prog="vsched",
-        description="Schedule OpenAI-style vision requests under TPM and RPM limits.",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMANDS:
-        module = importlib.import_module(f"{__name__}.{name}")
-        module.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``vsched`` and return its exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
-    logging.basicConfig(
-        level=levels[min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        code: int = args.run(args)
-    except ConfigError as exc:
-        print(f"vsched: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except FatalError as exc:
-        print(f"vsched: stopped: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    except VschedError as exc:
-        print(f"vsched: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("vsched: interrupted", file=sys.stderr)
-        return 130
-    return code
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_FATAL",
+    "EXIT_OK",
+    "EXIT_STOPPED",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]

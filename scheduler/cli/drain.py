@@ -18,18 +18,17 @@ from typing import Any
 import anyio
 
 from .._config import Config
-from .._errors import InputError
+from .._errors import UsageError
 from ..drain._engine import DrainReport
 from ..drain._progress import make_renderer
 from ..drain._run import run_drain
 from ..queues._base import LoadReport
 from ..sources._jobs import FolderPrompt
-from . import EXIT_FAILED, EXIT_FATAL, EXIT_OK
+from ._exit import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_STOPPED
 from .flags import add_config_flag, add_redis_flags, config_from_args, redis_overrides
 from .queue_paths import default_output, default_queue
 
 __all__ = [
-    "EXIT_STOPPED",
     "add_drain_flags",
     "drain_overrides",
     "exit_code",
@@ -37,8 +36,6 @@ __all__ = [
     "run",
     "run_report",
 ]
-
-EXIT_STOPPED = 130
 
 
 def add_drain_flags(parser: argparse.ArgumentParser) -> None:
@@ -190,9 +187,9 @@ def run(args: argparse.Namespace) -> int:
     shared = config.queue.backend == "redis"
     source = Path(args.source) if args.source is not None else None
     if source is None and not shared:
-        raise InputError("give the INPUT to drain (or --redis URL to work on a shared queue)")
+        raise UsageError("give the INPUT to drain (or --redis URL to work on a shared queue)")
     if source is not None and not source.exists():
-        raise InputError(f"{source}: no such file or folder")
+        raise UsageError(f"{source}: no such file or folder")
     output: Path | None
     if shared:
         output = Path(config.drain.output) if config.drain.output else None

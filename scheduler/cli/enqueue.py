@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._errors import InputError
+from .._errors import UsageError
 from ..queues._redis_streams import RedisStreamsQueue
 from ..sources._jobs import iter_jsonl_jobs
 from .flags import add_config_flag, add_redis_flags, config_from_args, redis_overrides
@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     """Load the file into the queue; jobs already there (same id and line) are not added again."""
     source = Path(args.input)
     if not source.is_file():
-        raise InputError(f"{source}: no such file (enqueue takes a JSONL file)")
+        raise UsageError(f"{source}: no such file (enqueue takes a JSONL file)")
     config = config_from_args(args, redis_overrides(args))
     if config.queue.backend != "redis":
-        raise InputError('name the Redis server: give --redis URL or set queue.backend = "redis"')
+        raise UsageError('name the Redis server: give --redis URL or set queue.backend = "redis"')
     with RedisStreamsQueue.from_config(config) as queue:
         queue.bind_source(str(source.resolve()))
         report = queue.load(iter_jsonl_jobs(source))

@@ -16,7 +16,7 @@ from ..images._probe import ImageProber
 from ..prepare._image import PrepareStats
 from ..prepare._preparer import prepare_bodies
 from ..sources._jobs import iter_jobs
-from . import EXIT_FAILED, EXIT_OK
+from ._exit import EXIT_FAILED, EXIT_OK
 from .flags import add_config_flag, config_from_args
 
 __all__ = ["register", "run"]

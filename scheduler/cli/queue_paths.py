@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._config import Config
-from .._errors import InputError
+from .._errors import UsageError
 from ..queues._base import JobQueue
 from ..queues._open import open_queue as open_config_queue
 from .flags import config_from_args, redis_overrides
@@ -71,9 +71,9 @@ def locate_queue(target: str | None, config: Config) -> Path:
     elif config.queue.path:
         path = Path(config.queue.path)
     else:
-        raise InputError("name the queue: give QUEUE_OR_INPUT or --queue")
+        raise UsageError("name the queue: give QUEUE_OR_INPUT or --queue")
     if not path.is_file():
-        raise InputError(f"queue {path} does not exist (run `vsched drain` first)")
+        raise UsageError(f"queue {path} does not exist (run `vsched drain` first)")
     return path
 
 

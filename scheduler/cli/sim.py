@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._config import Config
 from .._errors import ConfigError
-from . import EXIT_OK
+from ._exit import EXIT_OK
 from .flags import add_config_flag, config_from_args
 
 if TYPE_CHECKING:  # the simulator needs the sim extra; import it only when the command runs

@@ -5,7 +5,7 @@ from ._base import STATES, ClaimedJob, JobQueue, JobRecord, LoadReport, Outcome,
 from ._jsonl import ExportReport, result_line, write_results
 from ._open import open_queue
 from ._redis_streams import RedisStreamsQueue
-from ._sqlite import QueueBusy, SqliteQueue
+from ._sqlite import SqliteQueue
 
 __all__ = [
     "STATES",
@@ -15,7 +15,6 @@ __all__ = [
     "JobRecord",
     "LoadReport",
     "Outcome",
-    "QueueBusy",
     "RedisStreamsQueue",
     "SqliteQueue",
     "State",

@@ -35,7 +35,8 @@ from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from .._errors import ConfigError, InputError
+from .._config import mask_url
+from .._errors import ConfigError, QueueError
 from ..sources._jobs import Job
 from ._base import STATES, ClaimedJob, JobRecord, LoadReport, Outcome, State
 
@@ -166,7 +167,7 @@ class RedisStreamsQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
         except redis.ConnectionError as exc:
-            raise InputError(f"Redis queue {url}: cannot connect ({exc})") from None
+            raise QueueError(f"Redis queue {mask_url(url)}: cannot connect ({exc})") from None
         self._held: dict[str, str] = {}  # key -> stream entry id handed to this consumer
         self._held_lock = threading.Lock()
         self._next_reclaim = 0.0

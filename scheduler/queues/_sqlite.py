@@ -20,11 +20,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, cast
 
-from .._errors import InputError
+from .._errors import QueueBusy, QueueError, UsageError
 from ..sources._jobs import Job
 from ._base import STATES, ClaimedJob, JobRecord, LoadReport, Outcome, State
 
-__all__ = ["QueueBusy", "SqliteQueue"]
+__all__ = ["SqliteQueue"]
 
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -59,10 +59,6 @@ _LOAD_CHUNK = 500
 _COLUMNS = "key, custom_id, line, state, attempts, metadata, status_code, response, error, tokens"
 
 
-class QueueBusy(InputError):
-    """Another drain holds this queue."""
-
-
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -84,20 +80,20 @@ class SqliteQueue:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         except sqlite3.Error as exc:
             self._drop_lock()
-            raise InputError(f"queue {self.path}: {exc}") from None
+            raise QueueError(f"queue {self.path}: {exc}") from None
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
-                raise InputError(f"queue {self.path}: unknown schema version {version}")
+                raise QueueError(f"queue {self.path}: unknown schema version {version}")
             if version == 0:
                 self._db.executescript(_SCHEMA)
                 self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise InputError(f"queue {self.path}: not a vsched queue ({exc})") from None
-        except InputError:
+            raise QueueError(f"queue {self.path}: not a vsched queue ({exc})") from None
+        except QueueError:
             self.close()
             raise
 
@@ -139,7 +135,7 @@ class SqliteQueue:
         if row is None:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('source', ?)", (source,))
         elif row[0] != source:
-            raise InputError(
+            raise UsageError(
                 f"queue {self.path} holds the jobs of {row[0]}, not {source}: "
                 "give another --queue, or delete the queue to start over"
             )

@@ -1,0 +1,14 @@
+"""The exit codes of ``vsched``, one meaning each."""
+
+__all__ = ["EXIT_FAILED", "EXIT_FATAL", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE"]
+
+#: Every job done.
+EXIT_OK = 0
+#: The run ended, and some jobs failed (listed in the summary and the output).
+EXIT_FAILED = 1
+#: A usage, config or input error: nothing was sent.
+EXIT_USAGE = 2
+#: A fatal stop (quota, authentication): jobs not done are left pending, resumable.
+EXIT_FATAL = 3
+#: Stopped by a signal (Ctrl-C, SIGTERM): jobs not done are left pending, resumable.
+EXIT_STOPPED = 130
