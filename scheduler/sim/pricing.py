@@ -133,7 +133,7 @@ def _shrink(width: int, height: int, budget: int) -> tuple[int, int]:
     """DESIGN.md's patch-budget shrink: ``s``, trimmed so whole patches fit, sides floored."""
     if _patches(width, height) <= budget:
         return width, height
-    scale = math.sqrt(_PATCH * _PATCH * budget / (width * height))
+    scale = min(1.0, math.sqrt(_PATCH * _PATCH * budget / (width * height)))  # never enlarge
     trims = [
         math.floor(side * scale / _PATCH + 1e-9) / (side * scale / _PATCH)
         for side in (width, height)
@@ -143,11 +143,11 @@ def _shrink(width: int, height: int, budget: int) -> tuple[int, int]:
     new_w = max(1, math.floor(width * scale + 1e-6))
     new_h = max(1, math.floor(height * scale + 1e-6))
     while _patches(new_w, new_h) > budget:  # only a side under one patch gets here
-        if new_w >= new_h:
-            new_w -= _PATCH
+        cols, rows = -(-new_w // _PATCH), -(-new_h // _PATCH)
+        if cols >= rows:
+            new_w = max(1, min(new_w - 1, budget // rows * _PATCH))
         else:
-            new_h -= _PATCH
-        new_w, new_h = max(1, new_w), max(1, new_h)
+            new_h = max(1, min(new_h - 1, budget // cols * _PATCH))
     return new_w, new_h
 
 
