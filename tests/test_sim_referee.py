@@ -156,13 +156,17 @@ def test_bad_per_model_image_charge_is_a_config_error() -> None:
         ModelLimits(tpm=1000, rpm=10, image_charge="x-1")
 
 
-async def test_unknown_model_is_404_even_without_images() -> None:
-    """A model the sim's price list does not know is model_not_found, as the service says."""
+async def test_images_on_an_unknown_model_are_404() -> None:
+    """Images sent to a model outside the price list get model_not_found; text is served."""
     async with simulator(SimSettings(latency=NO_LATENCY)) as (_, client):
-        response = await client.post("/chat/completions", json=body(model="my-llm"))
-        snapshot = await client.post("/chat/completions", json=body(model="gpt-4o-2024-08-06"))
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "model_not_found"
+        image = await client.post("/chat/completions", json=body(URL_IMAGE, model="my-llm"))
+        text = await client.post("/chat/completions", json=body(model="my-llm"))
+        snapshot = await client.post(
+            "/chat/completions", json=body(URL_IMAGE, model="gpt-4o-2024-08-06")
+        )
+    assert image.status_code == 404
+    assert image.json()["error"]["code"] == "model_not_found"
+    assert text.status_code == 200
     assert snapshot.status_code == 200
 
 

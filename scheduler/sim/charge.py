@@ -6,9 +6,10 @@ model: a referee that shared the client's arithmetic could not catch it being wr
 * Text: like the service's own admission estimate, by characters: ``ceil(chars / 4)`` of all
   text the body carries (message contents, names, instructions, tool calls and schemas), plus
   ``MESSAGE_OVERHEAD`` per message.
-* Images: by ``scheduler.sim.pricing``. Data URLs are sized from their header with Pillow's lazy
-  ``Image.open``; http(s) URLs (and Responses ``file_id`` images) are taken to be
-  ``SimSettings.url_image_size``; anything else (paths, ``file://``) is a bad request.
+* Images: by ``scheduler.sim.pricing`` (images for a model it does not know are a 404). Data
+  URLs are sized from their header with Pillow's lazy ``Image.open``; http(s) URLs (and
+  Responses ``file_id`` images) are taken to be ``SimSettings.url_image_size``; anything else
+  (paths, ``file://``) is a bad request.
 * Completion reserve: ``max_completion_tokens`` / ``max_tokens`` / ``max_output_tokens`` (else
   the config's ``cost.default_max_tokens``) times ``n``.
 
@@ -119,12 +120,10 @@ class Pricer:
         self._charges: dict[str, ImageCharge] = {}
 
     def charge(self, body: Mapping[str, Any], *, endpoint: str) -> Charge:
-        """Price a body; raises BadRequest (400) or ModelNotFound (404)."""
+        """Price a body; raises BadRequest (400), or ModelNotFound (404) for images on a model
+        the price list does not know."""
         settings = self._settings
-        model = body.get("model") or settings.config.cost.default_model
-        rule = find_rule(str(model))
-        if rule is None:
-            raise ModelNotFound(str(model))
+        model = str(body.get("model") or settings.config.cost.default_model)
         walk = _Walk()
         if endpoint.rstrip("/").endswith("/responses"):
             _walk_responses(body, walk)
@@ -136,7 +135,13 @@ class Pricer:
         charge = self._charges.get(model)
         if charge is None:
             charge = self._charges[model] = settings.image_charge_for(model)
-        formula = [self._image_tokens(url, detail, rule) for url, detail in walk.images]
+        formula: list[int] = []
+        if walk.images:
+            # The table prices images; a text-only request to a model outside it is served.
+            rule = find_rule(model)
+            if rule is None:
+                raise ModelNotFound(model)
+            formula = [self._image_tokens(url, detail, rule) for url, detail in walk.images]
         choices = _choices(body)
         return Charge(
             model=model,
