@@ -40,7 +40,7 @@ class _DropConnections:
                 pass
 
 
-def serve(settings: Any, port: int) -> None:
+def serve_logged(settings: Any, port: int) -> None:
     """Serve the simulator, wrapped in an ``AnswerLog``, on 127.0.0.1:``port`` until stopped."""
     import uvicorn
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.role == "serve":
         spec = SCENARIOS[args.scenario].spec("loopback", quick=True)
-        serve(spec.sim_settings(), args.port)
+        serve_logged(spec.sim_settings(), args.port)
         return 0
     logging.getLogger("scheduler").setLevel(logging.ERROR)
     spec = dataclasses.replace(
