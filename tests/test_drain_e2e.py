@@ -172,7 +172,9 @@ def test_sigint_stops_gracefully_and_resume_finishes(tmp_path: Path) -> None:
 def test_quota_stop_exits_3_with_pending_jobs_intact(tmp_path: Path) -> None:
     """insufficient_quota stops the drain with exit 3; unsent jobs stay pending, none lost."""
     source = _batch_file(tmp_path / "jobs.jsonl", 120)
-    with running(SimSettings(tpm=10_000_000, rpm=100_000, latency=FAST, budget=1500)) as sim:
+    # Each job bills about 12 tokens by the sim's own count (5 prompt, 2 to 12 completion):
+    # the budget runs out about halfway.
+    with running(SimSettings(tpm=10_000_000, rpm=100_000, latency=FAST, budget=700)) as sim:
         stopped = _drain(source, sim, "--max-in-flight", "4")
     assert stopped.returncode == EXIT_FATAL, stopped.stderr
     assert "insufficient_quota" in stopped.stdout

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 from trio.testing import MockClock
 
-from scheduler.cost import CostModel
 from scheduler.headers import RateLimitHeaders
 from scheduler.sim import FaultRates, LatencyModel, ModelLimits, SimApp, SimSettings, create_app
 
@@ -97,18 +96,17 @@ def png_data_url(width: int, height: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-async def test_data_url_image_is_sized_by_the_cost_formula() -> None:
-    """A data-URL image bills what the client's cost model says (512x512 high: 255 tokens)."""
+async def test_data_url_image_is_sized_by_the_sims_own_formula() -> None:
+    """A data-URL image is sized from its header and priced by the sim (512x512 high: 255)."""
     image = {"type": "image_url", "image_url": {"url": png_data_url(512, 512), "detail": "high"}}
     body = chat(max_tokens=10)
     body["messages"] = [{"role": "user", "content": [image]}]
     async with simulator(SimSettings(quantum=60, latency=NO_LATENCY)) as (_, client):
         response = await client.post("/chat/completions", json=body)
-    expected = CostModel().estimate(body)
-    assert expected.image_tokens == 255
-    assert response.json()["usage"]["prompt_tokens"] == expected.prompt_tokens
+    prompt = 255 + 4  # the image, and one message's overhead (no text)
+    assert response.json()["usage"]["prompt_tokens"] == prompt
     used = 30_000 - int(response.headers["x-ratelimit-remaining-tokens"])
-    assert used == expected.total
+    assert used == prompt + 10
 
 
 async def test_local_image_paths_are_refused() -> None:

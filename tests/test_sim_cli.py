@@ -16,6 +16,7 @@ from scheduler.cli.sim import settings_from_args
 from scheduler.config import load_config
 from scheduler.errors import ConfigError
 from scheduler.sim import FaultRates, ModelLimits
+from scheduler.sim.pricing import ImageCharge
 
 
 def test_flags_become_settings() -> None:
@@ -41,7 +42,7 @@ def test_flags_become_settings() -> None:
     assert settings.seed == 9
     assert settings.faults == FaultRates(unavailable=0.1, drop=0.05)
     assert settings.limits_for("gpt-4o-mini") == ModelLimits(tpm=2000, rpm=20)
-    assert (settings.image_charge, settings.image_flat_tokens) == ("flat", 300)
+    assert settings.image_charge_for("gpt-4o") == ImageCharge(flat=300)
     assert settings.budget == 5000
     assert settings.correct_to_usage
     assert not settings.count_rejected
@@ -49,13 +50,53 @@ def test_flags_become_settings() -> None:
 
 
 @pytest.mark.parametrize(
-    "flag", ["--fault=nope=0.1", "--fault=drop=x", "--model-limit=m=1", "--image-charge=lots"]
+    "flag",
+    [
+        "--fault=nope=0.1",
+        "--fault=drop=x",
+        "--model-limit=m=1",
+        "--image-charge=lots",
+        "--image-charge=x0",
+        "--image-charge=-5",
+        "--model-limit=m=100:10:xx",
+        "--header-lag=1:x",
+        "--header-lag=2:1",
+        "--bill-factor=0",
+    ],
 )
 def test_bad_flags_are_config_errors(flag: str) -> None:
     """A malformed flag is a ConfigError naming it, not a traceback."""
     args = build_parser().parse_args(["sim", flag])
     with pytest.raises(ConfigError):
         settings_from_args(args, load_config(env={}))
+
+
+def test_referee_flags_become_settings() -> None:
+    """--image-charge xF, --rpm-only, --header-lag S:S2, --bill-factor and a per-model charge."""
+    args = build_parser().parse_args(
+        [
+            "sim",
+            "--image-charge=x0.7",
+            "--rpm-only",
+            "--header-lag=0.5:2",
+            "--bill-factor=1.5",
+            "--model-limit=gpt-4o-mini=2000:20:843",
+        ]
+    )
+    settings = settings_from_args(args, load_config(env={}))
+    assert settings.image_charge_for("gpt-4o") == ImageCharge(factor=0.7)
+    assert settings.image_charge_for("gpt-4o-mini") == ImageCharge(flat=843)
+    assert not settings.count_tokens
+    assert (settings.header_lag, settings.header_lag_max) == (0.5, 2.0)
+    assert settings.bill_factor == 1.5
+
+
+def test_default_flags_keep_the_plain_referee() -> None:
+    """Without the new flags the sim charges by formula, counts tokens, lags nothing."""
+    settings = settings_from_args(build_parser().parse_args(["sim"]), load_config(env={}))
+    assert settings.image_charge_for("gpt-4o") == ImageCharge()
+    assert settings.count_tokens
+    assert (settings.header_lag, settings.header_lag_max, settings.bill_factor) == (0, None, 1)
 
 
 @pytest.mark.e2e

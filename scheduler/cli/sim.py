@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--model-limit",
         action="append",
         default=[],
-        metavar="MODEL=TPM:RPM",
-        help="limits of one model (repeatable)",
+        metavar="MODEL=TPM:RPM[:CHARGE]",
+        help="limits of one model, and optionally its image charge (repeatable)",
     )
     parser.add_argument(
         "--quantum", type=float, default=1.0, help="seconds the per-minute limit is enforced over"
@@ -72,8 +72,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--image-charge",
         default="formula",
-        metavar="formula|TOKENS",
-        help="TPM charge per image: the cost formula, or a flat number of tokens",
+        metavar="formula|N|xF",
+        help="TPM charge per image: the documented formula, N tokens flat, or the formula times F",
+    )
+    parser.add_argument(
+        "--rpm-only",
+        action="store_true",
+        help="enforce only RPM and send no token headers, like a gateway",
+    )
+    parser.add_argument(
+        "--header-lag",
+        default="0",
+        metavar="S[:S2]",
+        help="seconds the remaining/reset headers lag the meters (drawn in S..S2 per answer)",
+    )
+    parser.add_argument(
+        "--bill-factor",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="billed image tokens = formula times F (admission unchanged)",
     )
     parser.add_argument("--api-key", help="the only key accepted (default: any Bearer key)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
@@ -87,11 +105,14 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
     model_limits: dict[str, ModelLimits] = {}
     for item in args.model_limit:
         model, _, limits = item.partition("=")
-        tpm, _, rpm = limits.partition(":")
+        tpm, _, rest = limits.partition(":")
+        rpm, _, charge = rest.partition(":")
         try:
-            model_limits[model] = ModelLimits(tpm=int(tpm), rpm=int(rpm))
+            model_limits[model] = ModelLimits(
+                tpm=int(tpm), rpm=int(rpm), image_charge=charge or None
+            )
         except ValueError:
-            raise ConfigError(f"--model-limit {item!r}: expected MODEL=TPM:RPM") from None
+            raise ConfigError(f"--model-limit {item!r}: expected MODEL=TPM:RPM[:CHARGE]") from None
     rates: dict[str, float] = {}
     for item in args.fault:
         kind, _, rate = item.partition("=")
@@ -99,12 +120,11 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
             rates[kind] = float(rate)
         except ValueError:
             raise ConfigError(f"--fault {item!r}: expected KIND=RATE") from None
-    flat = args.image_charge != "formula"
+    low, _, high = args.header_lag.partition(":")
     try:
-        flat_tokens = int(args.image_charge) if flat else 765
+        lag = (float(low), float(high) if high else None)
     except ValueError:
-        message = f"--image-charge: expected formula or a number, got {args.image_charge!r}"
-        raise ConfigError(message) from None
+        raise ConfigError(f"--header-lag {args.header_lag!r}: expected S or S:S2") from None
     return SimSettings(
         tpm=config.limits.tpm,
         rpm=config.limits.rpm,
@@ -119,8 +139,11 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
         budget=args.budget,
         correct_to_usage=args.correct_to_usage,
         count_rejected=args.count_rejected,
-        image_charge="flat" if flat else "formula",
-        image_flat_tokens=flat_tokens,
+        image_charge=args.image_charge,
+        count_tokens=not args.rpm_only,
+        header_lag=lag[0],
+        header_lag_max=lag[1],
+        bill_factor=args.bill_factor,
         api_key=args.api_key,
         config=config,
     )

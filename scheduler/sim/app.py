@@ -9,7 +9,9 @@ Use it over HTTP (``vsched sim``, see ``scheduler.sim.server``) or in-process::
 Time comes from an injectable clock (``anyio.current_time`` by default, so trio's ``MockClock``
 drives it in virtual time) and latency is ``anyio.sleep``. A request goes: auth (401), body
 (400), budget (429 insufficient_quota), limits (429 rate_limit_exceeded), then either a seeded
-fault or a completion after a seeded latency. Every answer carries ``x-ratelimit-*`` headers.
+fault or a completion after a seeded latency. Every answer carries ``x-ratelimit-*`` headers
+(as of ``SimSettings.header_lag`` seconds earlier; only the request ones when tokens are not
+counted).
 """
 
 from __future__ import annotations
@@ -27,11 +29,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..errors import InputError, UnknownModel
-from ..headers import RateLimitHeaders
 from . import bodies
-from .charge import Charge, Pricer
-from .faults import RequestDraw, request_rng
+from .charge import BadRequest, Charge, ModelNotFound, Pricer
+from .faults import RequestDraw, header_lag, request_rng
 from .limits import ModelMeters, Refusal
 from .settings import SimSettings
 from .stats import SimStats
@@ -105,6 +105,8 @@ class SimApp:
                 rpm=limits.rpm,
                 quantum=self.settings.quantum,
                 count_rejected=self.settings.count_rejected,
+                count_tokens=self.settings.count_tokens,
+                history=self.settings.lag_horizon,
             )
         return meters
 
@@ -116,16 +118,19 @@ class SimApp:
 
     async def _stats(self, request: Request) -> Response:
         now = self._clock()
-        snapshot = self.stats.snapshot()
-        snapshot["models"] = {
-            model: {
-                "tpm": meters.tokens.limit,
-                "rpm": meters.requests.limit,
-                "remaining_tokens": meters.tokens.remaining(now),
-                "remaining_requests": meters.requests.remaining(now),
-            }
-            for model, meters in sorted(self._meters.items())
-        }
+        snapshot = self.stats.snapshot(now)
+        models = snapshot["models"]
+        for model, meters in sorted(self._meters.items()):
+            counts = self.settings.count_tokens
+            models.setdefault(model, self.stats.model(model).snapshot()).update(
+                {
+                    "tpm": meters.tokens.limit if counts else None,
+                    "rpm": meters.requests.limit,
+                    "quantum": meters.tokens.quantum,
+                    "remaining_tokens": meters.tokens.remaining(now) if counts else None,
+                    "remaining_requests": meters.requests.remaining(now),
+                }
+            )
         return JSONResponse(snapshot)
 
     async def _serve(self, request: Request, endpoint: str) -> Response:
@@ -152,19 +157,18 @@ class SimApp:
         model = str(parsed["model"])
         try:
             charge = self._pricer.charge(parsed, endpoint=endpoint)
-        except UnknownModel:
+        except ModelNotFound:
             self.stats.bad_requests += 1
             message = f"The model `{model}` does not exist or you do not have access to it."
             body = bodies.error_body(message, type="invalid_request_error", code="model_not_found")
             return self._answer(404, body, model, number)
-        except InputError as exc:
+        except BadRequest as exc:
             self.stats.bad_requests += 1
             body = bodies.error_body(str(exc), type="invalid_request_error", code="invalid_value")
             return self._answer(400, body, model, number)
 
         if settings.budget is not None and self.stats.usage_tokens >= settings.budget:
-            self.stats.rejected["insufficient_quota"] += 1
-            self.stats.second(self._clock()).rejected += 1
+            self.stats.refuse(model, "insufficient_quota", self._clock())
             return self._answer(429, bodies.quota_error(), model, number)
 
         now = self._clock()
@@ -172,20 +176,14 @@ class SimApp:
         admission = meters.admit(charge.tokens, now)
         if isinstance(admission, Refusal):
             return self._refuse(admission, model, number)
-        self.stats.admitted += 1
-        self.stats.charged_tokens += charge.tokens
-        second = self.stats.second(now)
-        second.admitted += 1
-        second.charged_tokens += charge.tokens
+        self.stats.admit(model, charge.tokens, now)
 
         if draw.fault is not None:
             return await self._fault(draw, charge, endpoint, number)
         return await self._complete(draw, charge, endpoint, number)
 
     def _refuse(self, refusal: Refusal, model: str, number: int) -> Response:
-        now = self._clock()
-        self.stats.rejected[refusal.kind] += 1
-        self.stats.second(now).rejected += 1
+        self.stats.refuse(model, refusal.kind, self._clock())
         body = bodies.refusal_error(refusal, model=model, organization=self.settings.organization)
         retry_after = None if refusal.kind == "too_large" else refusal.retry_after
         return self._answer(429, body, model, number, retry_after=retry_after)
@@ -281,10 +279,10 @@ class SimApp:
     def _decorate(
         self, response: Response, model: str, number: int, *, retry_after: float | None = None
     ) -> Response:
-        headers: RateLimitHeaders = self.meters(model).headers(
-            self._clock(), retry_after=retry_after
-        )
-        response.headers.update(headers.to_headers())
+        settings = self.settings
+        lag = header_lag(settings.seed, number, settings.header_lag, settings.header_lag_max)
+        headers = self.meters(model).headers(self._clock(), lag=lag, retry_after=retry_after)
+        response.headers.update(headers)
         response.headers["x-request-id"] = f"req_sim{number:08d}"
         response.headers["openai-organization"] = self.settings.organization
         return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..headers import format_duration
+from .headers import format_duration
 from .limits import Refusal
 
 __all__ = [

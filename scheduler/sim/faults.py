@@ -1,4 +1,5 @@
-"""Seeded draws for one request: which fault (if any), how many completion tokens, how long.
+"""Seeded draws for one request: which fault (if any), how many completion tokens, how long,
+and how stale its headers are.
 
 Each request gets its own ``random.Random`` seeded from ``(seed, request number)``, so a run is
 reproducible from its seed whatever the interleaving of concurrent requests, and a request's
@@ -12,12 +13,22 @@ import random
 
 from .settings import FaultKind, FaultRates, LatencyModel
 
-__all__ = ["RequestDraw", "request_rng"]
+__all__ = ["RequestDraw", "header_lag", "request_rng"]
 
 
 def request_rng(seed: int, number: int) -> random.Random:
     """The random stream of request ``number`` in a run seeded with ``seed``."""
     return random.Random(f"vsched-sim:{seed}:{number}")
+
+
+def header_lag(seed: int, number: int, low: float, high: float | None) -> float:
+    """Seconds request ``number``'s headers lag: ``low``, or drawn uniformly up to ``high``.
+
+    Its own stream, so a lag range leaves the faults and latencies of a seed unchanged.
+    """
+    if high is None or high <= low:
+        return low
+    return random.Random(f"vsched-sim-lag:{seed}:{number}").uniform(low, high)
 
 
 class RequestDraw:

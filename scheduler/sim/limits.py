@@ -12,14 +12,19 @@ tokens in one second is mostly refused although the minute's total is within the
 larger than the slice is admitted only once the meter is empty (it then drains for
 ``charge / rate`` seconds), so anything up to the per-minute limit can eventually pass; more than
 the per-minute limit is "Request too large".
+
+With ``history`` seconds, a meter remembers its recent levels so that headers can describe it
+as it was a little earlier (``level_at``), like a service whose headers lag its enforcement.
+A gateway that counts only requests has no token meter at all (``count_tokens=False``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from ..headers import RateLimitHeaders
+from .headers import rate_limit_headers, retry_headers
 
 __all__ = ["Admission", "Meter", "ModelMeters", "Refusal"]
 
@@ -29,13 +34,16 @@ _EPSILON = 1e-9
 class Meter:
     """One limit (tokens or requests per minute): the used meter and the quantum slice."""
 
-    __slots__ = ("_at", "_used", "limit", "quantum")
+    __slots__ = ("_at", "_history", "_used", "history", "limit", "quantum")
 
-    def __init__(self, *, limit: int, quantum: float) -> None:
+    def __init__(self, *, limit: int, quantum: float, history: float = 0.0) -> None:
         self.limit = limit
         self.quantum = quantum
+        self.history = history
         self._used = 0.0
         self._at: float | None = None
+        # (time, level just after a change), oldest first; one entry older than the horizon stays.
+        self._history: deque[tuple[float, float]] = deque()
 
     @property
     def rate(self) -> float:
@@ -65,18 +73,38 @@ class Meter:
     def charge(self, amount: float, now: float) -> None:
         """Add ``amount`` to the meter (admission, or a refused request that still counts)."""
         self._used = self.used(now) + amount
+        self._remember(now)
 
     def refund(self, amount: float, now: float) -> None:
         """Take ``amount`` back off the meter (a charge corrected down to real usage)."""
         self._used = max(0.0, self.used(now) - amount)
+        self._remember(now)
 
-    def remaining(self, now: float) -> int:
-        """What the minute has left, as ``x-ratelimit-remaining-*`` reports it."""
-        return max(0, int(self.limit - self.used(now)))
+    def level_at(self, then: float, now: float) -> float:
+        """The meter as it was at ``then`` (<= ``now``), within ``history`` seconds of ``now``."""
+        if then >= now:
+            return self.used(now)
+        for at, level in reversed(self._history):
+            if at <= then:
+                return max(0.0, level - (then - at) * self.rate)
+        return 0.0  # before the first charge (or beyond the history kept)
 
-    def reset(self, now: float) -> float:
-        """Seconds until the meter is empty, as ``x-ratelimit-reset-*`` reports it."""
-        return self.used(now) / self.rate
+    def remaining(self, now: float, *, lag: float = 0.0) -> int:
+        """What the minute has left ``lag`` seconds ago, as ``x-ratelimit-remaining-*`` says."""
+        return max(0, int(self.limit - self.level_at(now - lag, now)))
+
+    def reset(self, now: float, *, lag: float = 0.0) -> float:
+        """Seconds until the meter (as of ``lag`` ago) is empty: ``x-ratelimit-reset-*``."""
+        return self.level_at(now - lag, now) / self.rate
+
+    def _remember(self, now: float) -> None:
+        if self.history <= 0:
+            return
+        history = self._history
+        history.append((now, self._used))
+        horizon = now - self.history
+        while len(history) > 1 and history[1][0] <= horizon:
+            history.popleft()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,14 +126,24 @@ class Admission:
 
 
 class ModelMeters:
-    """The two limits of one model, admitted together."""
+    """The two limits of one model, admitted together (only RPM when tokens are not counted)."""
 
-    __slots__ = ("count_rejected", "requests", "tokens")
+    __slots__ = ("count_rejected", "count_tokens", "requests", "tokens")
 
-    def __init__(self, *, tpm: int, rpm: int, quantum: float, count_rejected: bool = True) -> None:
-        self.tokens = Meter(limit=tpm, quantum=quantum)
-        self.requests = Meter(limit=rpm, quantum=quantum)
+    def __init__(
+        self,
+        *,
+        tpm: int,
+        rpm: int,
+        quantum: float,
+        count_rejected: bool = True,
+        count_tokens: bool = True,
+        history: float = 0.0,
+    ) -> None:
+        self.tokens = Meter(limit=tpm, quantum=quantum, history=history)
+        self.requests = Meter(limit=rpm, quantum=quantum, history=history)
         self.count_rejected = count_rejected
+        self.count_tokens = count_tokens
 
     def admit(self, tokens: int, now: float) -> Admission | Refusal:
         """Charge one request of ``tokens`` if both limits allow it now, else say why not.
@@ -114,6 +152,8 @@ class ModelMeters:
         request still uses one of the minute's requests, as the real service counts it, and
         the hint includes the time that request adds.
         """
+        if not self.count_tokens:
+            tokens = 0
         if tokens > self.tokens.limit:
             self._count_refused(now)
             return Refusal(
@@ -154,17 +194,29 @@ class ModelMeters:
         if actual < charged:
             self.tokens.refund(charged - actual, now)
 
-    def headers(self, now: float, *, retry_after: float | None = None) -> RateLimitHeaders:
-        """The ``x-ratelimit-*`` values at ``now`` (plus ``retry-after`` on a 429)."""
-        return RateLimitHeaders(
-            limit_requests=self.requests.limit,
-            limit_tokens=self.tokens.limit,
-            remaining_requests=self.requests.remaining(now),
-            remaining_tokens=self.tokens.remaining(now),
-            reset_requests=self.requests.reset(now),
-            reset_tokens=self.tokens.reset(now),
-            retry_after=retry_after,
-        )
+    def headers(
+        self, now: float, *, lag: float = 0.0, retry_after: float | None = None
+    ) -> dict[str, str]:
+        """The ``x-ratelimit-*`` lines as of ``lag`` seconds before ``now`` (and ``retry-after``).
+
+        Without token counting only the request headers are sent, as a gateway does.
+        """
+        meters = {"requests": self.requests}
+        if self.count_tokens:
+            meters["tokens"] = self.tokens
+        out: dict[str, str] = {}
+        for unit, meter in meters.items():
+            out.update(
+                rate_limit_headers(
+                    limit=meter.limit,
+                    remaining=meter.remaining(now, lag=lag),
+                    reset=meter.reset(now, lag=lag),
+                    unit=unit,
+                )
+            )
+        if retry_after is not None:
+            out.update(retry_headers(retry_after))
+        return out
 
     def _count_refused(self, now: float) -> None:
         if self.count_rejected:

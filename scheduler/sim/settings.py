@@ -1,5 +1,9 @@
 """What the simulator is told: limits, quantum, seed, latency, faults and the charging policy.
 
+The charging policy is the referee's: how an image is charged against TPM (``image_charge``,
+per model too), whether tokens are counted at all (``count_tokens``), how stale the headers
+are (``header_lag``) and how billing differs from admission (``bill_factor``).
+
 Frozen values, validated once; the CLI and tests build them, the app only reads them.
 """
 
@@ -12,20 +16,27 @@ from typing import Literal
 
 from ..config import Config
 from ..errors import ConfigError
+from .pricing import ImageCharge
 
 __all__ = ["FaultRates", "LatencyModel", "ModelLimits", "SimSettings"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelLimits:
-    """One model's tokens-per-minute and requests-per-minute limits."""
+    """One model's tokens-per-minute and requests-per-minute limits, and its image charge.
+
+    ``image_charge`` (None: the run's ``SimSettings.image_charge``) takes the same specs.
+    """
 
     tpm: int
     rpm: int
+    image_charge: str | None = None
 
     def __post_init__(self) -> None:
         _positive("tpm", self.tpm)
         _positive("rpm", self.rpm)
+        if self.image_charge is not None:
+            _image_charge("model_limits.image_charge", self.image_charge)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,7 +115,8 @@ class SimSettings:
     """Everything the simulator does differently from one run to the next.
 
     Limits are enforced per model over ``quantum`` seconds (see ``scheduler.sim.limits``);
-    ``config`` supplies the cost model's profiles and default completion reserve.
+    ``config`` supplies the default model and completion reserve (never the client's prices:
+    the simulator prices with ``scheduler.sim.pricing``).
     """
 
     tpm: int = 30_000
@@ -122,9 +134,18 @@ class SimSettings:
     correct_to_usage: bool = False
     # Refused (429) requests still count against the requests-per-minute limit.
     count_rejected: bool = True
-    # How an image is charged against TPM: by the cost formula, or a flat figure per image.
-    image_charge: Literal["formula", "flat"] = "formula"
+    # How an image is charged against TPM: "formula", "843" (flat tokens per image) or "x0.7"
+    # (the formula times 0.7, rounded up); "flat" (older spelling) means image_flat_tokens.
+    image_charge: str = "formula"
     image_flat_tokens: int = 765
+    # False: a gateway that enforces only RPM and sends no token headers.
+    count_tokens: bool = True
+    # Seconds the x-ratelimit-remaining/reset headers lag the meters; with header_lag_max each
+    # answer's lag is drawn (seeded per request) uniformly in [header_lag, header_lag_max].
+    header_lag: float = 0.0
+    header_lag_max: float | None = None
+    # Billed input = text + ceil(image formula tokens * bill_factor); admission is unaffected.
+    bill_factor: float = 1.0
     # http(s) images are never fetched: they are priced as an image of this size.
     url_image_size: tuple[int, int] = (1024, 1024)
     # Completion tokens drawn uniformly in this fraction of the request's max tokens.
@@ -144,10 +165,18 @@ class SimSettings:
             raise ConfigError(f"hang: expected >= 0, got {self.hang!r}")
         if self.budget is not None and self.budget < 0:
             raise ConfigError(f"budget: expected >= 0, got {self.budget!r}")
-        if self.image_charge not in ("formula", "flat"):
-            raise ConfigError(f"image_charge: expected formula or flat, got {self.image_charge!r}")
         if self.image_flat_tokens < 0:
             raise ConfigError(f"image_flat_tokens: expected >= 0, got {self.image_flat_tokens!r}")
+        if self.image_charge != "flat":
+            _image_charge("image_charge", self.image_charge)
+        if not 0 <= self.header_lag <= 60:
+            raise ConfigError(f"header_lag: expected 0 to 60 seconds, got {self.header_lag!r}")
+        if self.header_lag_max is not None and not self.header_lag <= self.header_lag_max <= 60:
+            raise ConfigError(
+                f"header_lag_max: expected header_lag to 60 seconds, got {self.header_lag_max!r}"
+            )
+        if not self.bill_factor > 0:
+            raise ConfigError(f"bill_factor: expected a positive number, got {self.bill_factor!r}")
         if min(self.url_image_size) <= 0:
             raise ConfigError(f"url_image_size: expected positive, got {self.url_image_size!r}")
         low, high = self.completion_ratio
@@ -156,9 +185,35 @@ class SimSettings:
                 f"completion_ratio: expected 0 <= low <= high <= 1, got {self.completion_ratio!r}"
             )
 
+    @classmethod
+    def from_config(cls, config: Config) -> SimSettings:
+        """Default settings with the config's ``limits.tpm``/``rpm``, model and reserve."""
+        return cls(tpm=config.limits.tpm, rpm=config.limits.rpm, config=config)
+
     def limits_for(self, model: str) -> ModelLimits:
         """The limits of one model: its own entry, else the default ``tpm`` and ``rpm``."""
         return self.model_limits.get(model) or ModelLimits(tpm=self.tpm, rpm=self.rpm)
+
+    def image_charge_for(self, model: str) -> ImageCharge:
+        """How ``model``'s images are charged: its own override, else the run's spec."""
+        own = self.model_limits.get(model)
+        if own is not None and own.image_charge is not None:
+            return ImageCharge.parse(own.image_charge)
+        if self.image_charge == "flat":
+            return ImageCharge(flat=self.image_flat_tokens)
+        return ImageCharge.parse(self.image_charge)
+
+    @property
+    def lag_horizon(self) -> float:
+        """The most any answer's headers lag: how much meter history to keep."""
+        return max(self.header_lag, self.header_lag_max or 0.0)
+
+
+def _image_charge(key: str, spec: str) -> None:
+    try:
+        ImageCharge.parse(spec, key=key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive(key: str, value: float) -> None:
