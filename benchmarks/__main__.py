@@ -1,7 +1,9 @@
 """``python -m benchmarks``: every scenario, every contender, both clocks; a table, JSON and a plot.
 
-``--quick`` (under two minutes) runs every scenario in virtual time with fewer requests and only
-the steady and overhead scenarios over loopback HTTP.
+``--quick`` runs every scenario in virtual time with fewer requests and only the steady and
+overhead scenarios over loopback HTTP. Results go to a fresh ``benchmarks/out/<UTC time>/``
+(ignored by git) unless ``--update-results`` writes the committed ``benchmarks/results/``, or
+``--out`` names a folder. The Markdown table is printed to stdout either way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from .harness import RunRecord, run_loopback, run_virtual_time
 from .report import markdown_table, plot, write_json
 from .scenarios import SCENARIOS, Mode
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"  # the committed figures (--update-results)
+SCRATCH = HERE / "out"  # one fresh folder per run otherwise
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,7 +42,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--contender", action="append", help="repeatable; default all")
     parser.add_argument("--requests", type=int, help="override the number of requests")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="where results go (default benchmarks/out/<UTC>/)")
+    where.add_argument(
+        "--update-results", action="store_true", help="write the committed benchmarks/results/"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return parser.parse_args(argv)
 
@@ -58,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The benchmarks the parsed command line selects."""
+    out = _out_folder(args)
     names = args.scenario or list(SCENARIOS)
     clocks: list[Mode] = ["virtual", "loopback"] if args.clock == "both" else [args.clock]
     records: list[RunRecord] = []
@@ -82,13 +91,11 @@ def _run(args: argparse.Namespace) -> int:
                 else:
                     record = run_loopback(spec, contender)
                 records.append(record)
-                print(
-                    f"{clock:8} {name:13} {contender:20} {time.monotonic() - began:6.1f} s wall",
-                    file=sys.stderr,
-                )
+                took = "n/a" if record.skipped else f"{time.monotonic() - began:6.1f} s wall"
+                print(f"{clock:8} {name:26} {contender:20} {took}", file=sys.stderr)
     table = markdown_table(records)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -97,16 +104,31 @@ def _run(args: argparse.Namespace) -> int:
         "load_after": os.getloadavg(),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    (args.out / "results.md").write_text(table + "\n", encoding="utf-8")
-    write_json(records, args.out / "results.json", meta=meta)
+    (out / "results.md").write_text(table + "\n", encoding="utf-8")
+    write_json(records, out / "results.json", meta=meta)
     if not args.no_plot:
         limited = [r for r in records if SCENARIOS[r.scenario].limited]
-        if plot(limited, args.out / "tokens_per_second.png"):
-            print(f"plot: {args.out / 'tokens_per_second.png'}", file=sys.stderr)
+        if plot(limited, out / "tokens_per_second.png"):
+            print(f"plot: {out / 'tokens_per_second.png'}", file=sys.stderr)
         else:
-            print("plot skipped: install the bench extra (matplotlib)", file=sys.stderr)
-    print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
+            print("plot skipped: nothing to plot, or no matplotlib (bench extra)", file=sys.stderr)
+    print(f"wrote {out}/results.json and results.md", file=sys.stderr)
     return 0
+
+
+def _out_folder(args: argparse.Namespace) -> Path:
+    """Where this run's files go: ``--out``, the committed results, or a fresh scratch folder."""
+    if args.out is not None:
+        return Path(args.out)
+    if args.update_results:
+        return RESULTS
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = SCRATCH / stamp
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = SCRATCH / f"{stamp}-{suffix}"
+    return folder
 
 
 if __name__ == "__main__":

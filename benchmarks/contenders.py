@@ -13,10 +13,15 @@
   weights, several rates per bucket and an async blocking acquire), configured by a user who
   knows the server enforces per second: sliding-window logs of ``Rate(tpm / 60, SECOND)`` and
   ``Rate(tpm, MINUTE)`` weighted by tokens, and the same pair for requests.
+- ``cookbook``: a re-implementation of the behaviour of openai-cookbook's
+  ``examples/api_request_parallel_processor.py``, the script most teams start from (see
+  :func:`run_cookbook`). It cannot send images (its token count encodes every message value as a
+  string), so it runs on text-only scenarios and is "n/a" elsewhere.
 
 Fairness: every contender gets the same bodies, the same limits (as told to the client), the same
 in-flight cap (64, vsched's default) and the same retry budget (6 attempts, vsched's default:
-the SDK gets ``max_retries=5``). The weighted peers are charged vsched's own admission estimate
+the SDK gets ``max_retries=5``; the cookbook script ``max_attempts=6``, and no in-flight cap,
+as it has none). The weighted peers are charged vsched's own admission estimate
 (``CostModel.estimate(body).total``: text + image tiles + completion reserve), computed inside
 their run so its CPU counts for them as it does for vsched.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +40,7 @@ from typing import Any, Literal
 import anyio
 import httpx
 
-__all__ = ["CONTENDERS", "JobOutcome", "Target", "run_contender"]
+__all__ = ["CONTENDERS", "TEXT_ONLY", "JobOutcome", "Target", "run_contender"]
 
 MAX_IN_FLIGHT = 64
 MAX_ATTEMPTS = 6
@@ -190,6 +196,10 @@ def _sdk_client(target: Target) -> Any:
 Gate = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class GateRefused(Exception):
+    """A peer limiter says a request can never pass (larger than its bucket): the job fails."""
+
+
 async def _run_sdk(
     bodies: Sequence[dict[str, Any]], target: Target, gate: Gate | None
 ) -> list[JobOutcome]:
@@ -204,7 +214,11 @@ async def _run_sdk(
         async with semaphore:
             start = _now()
             if gate is not None:
-                await gate(body)
+                try:
+                    await gate(body)
+                except GateRefused:
+                    outcomes.append(JobOutcome(ok=False, latency=_now() - start))
+                    return
             try:
                 await client.chat.completions.create(**body)
             except openai.APIError:
@@ -268,7 +282,7 @@ async def run_sdk_pyrate(bodies: Sequence[dict[str, Any]], target: Target) -> li
 
     async def gate(body: dict[str, Any]) -> None:
         if not await tokens.try_acquire_async("tokens", weight=estimate(body)):
-            raise RuntimeError("pyrate-limiter can never admit this request")
+            raise GateRefused("pyrate-limiter can never admit this request")
         await requests.try_acquire_async("requests")
 
     try:
@@ -276,6 +290,156 @@ async def run_sdk_pyrate(bodies: Sequence[dict[str, Any]], target: Target) -> li
     finally:
         for limiter in (tokens, requests):
             limiter.close()
+
+
+# --- the openai-cookbook parallel processor ----------------------------------------------------
+
+COOKBOOK_PAUSE_AFTER_429 = 15.0  # seconds_to_pause_after_rate_limit_error
+COOKBOOK_TICK = 0.001  # seconds_to_sleep_each_loop
+
+
+def cookbook_tokens(body: dict[str, Any]) -> int:
+    """The script's ``num_tokens_consumed_from_request`` for chat, with characters / 4 for
+    tiktoken: 4 per message, each value's tokens (-1 for a name), 2 for the reply's priming,
+    plus ``max_tokens`` (default 15) times ``n``. A non-string value (an image content list)
+    raises ``TypeError``, as ``encoding.encode`` does in the script."""
+    tokens = 0
+    for message in body["messages"]:
+        tokens += 4
+        for key, value in message.items():
+            if not isinstance(value, str):
+                raise TypeError(f"expected string or buffer, got {type(value).__name__}")
+            tokens += -(-len(value) // 4)
+            if key == "name":
+                tokens -= 1
+    tokens += 2
+    return tokens + int(body.get("max_tokens", 15)) * int(body.get("n", 1))
+
+
+@dataclass(slots=True, kw_only=True)
+class _CookbookRequest:
+    """One job in the script's ``APIRequest``: its body, charge and attempts left."""
+
+    body: dict[str, Any]
+    tokens: int
+    attempts_left: int
+    started: float
+
+
+async def run_cookbook(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
+    """The cookbook script's main loop, faithfully, but without burning a CPU in virtual time.
+
+    What it does (all of it on purpose): both capacities start at a full minute of the limits
+    it is told and refill continuously up to one minute; one loop takes the next request (retries
+    first), sends it as an unbounded task once both capacities cover it, and sleeps 1 ms; any
+    429 makes the loop sleep until 15 s after that 429, for every job (requests already sent
+    carry on); a failed request (any error body or exception) is put back on the retry queue at
+    once, and fails after ``MAX_ATTEMPTS`` sends; headers are never read. The one liberty: the
+    script's pause test matches its own idea of a rate-limit error, here it is any 429 answer.
+
+    The 1 ms poll is kept as a grid of ticks, but the ticks on which nothing can change are
+    skipped: the loop sleeps until the tick at which the head's capacity will have refilled, or
+    the first tick after a request finishes, whichever is first. The same ticks do the same
+    work as in the script, and a virtual-time run costs CPU per request, not per millisecond.
+    """
+    transport = None if target.app is None else httpx.ASGITransport(app=target.app)
+    client = httpx.AsyncClient(
+        transport=transport,
+        base_url=target.base_url,
+        headers={"Authorization": f"Bearer {_API_KEY}"},
+        timeout=target.timeout,
+    )
+    max_tokens, max_requests = float(target.tpm), float(target.rpm)
+    token_capacity, request_capacity = max_tokens, max_requests
+    retries: list[_CookbookRequest] = []  # the script's asyncio.Queue, FIFO
+    pending = iter(bodies)
+    file_finished = False
+    head: _CookbookRequest | None = None
+    in_progress = 0
+    last_rate_limit_error = -math.inf
+    outcomes: list[JobOutcome] = []
+    changed = anyio.Event()
+
+    async def call_api(request: _CookbookRequest) -> None:
+        nonlocal in_progress, last_rate_limit_error
+        failed = False
+        try:
+            reply = await client.post("/chat/completions", json=request.body)
+            data = reply.json()
+            if "error" in data:
+                failed = True
+                if reply.status_code == 429:
+                    last_rate_limit_error = _now()
+        except Exception:  # the script catches everything, logs it and retries
+            failed = True
+        if failed and request.attempts_left:
+            retries.append(request)
+        else:
+            in_progress -= 1
+            outcomes.append(
+                JobOutcome(
+                    ok=not failed,
+                    latency=_now() - request.started,
+                    attempts=MAX_ATTEMPTS - request.attempts_left,
+                )
+            )
+        changed.set()
+
+    last_update = _now()
+    async with client, anyio.create_task_group() as tg:
+        while True:
+            if head is None:
+                if retries:
+                    head = retries.pop(0)
+                elif not file_finished:
+                    body = next(pending, None)
+                    if body is None:
+                        file_finished = True
+                    else:
+                        head = _CookbookRequest(
+                            body=body,
+                            tokens=cookbook_tokens(body),
+                            attempts_left=MAX_ATTEMPTS,
+                            started=_now(),
+                        )
+                        in_progress += 1
+            now = _now()
+            elapsed = now - last_update
+            request_capacity = min(request_capacity + max_requests * elapsed / 60, max_requests)
+            token_capacity = min(token_capacity + max_tokens * elapsed / 60, max_tokens)
+            last_update = now
+            if head is not None and request_capacity >= 1 and token_capacity >= head.tokens:
+                request_capacity -= 1
+                token_capacity -= head.tokens
+                head.attempts_left -= 1
+                tg.start_soon(call_api, head)
+                head = None
+            if in_progress == 0:
+                break
+            # The ticks until this loop could act without a request finishing first.
+            if head is None and (retries or not file_finished):
+                ticks = 1.0
+            elif head is not None:
+                if head.tokens > max_tokens:
+                    raise RuntimeError("the cookbook script waits forever for this request")
+                short = max(
+                    (head.tokens - token_capacity) / (max_tokens / 60),
+                    (1 - request_capacity) / (max_requests / 60),
+                )
+                ticks = max(1.0, math.ceil(short / COOKBOOK_TICK - 1e-9))
+            else:
+                ticks = math.inf
+            changed = anyio.Event()
+            with anyio.move_on_after(ticks * COOKBOOK_TICK):
+                await changed.wait()
+            woke = _now() - now
+            if woke < ticks * COOKBOOK_TICK:  # a request finished: go on at the next tick
+                tick = max(1, math.ceil(woke / COOKBOOK_TICK - 1e-9)) * COOKBOOK_TICK
+                await anyio.sleep(max(0.0, tick - woke))
+            pause = last_rate_limit_error + COOKBOOK_PAUSE_AFTER_429 - _now()
+            if pause > 0:
+                await anyio.sleep(pause)
+    return outcomes
 
 
 CONTENDERS: dict[str, Contender] = {
@@ -286,7 +450,11 @@ CONTENDERS: dict[str, Contender] = {
     "sdk-semaphore": run_sdk_semaphore,
     "sdk-aiolimiter": run_sdk_aiolimiter,
     "sdk-pyrate": run_sdk_pyrate,
+    "cookbook": run_cookbook,
 }
+
+# Contenders that cannot send images: "n/a" on every scenario whose requests carry them.
+TEXT_ONLY = frozenset({"cookbook"})
 
 
 async def run_contender(

@@ -4,11 +4,17 @@ Virtual time: the simulator runs in-process (``httpx.ASGITransport``) on a virtu
 loop shared with the contender, so ten minutes of traffic take seconds. Loopback: the simulator
 is served by uvicorn in its own process and the contender runs in another fresh process, so its
 CPU time and peak memory are its own.
+
+Every figure is the server's: the simulator's counters (``SimStats``, ``/sim/stats`` over
+loopback), the order of its answers (``AnswerLog`` wraps the app on both clocks), and the
+tokens it charges for every job once, measured by sending each body once to a fresh copy of the
+same simulator with limits out of reach (``server_charges``), never priced by the client.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -26,12 +32,19 @@ from typing import Any
 import anyio
 import httpx
 
-from .contenders import JobOutcome, Target, run_contender
+from .contenders import TEXT_ONLY, JobOutcome, Target, run_contender
 from .scenarios import RunSpec
 from .vclock import run_virtual
-from .workload import make_bodies
+from .workload import bodies_for
 
-__all__ = ["RunRecord", "ideal_tokens", "run_loopback", "run_virtual_time"]
+__all__ = [
+    "AnswerLog",
+    "RunRecord",
+    "run_loopback",
+    "run_virtual_time",
+    "server_charges",
+    "skip_reason",
+]
 
 ASGIApp = Callable[..., Awaitable[None]]
 _SIM_BASE = "http://sim/v1"
@@ -50,31 +63,137 @@ class RunRecord:
     told_tpm: int
     warmup: float
     total_tokens: int  # the server's admission charge of every job, once
+    count_tokens: bool  # False: the server does not enforce its TPM limit at all
     outcomes: list[JobOutcome]
     statuses: dict[str, int]  # the server's answers: "200", "429", and each fault kind
     rejected: dict[str, int]  # the simulator's 429s by kind (tokens, requests, ...)
     series: list[int]  # tokens the server charged, per second from the first request
     rejected_series: list[int]  # 429s the server gave, per second from the first request
+    admitted_series: list[int]  # requests the server admitted (charged), per second
+    answer_statuses: list[int]  # the status of every answer, in the order given (0: none)
     drain_seconds: float
     cpu_seconds: float
     peak_rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why this contender did not run here ("n/a" in the table)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON data, without the per-job outcomes (the figures summarise them)."""
+        """Plain JSON data, without the per-job outcomes and answers (the figures sum them up)."""
         data = asdict(self)
         del data["outcomes"]
+        del data["answer_statuses"]
         return data
 
 
-@functools.lru_cache(maxsize=16)
-def ideal_tokens(spec: RunSpec) -> int:
-    """What the server charges for every job once: the numerator of the ideal drain time."""
-    from scheduler.sim.charge import Pricer
+class AnswerLog:
+    """ASGI wrapper that records the status of every API answer in the order the server gives
+    it (0 for a connection closed without one); ``GET /bench/answers`` returns the list."""
 
-    pricer = Pricer(spec.sim_settings())
-    bodies = make_bodies(spec.requests, seed=spec.scenario.seed)
-    return sum(pricer.charge(body, endpoint="/v1/chat/completions").tokens for body in bodies)
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.statuses: list[int] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/bench/answers":
+            from starlette.responses import JSONResponse
+
+            await JSONResponse(self.statuses)(scope, receive, send)
+            return
+        if not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def logged(message: Any) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                self.statuses.append(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged)
+        finally:
+            if not answered:
+                self.statuses.append(0)
+
+
+_OUT_OF_REACH = 10**12
+
+
+@functools.lru_cache(maxsize=64)
+def server_charges(spec: RunSpec) -> int:
+    """The tokens the simulator charges at admission for every job of ``spec``, once each.
+
+    Each body is sent once to a fresh simulator with the run's settings (so its own pricing,
+    whatever it is told to charge) but limits out of reach, no faults and no latency, and the
+    total is read from its ``SimStats``: the numerator of the ideal drain time.
+    """
+    from scheduler.sim import FaultRates, LatencyModel, create_app
+
+    settings = spec.sim_settings()
+    calibration = dataclasses.replace(
+        settings,
+        tpm=_OUT_OF_REACH,
+        rpm=_OUT_OF_REACH,
+        model_limits={
+            model: dataclasses.replace(limits, tpm=_OUT_OF_REACH, rpm=_OUT_OF_REACH)
+            for model, limits in settings.model_limits.items()
+        },
+        faults=FaultRates(),
+        latency=LatencyModel(base=0.0, per_token=0.0, jitter=0.0),
+        budget=None,
+    )
+    bodies = bodies_for(spec.scenario.workload, spec.requests, seed=spec.scenario.seed)
+
+    async def main() -> int:
+        app = create_app(calibration)
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": "Bearer sk-bench-calibration"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url=_SIM_BASE, headers=headers
+        ) as client:
+            for body in bodies:
+                (await client.post("/chat/completions", json=body)).raise_for_status()
+        if app.stats.admitted != len(bodies):
+            raise RuntimeError("the calibration simulator did not admit every body once")
+        return int(app.stats.charged_tokens)
+
+    return run_virtual(main)
+
+
+def skip_reason(spec: RunSpec, contender: str) -> str | None:
+    """Why ``contender`` cannot run ``spec`` (shown as "n/a"), or None when it can."""
+    if contender in TEXT_ONLY and spec.scenario.images:
+        return f"{contender} cannot send images"
+    return None
+
+
+def skipped_record(spec: RunSpec, contender: str, reason: str) -> RunRecord:
+    """The record of a run that did not happen."""
+    return RunRecord(
+        scenario=spec.scenario.name,
+        mode=spec.mode,
+        contender=contender,
+        requests=spec.requests,
+        tpm=spec.size.tpm,
+        rpm=spec.size.rpm,
+        told_tpm=spec.told_tpm,
+        warmup=spec.size.warmup,
+        total_tokens=0,
+        count_tokens=spec.scenario.count_tokens,
+        outcomes=[],
+        statuses={},
+        rejected={},
+        series=[],
+        rejected_series=[],
+        admitted_series=[],
+        answer_statuses=[],
+        drain_seconds=0.0,
+        cpu_seconds=0.0,
+        skipped=reason,
+    )
 
 
 def _answers(snapshot: dict[str, Any]) -> dict[str, int]:
@@ -91,6 +210,8 @@ def _record(
     *,
     outcomes: list[JobOutcome],
     snapshot: dict[str, Any],
+    answers: list[int],
+    total_tokens: int,
     drain: float,
     cpu: float,
     peak_rss_mb: float | None,
@@ -104,12 +225,15 @@ def _record(
         rpm=spec.size.rpm,
         told_tpm=spec.told_tpm,
         warmup=spec.size.warmup,
-        total_tokens=ideal_tokens(spec),
+        total_tokens=total_tokens,
+        count_tokens=spec.scenario.count_tokens,
         outcomes=outcomes,
         statuses=_answers(snapshot),
         rejected=dict(snapshot.get("rejected", {})),
         series=[row["charged_tokens"] for row in snapshot.get("series", [])],
         rejected_series=[row["rejected"] for row in snapshot.get("series", [])],
+        admitted_series=[row["admitted"] for row in snapshot.get("series", [])],
+        answer_statuses=answers,
         drain_seconds=drain,
         cpu_seconds=cpu,
         peak_rss_mb=peak_rss_mb,
@@ -120,16 +244,21 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
     """Run ``contender`` against the in-process simulator on the virtual-time loop."""
     from scheduler.sim.app import create_app
 
-    bodies = make_bodies(spec.requests, seed=spec.scenario.seed)
+    reason = skip_reason(spec, contender)
+    if reason is not None:
+        return skipped_record(spec, contender, reason)
+    total_tokens = server_charges(spec)  # on its own loop, before the run's
+    bodies = bodies_for(spec.scenario.workload, spec.requests, seed=spec.scenario.seed)
     random.seed(spec.scenario.seed)  # the SDK's and vsched's retry jitter: same run, same figures
 
     async def main() -> RunRecord:
         app = create_app(spec.sim_settings())
+        log = AnswerLog(app)
         target = Target(
             base_url=_SIM_BASE,
             tpm=spec.told_tpm,
             rpm=spec.told_rpm,
-            app=app,
+            app=log,
             timeout=spec.size.timeout,
         )
         start = anyio.current_time()
@@ -140,6 +269,8 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
             contender,
             outcomes=outcomes,
             snapshot=app.stats.snapshot(),
+            answers=log.statuses,
+            total_tokens=total_tokens,
             drain=drain,
             cpu=cpu,
             peak_rss_mb=None,
@@ -200,6 +331,9 @@ def _served(spec: RunSpec) -> Iterator[str]:
 
 def run_loopback(spec: RunSpec, contender: str) -> RunRecord:
     """Run ``contender`` in its own process against a uvicorn-served simulator on 127.0.0.1."""
+    reason = skip_reason(spec, contender)
+    if reason is not None:
+        return skipped_record(spec, contender, reason)
     with _served(spec) as base:
         args = _python(
             "client",
@@ -215,12 +349,15 @@ def run_loopback(spec: RunSpec, contender: str) -> RunRecord:
             raise RuntimeError(f"{contender} on {spec.scenario.name} failed:\n{done.stderr}")
         report = json.loads(done.stdout.splitlines()[-1])
         snapshot = httpx.get(f"{base}/sim/stats", timeout=10.0).json()
+        answers = httpx.get(f"{base}/bench/answers", timeout=10.0).json()
     outcomes = [JobOutcome(ok=ok, latency=lat, attempts=att) for ok, lat, att in report["outcomes"]]
     return _record(
         spec,
         contender,
         outcomes=outcomes,
         snapshot=snapshot,
+        answers=answers,
+        total_tokens=server_charges(spec),
         drain=report["drain"],
         cpu=report["cpu"],
         peak_rss_mb=report["peak_rss_mb"],
@@ -231,7 +368,7 @@ def client_main(spec: RunSpec, contender: str, base_url: str) -> dict[str, Any]:
     """The loopback client process: run the contender for real and report as JSON data."""
     import asyncio
 
-    bodies = make_bodies(spec.requests, seed=spec.scenario.seed)
+    bodies = bodies_for(spec.scenario.workload, spec.requests, seed=spec.scenario.seed)
     random.seed(spec.scenario.seed)
     target = Target(
         base_url=base_url, tpm=spec.told_tpm, rpm=spec.told_rpm, timeout=spec.size.timeout

@@ -3,6 +3,7 @@
 ``python -m benchmarks.loopback serve SCENARIO --port N`` serves the scenario's simulator with
 uvicorn on 127.0.0.1; ``python -m benchmarks.loopback client SCENARIO CONTENDER --base-url URL``
 runs one contender against it and prints one line of JSON. The parent is ``harness.run_loopback``.
+The server records the order of its answers (``harness.AnswerLog``, ``GET /bench/answers``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,51 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from .harness import client_main
+from .harness import AnswerLog, client_main
 from .scenarios import SCENARIOS
+
+
+class _DropConnections:
+    """A dropped or hung answer closes the socket without a byte, as ``vsched sim`` does it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from scheduler.sim import ConnectionDropped, ResponseTimedOut
+
+        try:
+            await self.app(scope, receive, send)
+        except (ConnectionDropped, ResponseTimedOut):
+            transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
+            if transport is None:
+                raise
+            transport.abort()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+
+def serve_logged(settings: Any, port: int) -> None:
+    """Serve the simulator, wrapped in an ``AnswerLog``, on 127.0.0.1:``port`` until stopped."""
+    import uvicorn
+
+    from scheduler.sim import create_app
+
+    app = _DropConnections(AnswerLog(create_app(settings)))
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="h11",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=1,
+    )
+    uvicorn.Server(config).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,10 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.role == "serve":
-        from scheduler.sim.server import bind, serve
-
         spec = SCENARIOS[args.scenario].spec("loopback", quick=True)
-        serve(spec.sim_settings(), bind("127.0.0.1", args.port), log_level="warning")
+        serve_logged(spec.sim_settings(), args.port)
         return 0
     logging.getLogger("scheduler").setLevel(logging.ERROR)
     spec = dataclasses.replace(

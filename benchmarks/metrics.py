@@ -1,10 +1,16 @@
-"""The figures a user picks a scheduler by, derived from one run's record.
+"""The figures a user picks a scheduler by, derived from one run's record, all from the server.
 
-- ``limit_used``: tokens the server charged in the steady-state window over what the limit
-  allowed in it. The window starts after the scenario's warm-up and ends at the second when 95%
-  of all the run's charged tokens were in (so the drain's tail does not count).
-- ``per_1000_429``: 429 answers per 1,000 jobs. ``failed``: jobs that never succeeded.
-- ``drain`` against ``ideal`` = max(total tokens / TPM, jobs / RPM), in seconds.
+- ``binding`` / ``other``: the server's two limits, the binding one first: the one that sets the
+  ideal drain time (``TPM``, or ``RPM`` when requests run out first or the server counts no
+  tokens). ``tpm_used`` / ``rpm_used``: what the simulator charged at admission in the
+  steady-state window (tokens, requests) over what its limit allowed in it. The window starts
+  after the scenario's warm-up and ends at the second when 95% of the run's charges of the
+  binding kind were in (so the drain's tail does not count). Never the client's estimate.
+- ``per_1000_429``: 429 answers per 1,000 jobs; ``per_1000_429_late``: the same, counting only
+  the answers after the server's first 20 (once a client could have learned from headers).
+- ``failed``: jobs that never succeeded.
+- ``drain`` against ``ideal`` = 60 x max(tokens the server charges for every job once / TPM,
+  jobs / RPM) in seconds (the TPM term only when the server counts tokens).
 - ``p50`` and ``p99``: seconds from a job getting an in-flight slot to its final answer, limiter
   waits and retries included.
 - ``cpu_per_1000``: client CPU seconds per 1,000 jobs; ``peak_mb``: client peak RSS (loopback).
@@ -15,24 +21,30 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .harness import RunRecord
 
-__all__ = ["Figures", "figures", "steady_window"]
+__all__ = ["LEARNING_ANSWERS", "Figures", "figures", "steady_window"]
 
 STEADY_END_SHARE = 0.95
+LEARNING_ANSWERS = 20  # 429s among the server's first answers are not counted "late"
+
+LimitKind = Literal["TPM", "RPM"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Figures:
-    """One contender's figures on one scenario and clock."""
+    """One contender's figures on one scenario and clock (``skipped``: it did not run)."""
 
     scenario: str
     mode: str
     contender: str
-    limit_used: float | None
+    binding: LimitKind
+    tpm_used: float | None  # None: no steady window, or the server counts no tokens
+    rpm_used: float | None
     per_1000_429: float
+    per_1000_429_late: float
     failed: int
     drain: float
     ideal: float
@@ -40,6 +52,22 @@ class Figures:
     p99: float | None
     cpu_per_1000: float
     peak_mb: float | None
+    skipped: str | None = None
+
+    @property
+    def binding_used(self) -> float | None:
+        """Utilisation of the binding limit."""
+        return self.tpm_used if self.binding == "TPM" else self.rpm_used
+
+    @property
+    def other_used(self) -> float | None:
+        """Utilisation of the other limit."""
+        return self.rpm_used if self.binding == "TPM" else self.tpm_used
+
+    @property
+    def other(self) -> LimitKind:
+        """The limit that does not bind."""
+        return "RPM" if self.binding == "TPM" else "TPM"
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data."""
@@ -54,8 +82,8 @@ def steady_window(series: Sequence[int], warmup: float) -> tuple[int, int] | Non
     start = math.ceil(warmup)
     running = 0
     end = len(series)
-    for second, tokens in enumerate(series):
-        running += tokens
+    for second, amount in enumerate(series):
+        running += amount
         if running >= STEADY_END_SHARE * total:
             end = second
             break
@@ -70,28 +98,41 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
     return ordered[index]
 
 
+def _used(series: Sequence[int], window: tuple[int, int], per_minute: int) -> float:
+    start, end = window
+    return sum(series[start:end]) / (per_minute / 60.0 * (end - start))
+
+
 def figures(record: RunRecord) -> Figures:
     """Every figure of one run."""
-    window = steady_window(record.series, record.warmup)
-    limit_used: float | None = None
+    token_seconds = 60.0 * record.total_tokens / record.tpm if record.count_tokens else 0.0
+    request_seconds = 60.0 * record.requests / record.rpm
+    binding: LimitKind = "TPM" if token_seconds >= request_seconds else "RPM"
+    binding_series = record.series if binding == "TPM" else record.admitted_series
+    window = steady_window(binding_series, record.warmup)
+    tpm_used = rpm_used = None
     if window is not None:
-        start, end = window
-        allowed = record.tpm / 60.0 * (end - start)
-        limit_used = sum(record.series[start:end]) / allowed
-    ideal = 60.0 * max(record.total_tokens / record.tpm, record.requests / record.rpm)
+        if record.count_tokens:
+            tpm_used = _used(record.series, window, record.tpm)
+        rpm_used = _used(record.admitted_series, window, record.rpm)
     latencies = [o.latency for o in record.outcomes if o.ok]
     jobs = max(1, record.requests)
+    late = sum(1 for status in record.answer_statuses[LEARNING_ANSWERS:] if status == 429)
     return Figures(
         scenario=record.scenario,
         mode=record.mode,
         contender=record.contender,
-        limit_used=limit_used,
+        binding=binding,
+        tpm_used=tpm_used,
+        rpm_used=rpm_used,
         per_1000_429=1000.0 * record.statuses.get("429", 0) / jobs,
+        per_1000_429_late=1000.0 * late / jobs,
         failed=record.requests - sum(1 for o in record.outcomes if o.ok),
         drain=record.drain_seconds,
-        ideal=ideal,
+        ideal=max(token_seconds, request_seconds),
         p50=_quantile(latencies, 0.50),
         p99=_quantile(latencies, 0.99),
         cpu_per_1000=1000.0 * record.cpu_seconds / jobs,
         peak_mb=record.peak_rss_mb,
+        skipped=record.skipped,
     )

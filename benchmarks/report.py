@@ -18,8 +18,10 @@ COLUMNS = (
     "scenario",
     "clock",
     "contender",
-    "limit used",
+    "binding limit used",
+    "other limit used",
     "429/1k",
+    "429/1k after 20",
     "failed",
     "drain s",
     "ideal s",
@@ -41,6 +43,7 @@ _COLOURS = {
     "sdk-semaphore": "tab:red",
     "sdk-aiolimiter": "tab:orange",
     "sdk-pyrate": "tab:purple",
+    "cookbook": "tab:olive",
 }
 
 
@@ -52,16 +55,29 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _used(kind: str, value: float | None) -> str:
+    return f"{kind} {_pct(value)}"
+
+
 def _row(f: Figures, requests: int) -> list[str]:
+    if f.skipped is not None:
+        blank = ["—"] * (len(COLUMNS) - 4)
+        return [f.scenario, f.mode, f.contender, f"n/a: {f.skipped}", *blank]
     rate = requests / f.drain if f.drain > 0 else None
     trusted_cpu = f.mode == "loopback"
     limited = SCENARIOS[f.scenario].limited
+    tokens_counted = SCENARIOS[f.scenario].count_tokens
+    other = (
+        _used(f.other, f.other_used) if f.other == "RPM" or tokens_counted else "TPM not counted"
+    )
     return [
         f.scenario,
         f.mode,
         f.contender,
-        _pct(f.limit_used) if limited else "—",
+        _used(f.binding, f.binding_used) if limited else "—",
+        other if limited else "—",
         _num(f.per_1000_429, 1),
+        _num(f.per_1000_429_late, 1),
         str(f.failed),
         _num(f.drain, 1),
         _num(f.ideal, 1) if limited else "—",
@@ -93,7 +109,8 @@ def write_json(records: Sequence[RunRecord], path: Path, *, meta: dict[str, Any]
 
 
 def plot(records: Sequence[RunRecord], path: Path) -> bool:
-    """Tokens per second over time, one panel per scenario and clock; False without matplotlib."""
+    """Tokens per second the server charged over time, one panel per scenario and clock (runs that
+    did not happen left out); False without matplotlib."""
     try:
         import matplotlib
 
@@ -103,6 +120,8 @@ def plot(records: Sequence[RunRecord], path: Path) -> bool:
         return False
     panels: dict[tuple[str, str], list[RunRecord]] = {}
     for record in records:
+        if record.skipped is not None or not record.count_tokens:
+            continue
         panels.setdefault((record.mode, record.scenario), []).append(record)
     count = len(panels)
     if count == 0:

@@ -4,18 +4,37 @@ A scenario has two sizes of limit: one for virtual time (realistic limits, minut
 traffic) and one for real loopback HTTP (limits scaled up so a run lasts seconds of wall time).
 ``--quick`` only changes the number of requests. All randomness is seeded: the workload by
 ``seed``, the simulator's latency, completions and faults by ``seed`` too.
+
+Families (each runnable alone with ``--scenario NAME``):
+
+- ``steady``, ``refunding``, ``misconfigured`` (the client is told 2x), ``faults``, ``overhead``.
+- ``price-mismatch-*``: the server charges images differently from the client's formula: a flat
+  843 tokens per image with small (512x512 high, 255 by formula) or large (1920x1080 high, 1,105
+  by formula) images, the formula x0.7 or x1.5 on the vision mix; ``rpm-only``: a gateway that
+  counts requests only (``count_tokens=False``), so the client's token pacing is self-inflicted.
+- ``quantum-{1,10,60}s-{text,vision}-{60k,120k,600k}`` (issue 21): the per-minute limit
+  enforced over 1 s, 10 s or 60 s, for both workloads at three limits, virtual time only, sized
+  to about four minutes of traffic each (``--quick``: at most two minutes or 120 requests).
+- ``lagging-headers``: every ``x-ratelimit-*`` header reports the server's state 0.2 to 2 s late.
+
+Settings named in ``sim_options`` (``image_charge``, ``count_tokens``, ``header_lag``,
+``header_lag_max``) are the simulator's own (``SimSettings``); a simulator without them makes
+the scenario's rows "n/a" instead of failing the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from .workload import WORKLOADS
 
 __all__ = ["SCENARIOS", "Mode", "RunSpec", "Scenario"]
 
 Mode = Literal["virtual", "loopback"]
 
-ALL_CONTENDERS = ("vsched", "sdk-semaphore", "sdk-aiolimiter", "sdk-pyrate")
+ALL_CONTENDERS = ("vsched", "sdk-semaphore", "sdk-aiolimiter", "sdk-pyrate", "cookbook")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +69,23 @@ class Scenario:
     limited: bool = True  # False: the limit is out of reach (not plotted, no "limit used")
     correct_to_usage: bool = False  # the server gives back the unused completion reserve
     clocks: tuple[Mode, ...] = ("virtual", "loopback")
+    workload: str = "vision"  # a name in ``workload.WORKLOADS``
+    # Extra ``SimSettings`` keyword arguments, by the simulator's own names.
+    sim_options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"{self.name}: unknown workload {self.workload!r}")
+
+    @property
+    def images(self) -> bool:
+        """Whether this scenario's requests carry images."""
+        return WORKLOADS[self.workload].images
+
+    @property
+    def count_tokens(self) -> bool:
+        """Whether the server enforces its tokens-per-minute limit at all."""
+        return bool(dict(self.sim_options).get("count_tokens", True))
 
     def spec(self, mode: Mode, *, quick: bool) -> RunSpec:
         """The concrete run of this scenario on one clock and size."""
@@ -83,7 +119,7 @@ class RunSpec:
 
     def sim_settings(self) -> Any:
         """The simulator's settings for this run (``scheduler.sim.SimSettings``)."""
-        from scheduler.sim.settings import FaultRates, LatencyModel, SimSettings
+        from scheduler.sim import FaultRates, LatencyModel, SimSettings
 
         return SimSettings(
             tpm=self.size.tpm,
@@ -96,6 +132,7 @@ class RunSpec:
             faults=FaultRates.from_kinds(dict(self.scenario.faults)),
             hang=self.size.hang,
             correct_to_usage=self.scenario.correct_to_usage,
+            **dict(self.scenario.sim_options),
         )
 
 
@@ -148,6 +185,49 @@ _UNLIMITED_LOOPBACK = Size(
     warmup=0.0,
 )
 
+
+def _matrix_size(tpm: int) -> Size:
+    """A quantum-matrix cell's limits at ``tpm`` (RPM out of the way): four minutes of traffic at
+    ~1,100 tokens a request; ``--quick`` two minutes but at most 120 requests (CPU is spent per
+    request, so the big limits get short quick runs, mostly inside the first minute's burst)."""
+    per_minute = tpm / 1_100
+    return Size(
+        tpm=tpm,
+        rpm=tpm // 60,
+        requests=round(per_minute * 4),
+        quick_requests=min(120, round(per_minute * 2)),
+        latency_base=1.0,
+        latency_per_token=0.01,
+        timeout=60.0,
+        hang=60.0,
+        warmup=10.0,
+    )
+
+
+_MATRIX_LIMITS = (("60k", 60_000), ("120k", 120_000), ("600k", 600_000))
+_MATRIX = tuple(
+    Scenario(
+        name=f"quantum-{quantum}s-{workload}-{label}",
+        description=(
+            f"{workload} requests, {tpm:,} TPM enforced over {quantum} s"
+            + (" (a plain per-minute bucket)" if quantum == 60 else "")
+        ),
+        virtual=_matrix_size(tpm),
+        loopback=_LOOPBACK,
+        quantum=float(quantum),
+        workload=workload,
+        clocks=("virtual",),
+    )
+    for quantum in (1, 10, 60)
+    for workload in ("text", "vision")
+    for label, tpm in _MATRIX_LIMITS
+)
+
+# A gateway counting requests only: the RPM limit is the one that binds on the server, while a
+# client pacing the tokens it is told about (~7.5 requests/s) stays under the 10 requests/s.
+_RPM_ONLY_VIRTUAL = dataclasses.replace(_VIRTUAL, rpm=600)
+_RPM_ONLY_LOOPBACK = dataclasses.replace(_LOOPBACK, rpm=2_400)
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -192,5 +272,50 @@ SCENARIOS: dict[str, Scenario] = {
             limited=False,
             clocks=("loopback",),  # virtual time makes CPU free: nothing to measure there
         ),
+        Scenario(
+            name="price-mismatch-flat-small",
+            description="512x512 high images (255 by formula) charged a flat 843 tokens each",
+            virtual=_VIRTUAL,
+            loopback=_LOOPBACK,
+            workload="small-images",
+            sim_options=(("image_charge", "843"),),
+        ),
+        Scenario(
+            name="price-mismatch-flat-large",
+            description="1920x1080 high images (1,105 by formula) charged a flat 843 tokens each",
+            virtual=_VIRTUAL,
+            loopback=_LOOPBACK,
+            workload="large-images",
+            sim_options=(("image_charge", "843"),),
+        ),
+        Scenario(
+            name="price-mismatch-x0.7",
+            description="the vision mix, images charged 0.7 times the formula",
+            virtual=_VIRTUAL,
+            loopback=_LOOPBACK,
+            sim_options=(("image_charge", "x0.7"),),
+        ),
+        Scenario(
+            name="price-mismatch-x1.5",
+            description="the vision mix, images charged 1.5 times the formula",
+            virtual=_VIRTUAL,
+            loopback=_LOOPBACK,
+            sim_options=(("image_charge", "x1.5"),),
+        ),
+        Scenario(
+            name="rpm-only",
+            description="a gateway that counts requests only (600 RPM), never tokens",
+            virtual=_RPM_ONLY_VIRTUAL,
+            loopback=_RPM_ONLY_LOOPBACK,
+            sim_options=(("count_tokens", False),),
+        ),
+        Scenario(
+            name="lagging-headers",
+            description="steady, but every rate-limit header is 0.2 to 2 s stale",
+            virtual=_VIRTUAL,
+            loopback=_LOOPBACK,
+            sim_options=(("header_lag", 0.2), ("header_lag_max", 2.0)),
+        ),
+        *_MATRIX,
     )
 }

@@ -1,4 +1,6 @@
-"""A seeded, realistic mix of vision requests: phone photos, screenshots, scanned pages, thumbnails.
+"""Seeded request workloads: a realistic vision mix, plain text, and one image size at one detail.
+
+The vision mix: phone photos, screenshots, scanned pages, thumbnails.
 
 Each image is a real PNG of the right pixel size, but blank and one bit deep, so it weighs a few
 hundred bytes to a few KB: the benchmark measures scheduling, not upload bandwidth. PNGs are built
@@ -17,7 +19,15 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["IMAGE_KINDS", "ImageKind", "data_url", "make_bodies"]
+__all__ = [
+    "IMAGE_KINDS",
+    "WORKLOADS",
+    "ImageKind",
+    "Workload",
+    "bodies_for",
+    "data_url",
+    "make_bodies",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,3 +125,98 @@ def make_bodies(count: int, *, seed: int, model: str = "gpt-4o") -> list[dict[st
             }
         )
     return bodies
+
+
+_WORDS = (
+    *("invoice", "shipment", "customer", "account", "balance", "quarterly", "report"),
+    *("summary", "meeting", "notes", "review", "contract", "clause", "delivery", "schedule"),
+    *("payment", "terms", "warranty", "product", "feature", "request", "support", "ticket"),
+    *("incident", "analysis", "revenue", "forecast", "budget", "approval", "policy", "update"),
+)
+_TEXT_TASKS = (
+    "Summarise the following document in three sentences.",
+    "Extract every date and amount from the text below as JSON.",
+    "Classify the following message as complaint, question or praise, then explain why.",
+    "Translate the following text into French.",
+)
+
+
+def make_text_bodies(count: int, *, seed: int, model: str = "gpt-4o") -> list[dict[str, Any]]:
+    """``count`` text-only Chat Completions bodies: a task and a document of 400 to 6,000 chars."""
+    rng = random.Random(seed)
+    bodies: list[dict[str, Any]] = []
+    for _ in range(count):
+        length = rng.randint(400, 6_000)
+        words: list[str] = []
+        size = 0
+        while size < length:
+            word = rng.choice(_WORDS)
+            words.append(word)
+            size += len(word) + 1
+        bodies.append(
+            {
+                "model": model,
+                "messages": [
+                    {"role": "system", "content": rng.choice(_TEXT_TASKS)},
+                    {"role": "user", "content": " ".join(words)},
+                ],
+                "max_tokens": _pick(rng, _RESERVES),
+            }
+        )
+    return bodies
+
+
+def make_image_bodies(
+    count: int, *, seed: int, size: tuple[int, int], detail: str, model: str = "gpt-4o"
+) -> list[dict[str, Any]]:
+    """``count`` bodies of one prompt and one image of ``size`` at ``detail``."""
+    rng = random.Random(seed)
+    url = data_url(*size)
+    return [
+        {
+            "model": model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": rng.choice(IMAGE_KINDS[0].prompts)},
+                        {"type": "image_url", "image_url": {"url": url, "detail": detail}},
+                    ],
+                }
+            ],
+            "max_tokens": _pick(rng, _RESERVES),
+        }
+        for _ in range(count)
+    ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
+    """A named request generator; ``images`` says whether its bodies carry images."""
+
+    name: str
+    images: bool
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload(name="vision", images=True),
+        Workload(name="text", images=False),
+        Workload(name="small-images", images=True),  # 512x512 high: 255 tokens by formula
+        Workload(name="large-images", images=True),  # 1920x1080 high: 1,105 tokens by formula
+    )
+}
+
+
+def bodies_for(workload: str, count: int, *, seed: int) -> list[dict[str, Any]]:
+    """The bodies of one named workload (see ``WORKLOADS``)."""
+    if workload == "vision":
+        return make_bodies(count, seed=seed)
+    if workload == "text":
+        return make_text_bodies(count, seed=seed)
+    if workload == "small-images":
+        return make_image_bodies(count, seed=seed, size=(512, 512), detail="high")
+    if workload == "large-images":
+        return make_image_bodies(count, seed=seed, size=(1920, 1080), detail="high")
+    raise ValueError(f"unknown workload {workload!r}; expected one of {', '.join(WORKLOADS)}")
