@@ -62,7 +62,7 @@ SIZES: dict[str, dict[str, str]] = {
     "-m benchmarks": {"--requests": "40"},
     "benchmarks/bench_limiter.py": {
         "--n": "2000",
-        "--queued-n": "200",
+        "--queued-n": "20",
         "--repeat": "1",
         "--minutes": "0.2",
     },
