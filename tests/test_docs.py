@@ -368,6 +368,7 @@ EXPECTED_OUTPUT: dict[tuple[str, str], Callable[[str], None]] = {
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(180)  # a page runs several commands, benchmarks among them
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_page_runs_as_written(page: Path, session: Session) -> None:
     """Every block of the page runs in order in one folder; commands exit as the page says."""
