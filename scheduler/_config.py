@@ -66,6 +66,13 @@ class Secret:
         return bool(self._value)
 
 
+# The Redis URL schemes redis-py is given: a server, a Sentinel set, a Cluster.
+REDIS_SCHEMES = (
+    *("redis://", "rediss://", "unix://"),
+    *("redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://"),
+)
+
+
 def mask_url(url: str) -> str:
     """``url`` with the password of its user info replaced by ``***`` (for messages and logs)."""
     scheme, sep, rest = url.partition("://")
@@ -238,12 +245,17 @@ class RedisConfig:
     limit with ``limits.shared = true``)."""
 
     url: str = ""
+    # Seconds Redis may stay unreachable (reconnecting with backoff) before the run stops,
+    # with every job left intact in Redis (exit code 4).
+    give_up_after: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+        if self.url and not self.url.startswith(REDIS_SCHEMES):
             raise ConfigError(
-                f"redis.url: expected redis://host:port/db, got {mask_url(self.url)!r}"
+                "redis.url: expected redis://host:port/db (or rediss://, unix://, "
+                f"redis+sentinel://, redis+cluster://), got {mask_url(self.url)!r}"
             )
+        _positive("redis.give_up_after", self.give_up_after)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

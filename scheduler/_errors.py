@@ -6,7 +6,9 @@
     ├── ConfigError                  bad config file, key, type or value
     ├── UsageError                   a command or call that cannot work as given (no input...)
     ├── QueueError                   the job queue cannot be opened or used
-    │   └── QueueBusy                another drain holds this queue
+    │   ├── QueueBusy                another drain holds this queue
+    │   └── QueueLost                a shared queue's state vanished (Redis restarted empty)
+    ├── RedisUnavailable             Redis did not answer for ``redis.give_up_after`` seconds
     ├── InputError                   a job that can never be sent as written
     │   ├── ImageError               an image that cannot be read or is not accepted
     │   │   ├── ImageNotFound        missing path or unreachable URL
@@ -48,8 +50,10 @@ __all__ = [
     "MalformedResponse",
     "QueueBusy",
     "QueueError",
+    "QueueLost",
     "QuotaExceeded",
     "RateLimited",
+    "RedisUnavailable",
     "RequestTooLarge",
     "RetryableError",
     "ServerError",
@@ -80,6 +84,14 @@ class QueueError(VschedError):
 
 class QueueBusy(QueueError):
     """Another drain holds this queue."""
+
+
+class QueueLost(QueueError):
+    """The shared queue's identity or keys are gone: its state was lost (no persistence)."""
+
+
+class RedisUnavailable(VschedError):
+    """Redis did not answer for ``redis.give_up_after`` seconds; the jobs it holds are intact."""
 
 
 class InputError(VschedError):

@@ -113,7 +113,7 @@ def test_heartbeat_keeps_a_live_workers_jobs(redis_url: str, other: RedisStreams
         slow.load(_jobs(2))
         assert len(slow.claim(2)) == 2
         time.sleep(0.7)
-        other._next_reclaim = 0.0
+        other.queue._next_reclaim = 0.0
         assert other.claim(2) == []
         assert slow.record([_ok("j1"), _ok("j2")]) == 2
 
@@ -125,14 +125,13 @@ def test_late_answer_from_a_presumed_dead_worker_is_dropped(
     late = RedisStreamsQueue(redis_url, consumer="late", reclaim_after=0.2)
     late.load(_jobs(1))
     late.claim(1)
-    late._stop.set()  # heartbeat lost, process still alive
-    late._heartbeat.join()
+    late.stop_beating()  # heartbeat lost, process still alive
     time.sleep(0.3)
     assert [c.key for c in other.claim(1)] == ["j1"]
     assert other.record([_ok("j1")]) == 1
     assert late.record([_ok("j1")]) == 0
     assert [r.key for r in other.records()] == ["j1"]
-    late._redis.close()
+    late.close()
 
 
 def test_release_and_retry_failed(queue: RedisStreamsQueue) -> None:
@@ -164,13 +163,13 @@ def test_recover_requeues_idle_jobs(redis_url: str) -> None:
 def test_job_that_keeps_killing_workers_fails(redis_url: str) -> None:
     """A job handed out more than max_sends times without an answer is recorded as failed."""
     queue = RedisStreamsQueue(redis_url, consumer="w", reclaim_after=0.05, max_sends=2)
-    queue._stop.set()
+    queue.stop_beating()
     queue.load(_jobs(1))
     for _ in range(2):
         assert len(queue.claim(1)) == 1
-        queue._held.clear()
+        queue.queue._held.clear()
         time.sleep(0.06)
-        queue._next_reclaim = 0.0
+        queue.queue._next_reclaim = 0.0
     assert queue.claim(1) == []
     (record,) = queue.records()
     assert record.state == "failed"

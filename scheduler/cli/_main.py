@@ -8,8 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .._errors import ConfigError, FatalError, VschedError
-from ._exit import EXIT_FATAL, EXIT_STOPPED, EXIT_USAGE
+from .._errors import ConfigError, FatalError, QueueLost, RedisUnavailable, VschedError
+from ._exit import EXIT_FAILED, EXIT_FATAL, EXIT_STOPPED, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["build_parser", "main"]
 
@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FatalError as exc:
         print(f"vsched: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
+    except RedisUnavailable as exc:
+        print(f"vsched: stopped: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except QueueLost as exc:
+        print(f"vsched: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except VschedError as exc:
         print(f"vsched: {exc}", file=sys.stderr)
         return EXIT_USAGE

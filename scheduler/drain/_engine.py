@@ -10,6 +10,12 @@ Stopping: the first stop request (Ctrl-C, SIGTERM) stops intake and lets the req
 handed to the scheduler finish for up to ``grace`` seconds; a second request, or the end of the
 grace period, cancels them. Whatever was not answered goes back to pending. A fatal error from
 the scheduler (quota, authentication) stops the same way and is reported to the caller.
+
+The queue is awaited (:class:`~scheduler.queues.AsyncJobQueue`; a synchronous SQLite queue is
+called inline) and its ``keep_alive`` runs beside the drain. A fault of the queue's own store
+(``RedisUnavailable``: Redis gone longer than its give-up time; ``QueueLost``: its state
+vanished) stops the drain at once and propagates: nothing can be recorded any more, and the jobs
+still held are taken over from Redis by the next worker.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .._errors import FatalError
+from .._errors import FatalError, QueueLost, RedisUnavailable
 from ..dispatch._results import Result
+from ..queues._async import AsyncJobQueue, as_async_queue
 from ..queues._base import ClaimedJob, JobQueue, Outcome
-from ..queues._jsonl import write_results
 from ._progress import DrainProgress, ProgressRenderer, QuietRenderer
 from ._summary import DrainSummary, Failure
 
@@ -161,7 +167,7 @@ async def _watch_signals(control: StopControl) -> None:
 
 
 async def drain_queue(
-    queue: JobQueue,
+    queue: JobQueue | AsyncJobQueue,
     mapper: Mapper,
     settings: DrainSettings,
     *,
@@ -175,8 +181,9 @@ async def drain_queue(
     renderer = renderer or QuietRenderer()
     control = control or StopControl()
     started_wall = time.time()
-    queue.recover()
-    counts = queue.counts()
+    queue = as_async_queue(queue)
+    await queue.recover()
+    counts = await queue.counts()
     progress = DrainProgress(
         done=counts["done"],
         failed=counts["failed"],
@@ -194,9 +201,9 @@ async def drain_queue(
 
     async def intake() -> AsyncGenerator[ClaimedJob, None]:
         while not control.stopping:
-            batch = queue.claim(min(settings.claim_batch, settings.window))
+            batch = await queue.claim(min(settings.claim_batch, settings.window))
             if not batch:
-                pause = queue.retry_claim_after()
+                pause = await queue.retry_claim_after()
                 if pause is None:
                     return
                 await anyio.sleep(pause)  # other workers hold jobs that may come back
@@ -214,10 +221,12 @@ async def drain_queue(
             await anyio.sleep(settings.refresh)
 
     fatal: FatalError | None = None
+    fault: QueueLost | RedisUnavailable | None = None
     renderer.start()
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(redraw)
+            group.start_soon(queue.keep_alive)
             if settings.handle_signals:
                 group.start_soon(_watch_signals, control)
             with anyio.CancelScope() as work:
@@ -227,7 +236,7 @@ async def drain_queue(
                         results = mapper(jobs)
                         try:
                             async for result in results:
-                                _record(queue, progress, result)
+                                await _record(queue, progress, result)
                                 window.release()
                         finally:
                             close = getattr(results, "aclose", None)
@@ -240,11 +249,17 @@ async def drain_queue(
                     assert isinstance(leaf, FatalError)
                     fatal = leaf
             group.cancel_scope.cancel()
+    except* (QueueLost, RedisUnavailable) as group_error:
+        fault = _leaf(group_error)
     finally:
-        queue.recover()
+        if fault is None:
+            with anyio.CancelScope(shield=True):
+                await queue.recover()
     refresh_counters()
     renderer.stop(progress.snapshot(anyio.current_time()))
-    summary = _summarise(
+    if fault is not None:
+        raise fault
+    summary = await _summarise(
         queue,
         progress,
         settings,
@@ -253,15 +268,24 @@ async def drain_queue(
         stopped=f"{fatal}" if fatal else control.reason,
         output=output,
     )
-    queue.save_run(started_wall, time.time(), summary.to_dict())
+    await queue.save_run(started_wall, time.time(), summary.to_dict())
     return DrainReport(summary=summary, fatal=fatal)
 
 
-def _record(queue: JobQueue, progress: DrainProgress, result: Result) -> None:
+def _leaf(group: BaseExceptionGroup[QueueLost | RedisUnavailable]) -> QueueLost | RedisUnavailable:
+    """The first store fault in a (nested) exception group."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, QueueLost | RedisUnavailable)
+    return leaf
+
+
+async def _record(queue: AsyncJobQueue, progress: DrainProgress, result: Result) -> None:
     job = result.metadata
     if not isinstance(job, ClaimedJob):
         raise TypeError("the mapper must keep the ClaimedJob as the result's metadata")
-    queue.record([outcome_of(result, job)])
+    await queue.record([outcome_of(result, job)])
     prompt, completion = _tokens(result.usage)
     progress.add(
         ok=result.status == "ok",
@@ -285,8 +309,8 @@ def _charged(result: Result) -> int:
     return result.cost.total
 
 
-def _summarise(
-    queue: JobQueue,
+async def _summarise(
+    queue: AsyncJobQueue,
     progress: DrainProgress,
     settings: DrainSettings,
     *,
@@ -296,14 +320,13 @@ def _summarise(
     output: Path | None,
 ) -> DrainSummary:
     if output is not None:
-        write_results(queue.records(), output)
-    counts = queue.counts()
+        await queue.export(output)
+    counts = await queue.counts()
     failures: list[Failure] = []
-    for record in queue.records(["failed"]):
-        if len(failures) >= settings.failures_shown:
-            break
-        reason = str((record.error or {}).get("message", "failed"))
-        failures.append(Failure(custom_id=record.custom_id, line=record.line, reason=reason))
+    async for record in queue.records(["failed"]):
+        if len(failures) < settings.failures_shown:  # read to the end: the generator closes
+            reason = str((record.error or {}).get("message", "failed"))
+            failures.append(Failure(custom_id=record.custom_id, line=record.line, reason=reason))
     return DrainSummary(
         counts={str(state): n for state, n in counts.items()},
         tokens=progress.tokens,

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import closing
 from pathlib import Path
+from typing import cast
 
+import anyio
+import anyio.to_thread
 import httpx
 
 from .._config import Config
 from ..cost._prices import PriceTable
 from ..dispatch._results import Request, Result
 from ..dispatch._scheduler import Scheduler
+from ..queues._async import AsyncJobQueue, as_async_queue
 from ..queues._base import ClaimedJob, JobQueue, LoadReport
-from ..queues._open import open_queue
+from ..queues._open import open_async_queue
 from ..sources._jobs import FolderPrompt, iter_jobs
 from ._engine import (
     DrainReport,
@@ -26,6 +30,7 @@ from ._engine import (
 from ._progress import ProgressRenderer
 
 __all__ = ["load_source", "price_of", "run_drain", "scheduler_mapper"]
+logger = logging.getLogger("scheduler.drain")
 
 
 def scheduler_mapper(scheduler: Scheduler) -> Mapper:
@@ -54,24 +59,30 @@ def price_of(config: Config) -> Pricer:
     return pricer
 
 
-def load_source(
-    queue: JobQueue, source: Path, *, folder: FolderPrompt | None = None
+def _fingerprint(source: Path) -> tuple[str, str | None]:
+    """The input's absolute path, and its size and mtime when it is a file."""
+    if source.is_file():
+        stat = source.stat()
+        return str(source.resolve()), f"{stat.st_size}:{stat.st_mtime_ns}"
+    return str(source.resolve()), None
+
+
+async def load_source(
+    queue: JobQueue | AsyncJobQueue, source: Path, *, folder: FolderPrompt | None = None
 ) -> LoadReport | None:
     """Queue the jobs of ``source``; None when this exact file was loaded already (a resume).
 
     Loading is idempotent (a job is keyed by its id and line), so a load cut short by a crash
     is simply done again; the fingerprint only saves re-reading a large unchanged file.
     """
-    queue.bind_source(str(source.resolve()))
-    fingerprint = None
-    if source.is_file():
-        stat = source.stat()
-        fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
-        if queue.get_meta("loaded") == fingerprint:
-            return None
-    report = queue.load(iter_jobs(source, folder=folder))
+    queue = as_async_queue(queue)
+    resolved, fingerprint = await anyio.to_thread.run_sync(_fingerprint, source)
+    await queue.bind_source(resolved)
+    if fingerprint is not None and await queue.get_meta("loaded") == fingerprint:
+        return None
+    report = await queue.load(iter_jobs(source, folder=folder))
     if fingerprint is not None:
-        queue.set_meta("loaded", fingerprint)
+        await queue.set_meta("loaded", fingerprint)
     return report
 
 
@@ -92,11 +103,18 @@ async def run_drain(
 
     The queue is ``open_queue(config, path=queue_path)``: an SQLite file (which needs a
     ``source`` the first time), or the Redis queue shared with any number of workers, where
-    ``source`` is optional and loaded idempotently (every worker may pass it).
+    ``source`` is optional and loaded idempotently (every worker may pass it); without it the
+    Redis queue must exist (else ``QueueLost``: nothing enqueued, or its state was lost).
     """
-    with closing(open_queue(config, path=queue_path, exclusive=True)) as queue:
+    queue, local = await open_async_queue(
+        config, path=queue_path, exclusive=True, create=source is not None
+    )
+    try:
+        warning = await _persistence(queue)
+        if warning:
+            logger.warning("%s", warning)
         if source is not None:
-            report = load_source(queue, source, folder=folder)
+            report = await load_source(queue, source, folder=folder)
             if on_load is not None:
                 on_load(report)
         return await _drain_with_scheduler(
@@ -108,10 +126,28 @@ async def run_drain(
             transport=transport,
             handle_signals=handle_signals,
         )
+    finally:
+        if local is not None:
+            local.close()
+        else:
+            with anyio.CancelScope(shield=True):
+                await _aclose(queue)
+
+
+async def _persistence(queue: AsyncJobQueue) -> str | None:
+    """What a shared queue's server needs to keep jobs across a restart (None: all set)."""
+    check = getattr(queue, "persistence", None)
+    return None if check is None else cast(str | None, await check())
+
+
+async def _aclose(queue: AsyncJobQueue) -> None:
+    close = getattr(queue, "aclose", None)
+    if close is not None:
+        await close()
 
 
 async def _drain_with_scheduler(
-    queue: JobQueue,
+    queue: AsyncJobQueue,
     config: Config,
     *,
     output: Path | None,
