@@ -14,6 +14,7 @@ from scheduler.limits import (
     RateLimiter,
     RateLimitHeaders,
     RedisLimiter,
+    RedisReservation,
     limiter_from_config,
 )
 
@@ -29,6 +30,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each test on both anyio backends (trio goes through the threaded client)."""
     backend: str = request.param
     return backend
+
+
+def server_now(reservation: RedisReservation) -> float:
+    """Redis's clock when the reservation was scheduled (its slot minus the wait it got)."""
+    return reservation._slot.at - reservation.waited
 
 
 def make(url: str, **kw: object) -> RedisLimiter:
@@ -167,9 +173,13 @@ async def test_default_settle_keeps_the_estimate_like_limiter_and_config(redis_u
 async def test_cooldown_pauses_every_process(redis_url: str) -> None:
     """A 429 cooldown from one process delays another process's next acquire."""
     async with make(redis_url) as first, make(redis_url) as second:
+        start = anyio.current_time()
         await first.cooldown(0.15)
-        await second.acquire(tokens=1)
-        assert 0.1 <= second.stats().wait_time <= 0.16
+        reservation = await second.acquire(tokens=1)
+        # Load-proof: the wait is the cooldown left when the acquire reached Redis, so it is
+        # at most the cooldown, and the acquire returns no sooner than the cooldown's end.
+        assert 0 <= reservation.waited <= 0.15 + 1e-6
+        assert anyio.current_time() - start >= 0.15 - 1e-3
 
 
 async def test_observe_learns_little_remaining(redis_url: str) -> None:
@@ -291,8 +301,10 @@ async def test_observe_with_the_reservation_counts_later_admissions(redis_url: s
         first = await limiter.acquire(tokens=100)
         await other.acquire(tokens=800)
         await limiter.observe(RateLimitHeaders(remaining_tokens=500), reservation=first)
-        await limiter.acquire(tokens=100)  # level ~ 500 - 800 = -300: wait ~0.4 s
-        assert 0.25 <= limiter.stats().wait_time <= 0.41
+        third = await limiter.acquire(tokens=100)
+        # On Redis's clock: 500 + 1,000/s since the first, minus the 800 after it, reaches the
+        # 100 needed 0.4 s after the first's slot, however slow the calls between were.
+        assert third._slot.at == pytest.approx(max(first._slot.at + 0.4, server_now(third)))
 
 
 async def test_observe_fresh_headers_above_the_level_change_nothing(redis_url: str) -> None:
@@ -373,7 +385,9 @@ async def test_margin_matches_the_in_memory_bucket(redis_url: str) -> None:
     0.05 s * 10,000/s = 500 tokens: 2,500 tokens of refill, 0.25 s (0.2 s without the margin).
     """
     async with make(redis_url, margin_seconds=0.05) as limiter:
-        await limiter.acquire(tokens=2_000)
+        first = await limiter.acquire(tokens=2_000)
         assert limiter.stats().wait_time == 0
-        await limiter.acquire(tokens=1_000)
-        assert 0.24 <= limiter.stats().wait_time <= 0.26
+        second = await limiter.acquire(tokens=1_000)
+        # On Redis's clock, whatever the load between the two calls.
+        expected = max(first._slot.at + 0.25, server_now(second))
+        assert second._slot.at == pytest.approx(expected, abs=1e-5)

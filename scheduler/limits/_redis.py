@@ -17,12 +17,19 @@ once, settle, header feedback, a shared cooldown after a 429), built as *reserva
   in flight sends everything queued), so local FIFO holds and round trips per request fall below
   one under load. ``release``, ``settle`` and cancellation move the schedule back (or forward):
   a refund rides with this process's next call (or ``aclose``), a charge goes at once.
+- A slot, once granted, is never granted again: nothing folds the schedule's tail back to make
+  room (at 64 requests in flight the schedule may run minutes ahead). When the server shows less
+  room than booked (a 429's cooldown, or headers below our level), the whole unsent part of the
+  schedule moves later: the tail, and every granted-but-unsent slot, whose holder compares the
+  schedule's cumulative delay (``shift``, in every script answer) with its slot's before sending
+  and waits the difference. A changed limit rescales what is booked ahead to the new rate.
 - With ``lease_seconds > 0`` a process takes a slice of the shared capacity (``lease_seconds``
   of the limit, at least the head request) in one call and hands it out locally, in order. The
   slice is charged to the shared schedule when taken, so the shared limit holds; what is left
   when it expires goes back with the next call (or on ``aclose``), as do refunds and releases;
-  extra usage comes out of the slice. A cooldown another process starts reaches this one at
-  its next lease, so keep leases short (tens of milliseconds to a second).
+  extra usage comes out of the slice. A slice never exceeds the burst (a server enforcing per
+  second refuses a minute's worth at once) and its requests are paced inside it at the limit's
+  rate. A cooldown another process starts reaches this one at its next call.
 
 ``stats()`` is local and synchronous: levels and limits are those the last script answered,
 projected to now; counters are this process's. ``round_trips`` and ``leases`` count calls.
@@ -37,7 +44,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._errors import ConfigError
+from .._errors import ConfigError, RedisUnavailable
 from .._redis import LuaScript, RedisClient
 from ._base import (
     DEFAULT_MARGIN_SECONDS,
@@ -54,6 +61,9 @@ if TYPE_CHECKING:
     from .._config import Config
 
 __all__ = ["RedisLimiter", "RedisReservation"]
+
+# How long closing may spend giving back an unused lease and refunds.
+_GIVE_BACK_SECONDS = 2.0
 
 
 @dataclass(slots=True)
@@ -76,6 +86,7 @@ class _Slot:
     at: float
     mark_tokens: int
     mark_requests: int
+    shift: float = 0.0
 
 
 @dataclass(slots=True)
@@ -87,6 +98,7 @@ class _Lease:
     start: float = 0.0
     expires: float = 0.0
     slot: _Slot | None = None
+    size: tuple[int, int] = (0, 0)
 
 
 class RedisReservation:
@@ -167,6 +179,7 @@ class RedisLimiter:
         self._limits = (tpm, rpm)
         self._levels = (self._pair.tokens.top, self._pair.requests.top)
         self._cool_left = 0.0
+        self._shift = 0.0
         self._seen_at: float | None = None
         self._lowest_level = self._pair.tokens.top
         self._announced: set[tuple[str, int]] = set()
@@ -190,8 +203,8 @@ class RedisLimiter:
         limits = config.limits
         if not config.redis.url:
             raise ConfigError("redis.url: set it to share the limit through Redis")
-        return cls(
-            config.redis.url,
+        limiter = cls(
+            RedisClient.from_config(config),
             tpm=limits.tpm,
             rpm=limits.rpm,
             burst_seconds=limits.burst_seconds,
@@ -201,6 +214,8 @@ class RedisLimiter:
             lease_seconds=limits.lease_seconds,
             margin_seconds=limits.margin_seconds,
         )
+        limiter._owns_client = True
+        return limiter
 
     async def __aenter__(self) -> RedisLimiter:
         return self
@@ -244,12 +259,23 @@ class RedisLimiter:
             raise ask.error
         slot = self._slot(ask.answer, tokens, requests)
         try:
-            await self._sleep(slot.wait)
+            waited = await self._sleep_slot(slot.wait, slot.shift)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._adjust(tokens=-tokens, requests=-requests)
             raise
-        return slot, slot.wait
+        return slot, waited
+
+    async def _sleep_slot(self, wait: float, shift: float) -> float:
+        """Sleep until a granted slot, then as long again as the schedule was delayed since it
+        was granted (a 429 or a header showing less room, seen by any process); return the
+        total wait."""
+        await self._sleep(wait)
+        while self._shift > shift:
+            late, shift = self._shift - shift, self._shift
+            await self._sleep(late)
+            wait += late
+        return wait
 
     async def _acquire_leased(self, tokens: int, requests: int) -> tuple[_Slot, float]:
         async with self._lease_lock:
@@ -262,11 +288,20 @@ class RedisLimiter:
                 self._give_requests += lease.requests
                 self._lease = _Lease()
                 while True:
+                    # A slice never exceeds the burst (a per-second server refuses more at
+                    # once); its requests are paced inside it at the limit's rate.
                     limit_tokens, limit_requests = self._limits
-                    want_tokens = max(tokens, round(limit_tokens / 60 * self.lease_seconds))
-                    want_requests = max(requests, round(limit_requests / 60 * self.lease_seconds))
-                    want_tokens = min(want_tokens, limit_tokens)
-                    want_requests = min(want_requests, limit_requests)
+                    shape = BucketPair.per_minute(
+                        tpm=limit_tokens, rpm=limit_requests, burst_seconds=self._burst_seconds
+                    )
+                    slice_tokens = min(
+                        limit_tokens / 60 * self.lease_seconds, shape.tokens.capacity
+                    )
+                    slice_requests = min(
+                        limit_requests / 60 * self.lease_seconds, shape.requests.capacity
+                    )
+                    want_tokens = min(max(tokens, round(slice_tokens)), limit_tokens)
+                    want_requests = min(max(requests, round(slice_requests)), limit_requests)
                     ask = _Ask(want_tokens, want_requests)
                     await self._exchange(ask)
                     if ask.error is not None:
@@ -284,18 +319,24 @@ class RedisLimiter:
                     start=now + slot.wait,
                     expires=now + slot.wait + self.lease_seconds,
                     slot=slot,
+                    size=(want_tokens, want_requests),
                 )
             assert lease.slot is not None
+            # Paced: this request goes when the slice's earlier requests have flowed at the rate.
+            used_tokens = lease.size[0] - lease.tokens
+            used_requests = lease.size[1] - lease.requests
+            limit_tokens, limit_requests = self._limits
+            offset = max(used_tokens / (limit_tokens / 60), used_requests / (limit_requests / 60))
             lease.tokens -= tokens
             lease.requests -= requests
-            wait = max(0.0, lease.start - now)
+            wait = max(0.0, lease.start + offset - now)
             try:
-                await self._sleep(wait)
+                waited = await self._sleep_slot(wait, lease.slot.shift)
             except BaseException:
                 lease.tokens += tokens
                 lease.requests += requests
                 raise
-            return lease.slot, wait
+            return lease.slot, waited
 
     async def _sleep(self, wait: float) -> None:
         """Sleep the script's answer; closing the limiter ends it with ClosedResourceError."""
@@ -444,8 +485,12 @@ class RedisLimiter:
             self._give_tokens += lease.tokens
             self._give_requests += lease.requests
             try:
-                if self._give_tokens or self._give_requests:
-                    await self._exchange(None)
+                # Best effort and bounded: with Redis gone, what is not given back only idles.
+                with anyio.move_on_after(_GIVE_BACK_SECONDS):
+                    if self._give_tokens or self._give_requests:
+                        await self._exchange(None)
+            except (RedisUnavailable, OSError):
+                pass
             finally:
                 if self._owns_client:
                     await self._client.aclose()
@@ -477,6 +522,7 @@ class RedisLimiter:
         self._limits = limits
         self._levels = (token_level, request_level)
         self._cool_left = float(state[4])
+        self._shift = float(state[5])
         self._seen_at = anyio.current_time()
         self._lowest_level = min(self._lowest_level, token_level)
 
@@ -486,8 +532,8 @@ class RedisLimiter:
         if answer == "x":
             self._too_large(tokens, requests)
             raise AssertionError("the script refused a request within the limits")
-        _, wait, at, mark_tokens, mark_requests = answer.split(":")
-        return _Slot(float(wait), float(at), int(mark_tokens), int(mark_requests))
+        _, wait, at, mark_tokens, mark_requests, shift = answer.split(":")
+        return _Slot(float(wait), float(at), int(mark_tokens), int(mark_requests), float(shift))
 
     def _too_large(self, tokens: int, requests: int) -> None:
         """Raise RequestTooLarge if the request exceeds the limits last seen (learned ones)."""

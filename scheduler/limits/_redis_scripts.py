@@ -17,7 +17,8 @@ _PRELUDE = """
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local s = redis.call('HMGET', key, 'tat_t', 'tat_r', 'cool', 'tpm', 'rpm', 'adm_t', 'adm_r')
+local s = redis.call('HMGET', key, 'tat_t', 'tat_r', 'cool', 'tpm', 'rpm', 'adm_t', 'adm_r',
+  'shift')
 local tpm = tonumber(s[4]) or tonumber(ARGV[1])
 local rpm = tonumber(s[5]) or tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
@@ -32,22 +33,35 @@ local tat_t = math.max(now - mg, tonumber(s[1]) or (now - mg))
 local tat_r = math.max(now - mg, tonumber(s[2]) or (now - mg))
 local cool = tonumber(s[3]) or 0
 local adm_t, adm_r = tonumber(s[6]) or 0, tonumber(s[7]) or 0
+local shift = tonumber(s[8]) or 0
 local function fmt(x) return string.format('%.6f', x) end
 local function save()
   redis.call('HSET', key, 'tat_t', fmt(tat_t), 'tat_r', fmt(tat_r), 'cool', fmt(cool),
-    'adm_t', string.format('%d', adm_t), 'adm_r', string.format('%d', adm_r))
+    'adm_t', string.format('%d', adm_t), 'adm_r', string.format('%d', adm_r),
+    'shift', fmt(shift))
   redis.call('EXPIRE', key, 3600)
 end
 local function state()
   return {fmt(cap_t - (tat_t - now) * rt), fmt(cap_r - (tat_r - now) * rr),
-    string.format('%d', tpm), string.format('%d', rpm), fmt(math.max(0, cool - now))}
+    string.format('%d', tpm), string.format('%d', rpm), fmt(math.max(0, cool - now)),
+    fmt(shift)}
+end
+-- Less room than booked: move the schedule's tail and every granted-but-unsent slot later
+-- (a slot's holder re-checks ``shift`` before it sends); never move it earlier.
+local function delay(seconds)
+  if seconds > 0 then
+    tat_t, tat_r = tat_t + seconds, tat_r + seconds
+    shift = shift + seconds
+  end
 end
 """
 
 
 # ARGV[5..6] = tokens and requests to give back (negative: charge), ARGV[7] = n, then n pairs
 # (tokens, requests). Answers {slots, state}; a slot is "w:<wait>:<at>:<admitted tokens>:
-# <admitted requests>" (server time, totals including this one) or "x" when over a learned limit.
+# <admitted requests>:<shift>" (server time, totals including this one, the schedule's delay so
+# far) or "x" when over a learned limit. A slot, once granted, is never granted again: the tail
+# only moves back for tokens given back (released or refunded), never to make room.
 _ACQUIRE = LuaScript(
     _PRELUDE
     + """
@@ -66,7 +80,7 @@ for i = 1, tonumber(ARGV[7]) do
     tat_r = math.max(tat_r, at) + q / rr
     adm_t, adm_r = adm_t + c, adm_r + q
     out[i] = 'w:' .. fmt(at - now) .. ':' .. fmt(at) .. ':' .. string.format('%d', adm_t)
-      .. ':' .. string.format('%d', adm_r)
+      .. ':' .. string.format('%d', adm_r) .. ':' .. fmt(shift)
   end
 end
 save()
@@ -75,12 +89,15 @@ return {out, state()}
 )
 
 
-# ARGV[5] = seconds. Holds everyone until then; the server said there is no room, so both levels
-# drop to at most zero (plus the margin's reserve) and refill during the pause.
+# ARGV[5] = seconds. Holds everyone until then; the server said there is no room, so what is
+# booked and not yet sent moves later by the pause (only the part past an earlier pause), and
+# both levels drop to at most zero (plus the margin's reserve) and refill during the pause.
 _COOLDOWN = LuaScript(
     _PRELUDE
     + """
-cool = math.max(cool, now + tonumber(ARGV[5]))
+local until_ = now + tonumber(ARGV[5])
+delay(until_ - math.max(cool, now))
+cool = math.max(cool, until_)
 tat_t = math.max(tat_t, now + cap_t / rt - mg)
 tat_r = math.max(tat_r, now + cap_r / rr - mg)
 save()
@@ -91,10 +108,13 @@ return state()
 
 # ARGV[5..8] = limit and remaining tokens, limit and remaining requests ("" when absent);
 # ARGV[9..11] = the server time and admitted totals of the request the headers answer ("" when
-# the headers are taken as fresh). Adopts a changed limit; lowers a level to the server's room.
+# the headers are taken as fresh). Adopts a changed limit (what is booked ahead keeps its tokens:
+# the tail is rescaled to the new rate); a level the server shows lower than ours delays what is
+# not yet sent by the difference (``delay``), never raises a level.
 _OBSERVE = LuaScript(
     _PRELUDE
     + """
+local old_rt, old_rr = rt, rr
 if ARGV[5] ~= '' and tonumber(ARGV[5]) > 0 and tonumber(ARGV[5]) ~= tpm then
   tpm = tonumber(ARGV[5])
   redis.call('HSET', key, 'tpm', ARGV[5])
@@ -104,8 +124,9 @@ if ARGV[7] ~= '' and tonumber(ARGV[7]) > 0 and tonumber(ARGV[7]) ~= rpm then
   redis.call('HSET', key, 'rpm', ARGV[7])
 end
 shape()
-tat_t = math.min(tat_t, now + 60)
-tat_r = math.min(tat_r, now + 60)
+if tat_t > now then tat_t = now + (tat_t - now) * old_rt / rt end
+if tat_r > now then tat_r = now + (tat_r - now) * old_rr / rr end
+local late = 0
 local function room(remaining, limit, rate, admitted, mark)
   local r = tonumber(remaining)
   if ARGV[9] ~= '' then
@@ -116,12 +137,15 @@ local function room(remaining, limit, rate, admitted, mark)
 end
 if ARGV[6] ~= '' then
   local r = math.max(room(ARGV[6], tpm, rt, adm_t, ARGV[10]) + mg * rt, cap_t - tpm)
-  if r < cap_t - (tat_t - now) * rt then tat_t = now + (cap_t - r) / rt end
+  local level = cap_t - (tat_t - now) * rt
+  if r < level then late = math.max(late, (level - r) / rt) end
 end
 if ARGV[8] ~= '' then
   local r = math.max(room(ARGV[8], rpm, rr, adm_r, ARGV[11]) + mg * rr, cap_r - rpm)
-  if r < cap_r - (tat_r - now) * rr then tat_r = now + (cap_r - r) / rr end
+  local level = cap_r - (tat_r - now) * rr
+  if r < level then late = math.max(late, (level - r) / rr) end
 end
+delay(late)
 save()
 return state()
 """
