@@ -8,12 +8,10 @@ too early. ``margin`` makes such a request wait until the bucket has been full t
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import anyio
 import httpx
 import pytest
-import trio.testing
 
 from scheduler import ConfigError
 from scheduler._config import LimitsConfig, load_config
@@ -139,11 +137,6 @@ class DelayedTransport(httpx.AsyncBaseTransport):
         return await self._inner.handle_async_request(request)
 
 
-@pytest.fixture
-def anyio_backend() -> Iterator[object]:
-    yield ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
-
-
 async def drive(*, margin: float, spread: float, seed: int, minutes: float) -> dict[str, int]:
     """16 workers send big image requests for ``minutes``; the sim charges what we estimate."""
     # URL images are priced by the sim at 2048x768 (8 tiles), as our estimate prices an
@@ -186,6 +179,7 @@ async def drive(*, margin: float, spread: float, seed: int, minutes: float) -> d
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_jittered_send_delays_draw_429s_without_the_margin(seed: int) -> None:
     """Send delays spread over 40 ms: 429s with margin 0, none with the default 50 ms margin."""
