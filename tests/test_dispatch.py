@@ -394,7 +394,7 @@ async def test_cancelling_map_midway_leaves_no_task_running() -> None:
                     break
         leftover = {t.id for t in anyio.get_running_tasks()} - before
         sent = len(server.calls)
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # with no task left, nothing can send any more
         assert len(server.calls) == sent
         assert s.stats().in_flight == 0
     assert leftover == set()
@@ -615,7 +615,7 @@ async def test_cancelling_the_whole_scheduler_leaves_no_task_running() -> None:
     assert scope.cancelled_caught
     assert {t.id for t in anyio.get_running_tasks()} - before == set()
     sent = len(server.calls)
-    await anyio.sleep(0.03)
+    await anyio.wait_all_tasks_blocked()  # with no task left, nothing can send any more
     assert len(server.calls) == sent < 50
 
 

@@ -94,6 +94,7 @@ def test_give_clamp_and_resize_keep_the_reserve() -> None:
 
 
 def test_margin_must_be_non_negative() -> None:
+    """A negative margin is refused by the bucket and the config; a set one reaches the bucket."""
     with pytest.raises(ValueError, match="margin"):
         TokenBucket(capacity=1, rate=1, level=1, margin=-0.1)
     with pytest.raises(ConfigError, match="margin_seconds"):

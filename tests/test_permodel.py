@@ -152,6 +152,7 @@ async def test_a_given_limiter_paces_every_model_and_the_scheduler_closes_its_ow
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_two_overrides_for_one_group_are_refused_on_entry() -> None:
+    """Two [limits.models] entries for one limit group are refused when the scheduler opens."""
     config = make_config(
         **{"limits.models": {"gpt-4o": {"tpm": 1_000}, "gpt-4o-2024-08-06": {"tpm": 2_000}}}
     )
@@ -177,6 +178,7 @@ def test_redis_limiters_get_a_key_per_group(redis_url: str) -> None:
 
 
 def test_per_model_limits_load_from_the_file(tmp_path: Path) -> None:
+    """[limits.models."name"] tables load as per-model limits; unset fields take the default."""
     path = tmp_path / "vsched.toml"
     path.write_text(
         '[limits]\ntpm = 30000\nrpm = 500\n\n[limits.models."gpt-4o-mini"]\ntpm = 200000\n'
@@ -212,6 +214,7 @@ def test_per_model_limits_load_from_the_file(tmp_path: Path) -> None:
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    """A malformed [limits.models] entry is a ConfigError naming its dotted key."""
     path = tmp_path / "vsched.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
@@ -219,6 +222,7 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> 
 
 
 def test_per_model_limits_are_not_read_from_the_environment() -> None:
+    """Per-model limits come only from the file, and are validated when built in code."""
     with pytest.raises(ConfigError, match=r"limits\.models: set per-model limits in the config"):
         load_config(env={"VSCHED_LIMITS_MODELS": "gpt-4o=1"})
     with pytest.raises(ConfigError, match=r"limits\.models\.x\.rpm: expected a positive"):
