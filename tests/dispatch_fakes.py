@@ -8,28 +8,12 @@ from typing import Any
 
 import anyio
 import httpx
-import pytest
-from trio.testing import MockClock
 
 from scheduler import Config, RequestTooLarge, UnsupportedContent, load_config
 from scheduler.cost import RequestCost
 from scheduler.limits import RateLimitHeaders
 
 API_KEY = "sk-test-Zq9SECRETvalue0123456789"
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    """Every async test runs on asyncio and on trio; trio runs in virtual time (MockClock)."""
-    if request.param == "trio":
-        return ("trio", {"clock": MockClock(autojump_threshold=0)})
-    return "asyncio"
-
-
-def virtual_time() -> pytest.MarkDecorator:
-    """Run a test on trio only, in virtual time: for tests that measure waits exactly."""
-    backend = ("trio", {"clock": MockClock(autojump_threshold=0)})
-    return pytest.mark.parametrize("anyio_backend", [pytest.param(backend, id="trio")])
 
 
 def make_config(**overrides: Any) -> Config:

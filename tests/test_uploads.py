@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from dispatch_fakes import anyio_backend, make_config  # noqa: F401
+from dispatch_fakes import make_config
 from PIL import Image
 
 from scheduler.prepare import has_heavy_images, inline_local_images
