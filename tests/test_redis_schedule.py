@@ -155,3 +155,33 @@ async def test_a_lease_never_exceeds_the_burst_and_is_paced(redis_url: str) -> N
         assert limiter._lease.size == (1_000, 1_000)
         assert limiter.leases == 1
         assert anyio.current_time() - start >= 0.09 - 1e-3, "the slice went out in one burst"
+
+
+@pytest.mark.redis
+@pytest.mark.e2e
+def test_status_shows_every_worker_and_the_fleet_total(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --redis` lists each worker's last run and sums the fleet's, not one worker's."""
+    import json
+
+    from scheduler.cli import main
+    from scheduler.queues import RedisStreamsQueue
+
+    run = {"tokens": 30_000, "charged": 30_000, "tpm_limit": 60_000, "rate_limited": 1}
+    with (
+        RedisStreamsQueue(redis_url, consumer="a") as first,
+        RedisStreamsQueue(redis_url, consumer="b") as second,
+    ):
+        first.save_run(100.0, 160.0, {**run, "utilisation": 0.5})
+        second.save_run(100.0, 160.0, {**run, "utilisation": 0.5})
+        capsys.readouterr()
+        assert main(["status", "--redis", redis_url, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert [w["worker"] for w in report["workers"]] == ["a", "b"]
+        assert all(w["alive"] for w in report["workers"])
+        assert report["fleet"]["utilisation"] == 1.0
+        assert report["fleet"]["rate_limited"] == 2
+        assert main(["status", "--redis", redis_url]) == 0
+        text = capsys.readouterr().out
+    assert "Fleet (last run, 2 workers): 60,000 tokens, utilisation 100% of the limit" in text
