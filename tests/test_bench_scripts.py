@@ -70,8 +70,18 @@ def test_bench_prepare_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.redis
 def test_bench_redis_smoke(redis_url: str) -> None:
-    """bench_redis measures every cell for a tenth of a second against the test redis-server."""
-    out = _run("benchmarks/bench_redis.py", "--url", redis_url, "--seconds", "0.1")
+    """bench_redis measures every cell for a tenth of a second, and two small real drains."""
+    out = _run(
+        "benchmarks/bench_redis.py",
+        "--url",
+        redis_url,
+        "--seconds",
+        "0.1",
+        "--drain-jobs",
+        "200",
+        "--workers",
+        "2",
+    )
     assert out.count("\n| ") >= 6
 
 

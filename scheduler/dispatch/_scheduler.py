@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 
 from .._config import Config, load_config
 from .._errors import APIError, FatalError, InputError, RateLimited, RetryableError
+from .._redis import RedisClient
 from ..cost._model import CostModel, RequestCost
 from ..images._probe import ImageProber
 from ..limits._base import LimiterStats, RateLimiter
@@ -109,12 +110,15 @@ class Scheduler:
         cost_model: CostModel | None = None,
         preparer: PrepareHook | None = None,
         grace: float | None = None,
+        redis: RedisClient | None = None,
     ) -> None:
         # Only plain objects here: the connection pool and the rest are made on entry.
         self._config = config if config is not None else load_config()
         self._transport = transport
         # A user-supplied limiter paces every request; otherwise one limiter per limit group.
         self._user_limiter = limiter
+        # With limits.shared, the Redis connection the limiters use (a drain shares its queue's).
+        self._redis = redis
         self._groups: LimitGroups | None = None
         self._cost_model = cost_model
         self._prober: ImageProber | None = None
@@ -329,7 +333,7 @@ class Scheduler:
 
     def _limit_groups(self) -> LimitGroups:
         if self._groups is None:
-            self._groups = LimitGroups(self._config)
+            self._groups = LimitGroups(self._config, redis=self._redis)
         return self._groups
 
     def _limiter_for(self, request: Request) -> RateLimiter:

@@ -19,6 +19,7 @@ from ..prepare._image import BUDGET_METADATA_KEY
 from ..queues._async import AsyncJobQueue, as_async_queue
 from ..queues._base import ClaimedJob, JobQueue, LoadReport
 from ..queues._open import open_async_queue
+from ..queues._redis_streams import AsyncRedisStreamsQueue
 from ..sources._jobs import FolderPrompt, iter_jobs
 from ._engine import (
     DrainReport,
@@ -173,7 +174,9 @@ async def _drain_with_scheduler(
         grace=config.drain.grace,
         handle_signals=handle_signals,
     )
-    async with Scheduler(config, transport=transport) as scheduler:
+    # One Redis connection for the queue and the shared limit.
+    redis = queue.client if isinstance(queue, AsyncRedisStreamsQueue) else None
+    async with Scheduler(config, transport=transport, redis=redis) as scheduler:
 
         def counters() -> tuple[int, int]:
             stats = scheduler.stats()

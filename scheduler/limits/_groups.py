@@ -12,6 +12,7 @@ import dataclasses
 
 from .._config import Config, ModelLimitsConfig
 from .._errors import ConfigError
+from .._redis import RedisClient
 from ..cost._profiles import ProfileTable
 from ._base import RateLimiter
 from ._memory import Limiter
@@ -23,19 +24,22 @@ __all__ = ["LimitGroups", "limiter_from_config"]
 _MAX_CACHED_MODELS = 1024
 
 
-def limiter_from_config(config: Config, *, key: str = "vsched:limiter") -> RateLimiter:
-    """The limiter the configuration asks for: shared on Redis (at ``key``) when ``limits.shared``,
-    else in memory."""
+def limiter_from_config(
+    config: Config, *, key: str = "vsched:limiter", redis: RedisClient | None = None
+) -> RateLimiter:
+    """The limiter the configuration asks for: shared on Redis (at ``key``, through ``redis`` if
+    given, else its own connection) when ``limits.shared``, else in memory."""
     if config.limits.shared:
-        return RedisLimiter.from_config(config, key=key)
+        return RedisLimiter.from_config(config, key=key, client=redis)
     return Limiter.from_config(config.limits)
 
 
 class LimitGroups:
     """The limiters of one Scheduler, by limit group, made on first use."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, redis: RedisClient | None = None) -> None:
         self._config = config
+        self._redis = redis
         self._profiles = ProfileTable.from_config(config)
         self._groups: dict[str, str] = {}
         self._limiters: dict[str, RateLimiter] = {}
@@ -66,7 +70,7 @@ class LimitGroups:
         if limiter is None:
             limits = dataclasses.replace(self._config.limits, models=self._overrides)
             config = dataclasses.replace(self._config, limits=limits.for_model(group))
-            limiter = limiter_from_config(config, key=f"vsched:limiter:{group}")
+            limiter = limiter_from_config(config, key=f"vsched:limiter:{group}", redis=self._redis)
             self._limiters[group] = limiter
         return limiter
 

@@ -198,13 +198,16 @@ class RedisLimiter:
         self.leases = 0
 
     @classmethod
-    def from_config(cls, config: Config, *, key: str = "vsched:limiter") -> RedisLimiter:
-        """The shared limiter on the ``[redis] url`` server for the ``[limits]`` section."""
+    def from_config(
+        cls, config: Config, *, key: str = "vsched:limiter", client: RedisClient | None = None
+    ) -> RedisLimiter:
+        """The shared limiter on the ``[redis] url`` server for the ``[limits]`` section, through
+        ``client`` when given (the caller closes it), else a connection of its own."""
         limits = config.limits
         if not config.redis.url:
             raise ConfigError("redis.url: set it to share the limit through Redis")
         limiter = cls(
-            RedisClient.from_config(config),
+            client or RedisClient.from_config(config),
             tpm=limits.tpm,
             rpm=limits.rpm,
             burst_seconds=limits.burst_seconds,
@@ -214,7 +217,7 @@ class RedisLimiter:
             lease_seconds=limits.lease_seconds,
             margin_seconds=limits.margin_seconds,
         )
-        limiter._owns_client = True
+        limiter._owns_client = client is None
         return limiter
 
     async def __aenter__(self) -> RedisLimiter:

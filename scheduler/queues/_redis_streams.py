@@ -133,12 +133,14 @@ class AsyncRedisStreamsQueue:
     def from_config(cls, config: Config, *, create: bool = True) -> AsyncRedisStreamsQueue:
         """The queue named ``queue.redis_name`` on the ``[redis] url`` server."""
         queue = config.queue
-        return cls(
+        made = cls(
             RedisClient.from_config(config),
             name=queue.redis_name,
             reclaim_after=queue.reclaim_after,
             create=create,
         )
+        made._owns_client = True
+        return made
 
     @property
     def where(self) -> str:
@@ -551,12 +553,14 @@ class AsyncRedisStreamsQueue:
 
     async def save_run(self, started: float, finished: float, stats: Mapping[str, Any]) -> None:
         """Remember the figures of this worker's run, for ``vsched status`` (fleet-wide)."""
-        entry = _dumps({"started": started, "finished": finished, **dict(stats)})
+        run = {"started": started, "finished": finished, **dict(stats)}
+        # The fleet entry also counts this worker's Redis calls (queue and shared limit).
+        calls = {"redis_round_trips": self._client.round_trips + 1}
         await self._client.pipeline(
             [
-                ("LPUSH", self._keys["runs"], entry),
+                ("LPUSH", self._keys["runs"], _dumps(run)),
                 ("LTRIM", self._keys["runs"], 0, 99),
-                ("HSET", self._keys["fleet"], self.consumer, entry),
+                ("HSET", self._keys["fleet"], self.consumer, _dumps(run | calls)),
             ]
         )
 
