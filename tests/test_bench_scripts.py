@@ -70,17 +70,9 @@ def test_bench_prepare_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.redis
 def test_bench_redis_smoke(redis_url: str) -> None:
-    """bench_redis measures every cell for a tenth of a second, and two small real drains."""
+    """bench_redis measures every cell for a tenth of a second (its real drains take minutes)."""
     out = _run(
-        "benchmarks/bench_redis.py",
-        "--url",
-        redis_url,
-        "--seconds",
-        "0.1",
-        "--drain-jobs",
-        "200",
-        "--workers",
-        "2",
+        "benchmarks/bench_redis.py", "--url", redis_url, "--seconds", "0.1", "--drain-jobs", "0"
     )
     assert out.count("\n| ") >= 6
 

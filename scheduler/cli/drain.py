@@ -2,8 +2,9 @@
 
 Every flag has a config key (shown in brackets in ``--help``), so a TOML file can hold them all.
 Exit codes: 0 every job done, 1 some jobs failed (or were left pending), 2 usage or input
-error, 3 a fatal stop (quota, authentication), 130 stopped by Ctrl-C / SIGTERM (re-run the
-same command to resume).
+error, 3 a fatal stop (quota, authentication), 4 an operational fault (Redis unreachable past
+``redis.give_up_after``; jobs intact), 130 stopped by Ctrl-C / SIGTERM (re-run the same command
+to resume). A Redis queue whose state was lost exits 1 with a message saying so.
 """
 
 from __future__ import annotations

@@ -414,9 +414,24 @@ class RedisLimiter:
         if linked is not None and linked._limiter is self:
             slot = linked._slot
             args += [f"{slot.at:.6f}", slot.mark_tokens, slot.mark_requests]
-        else:
+        elif self._news(headers):
             args += ["", "", ""]
+        else:
+            return
         self._remember(await self._call(_OBSERVE, args))
+
+    def _news(self, headers: RateLimitHeaders) -> bool:
+        """Whether fresh headers could change the shared state: a limit other than the one last
+        seen, or less room than the level last seen (projected to now; the shared level can only
+        be lower, so more room than that is no news). Saves a round trip per response."""
+        tpm, rpm = self._limits
+        if headers.limit_tokens not in (None, tpm) or headers.limit_requests not in (None, rpm):
+            return True
+        stats = self.stats()
+        tokens, requests = headers.remaining_tokens, headers.remaining_requests
+        if tokens is not None and tokens + self._margin * tpm / 60 < stats.token_level:
+            return True
+        return requests is not None and requests + self._margin * rpm / 60 < stats.request_level
 
     async def cooldown(self, seconds: float) -> None:
         """Record a 429 and hold every process sharing this limit for ``seconds`` from now."""
