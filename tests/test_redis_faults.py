@@ -337,3 +337,26 @@ def test_wrong_password_never_shows_in_output(
         assert done.returncode != 0, output
         assert PASSWORD not in output, output
         assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("redis_proc", [{"appendonly": True}], indirect=True)
+def test_giving_up_stops_with_exit_4_and_jobs_intact(
+    tmp_path: Path, redis_proc: RedisProcess, simulator: str
+) -> None:
+    """Redis gone past give_up_after: one line, exit 4; a later drain finishes every job once."""
+    jobs, env = 600, _env(VSCHED_REDIS_GIVE_UP_AFTER="2", VSCHED_QUEUE_RECLAIM_AFTER="2")
+    _enqueue(tmp_path, redis_proc.url, jobs, env)
+    workers, logs = _workers(tmp_path, redis_proc.url, simulator, 1, env)
+    _wait_done(redis_proc, jobs // 4)
+    redis_proc.signal(signal.SIGSTOP)
+    try:
+        code = workers[0].wait(timeout=60)
+    finally:
+        redis_proc.signal(signal.SIGCONT)
+    text = logs[0].read_text()
+    assert code == 4, text[-2000:]
+    assert "did not answer for 2s" in text and "re-run to resume" in text
+    assert "Traceback" not in text
+    again, logs = _workers(tmp_path, redis_proc.url, simulator, 1, env)
+    assert again[0].wait(timeout=90) == 0, logs[0].read_text()[-2000:]
+    _exported_once(tmp_path, redis_proc.url, jobs, env)
