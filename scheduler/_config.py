@@ -43,6 +43,7 @@ __all__ = [
     "load_config",
     "mask_url",
     "missing_keys",
+    "pool_tpm",
 ]
 
 
@@ -477,6 +478,14 @@ def url_host(url: str) -> str:
     if authority.startswith("["):
         return authority.partition("]")[0] + "]"
     return authority.partition(":")[0]
+
+
+def pool_tpm(config: Config) -> int:
+    """The TPM limit a run is measured against: ``limits.tpm``, or with ``[[endpoints]]`` the
+    sum of every endpoint's own (spillover included)."""
+    if not config.endpoints:
+        return config.limits.tpm
+    return sum(e.limits_config(config.limits).tpm for e in config.endpoints)
 
 
 def missing_keys(config: Config) -> list[str]:
