@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -152,3 +153,42 @@ async def test_spillover_takes_work_only_while_the_primary_is_saturated() -> Non
     share = Counter(r.endpoint_name for r in heavy)
     assert all(r.ok for r in heavy)
     assert share["large"] > 0 and share["small"] > 150
+
+
+async def test_drain_over_a_pool_names_each_jobs_endpoint(tmp_path: Path) -> None:
+    """A drain over two endpoints, one stopped mid-run, ends with every job done once (exit 0),
+    each output line naming its endpoint, and the summary showing each endpoint's share."""
+    from scheduler.cli.drain import exit_code
+    from scheduler.drain._run import run_drain
+
+    hosts = Hosts({"small": sim(60_000), "large": sim(120_000)})
+    source = tmp_path / "jobs.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"custom_id": f"j{i}", "url": "/v1/chat/completions", "body": body(i)})
+            + "\n"
+            for i in range(300)
+        )
+    )
+    config = pool_config(TWO, **{"drain.progress": "quiet"})
+
+    async def stop_small() -> None:
+        await anyio.sleep(10)
+        hosts.stop("small")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_small)
+        report = await run_drain(
+            config,
+            source,
+            output=tmp_path / "out.jsonl",
+            queue_path=tmp_path / "q",
+            transport=hosts,
+        )
+    assert exit_code(report) == 0
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == sorted(f"j{i}" for i in range(300))
+    names = Counter(x["response"]["endpoint_name"] for x in lines)
+    assert names == Counter(report.summary.endpoints) and set(names) == {"small", "large"}
+    assert report.summary.tpm_limit == 180_000
+    assert "Endpoints: large" in report.summary.render()
