@@ -37,8 +37,15 @@ def limiter_from_config(
 class LimitGroups:
     """The limiters of one Scheduler, by limit group, made on first use."""
 
-    def __init__(self, config: Config, *, redis: RedisClient | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        key_prefix: str = "vsched:limiter",
+        redis: RedisClient | None = None,
+    ) -> None:
         self._config = config
+        self._key_prefix = key_prefix
         self._redis = redis
         self._profiles = ProfileTable.from_config(config)
         self._groups: dict[str, str] = {}
@@ -65,12 +72,14 @@ class LimitGroups:
 
     def limiter(self, group: str) -> RateLimiter:
         """The limiter of ``group``, made on first use (shared on Redis at
-        ``vsched:limiter:<group>`` when ``limits.shared``)."""
+        ``<key_prefix>:<group>`` when ``limits.shared``; a pool's prefix names the endpoint)."""
         limiter = self._limiters.get(group)
         if limiter is None:
             limits = dataclasses.replace(self._config.limits, models=self._overrides)
             config = dataclasses.replace(self._config, limits=limits.for_model(group))
-            limiter = limiter_from_config(config, key=f"vsched:limiter:{group}", redis=self._redis)
+            limiter = limiter_from_config(
+                config, key=f"{self._key_prefix}:{group}", redis=self._redis
+            )
             self._limiters[group] = limiter
         return limiter
 

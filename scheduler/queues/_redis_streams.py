@@ -411,6 +411,7 @@ class AsyncRedisStreamsQueue:
                 "error": outcome.error,
                 "tokens": outcome.tokens,
                 "request_id": outcome.request_id,
+                "endpoint_name": outcome.endpoint_name,
             }
             args += [outcome.key, entry, state, outcome.attempts, _dumps(result)]
         keys = [self._keys[n] for n in ("meta", "result", "counts", "attempts", "jobs")]
@@ -513,6 +514,7 @@ class AsyncRedisStreamsQueue:
                     error=result.get("error"),
                     tokens=int(result.get("tokens") or 0),
                     request_id=result.get("request_id"),
+                    endpoint_name=result.get("endpoint_name"),
                 )
             )
         return page, start + len(names)
