@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import cast
 
 import anyio
-import anyio.to_thread
 import httpx
 
 from .._config import Config, pool_tpm
@@ -88,7 +87,8 @@ async def load_source(
     is simply done again; the fingerprint only saves re-reading a large unchanged file.
     """
     queue = as_async_queue(queue)
-    resolved, fingerprint = await anyio.to_thread.run_sync(_fingerprint, source)
+    # A stat, not worth a worker thread (which would also let a mock clock jump meanwhile).
+    resolved, fingerprint = _fingerprint(source)
     await queue.bind_source(resolved)
     if fingerprint is not None and await queue.get_meta("loaded") == fingerprint:
         return None
