@@ -154,8 +154,10 @@ class CostModel:
         self._probe = probe
         self._check_base64 = check_base64
         self._profiles = profiles if profiles is not None else ProfileTable.from_config(config)
-        self._counter = counter or load_text_counter(config.cost.text_counter)
-        self._count = self._counter.count
+        self._text_mode = config.cost.text_counter
+        self._fixed_counter = counter is not None
+        self._counter = counter or load_text_counter(self._text_mode)
+        self._counts: dict[str, Callable[[str], int]] = {}
         self._default_model = config.cost.default_model
         self._default_max_tokens = config.cost.default_max_tokens
 
@@ -166,8 +168,22 @@ class CostModel:
 
     @property
     def counter(self) -> TextCounter:
-        """The text counter in use (``chars`` or ``tiktoken:<encoding>``)."""
+        """The text counter of the default encoding (``chars`` or ``tiktoken:<encoding>``)."""
         return self._counter
+
+    def counter_for(self, model: str) -> TextCounter:
+        """The text counter of ``model``'s encoding (the given ``counter`` for every model)."""
+        if self._fixed_counter:
+            return self._counter
+        return load_text_counter(self._text_mode, encoding=self._profiles.encoding(model))
+
+    def _count_for(self, model: str) -> Callable[[str], int]:
+        count = self._counts.get(model)
+        if count is None:
+            if len(self._counts) >= 1024:  # model names come from requests: keep it bounded
+                self._counts.clear()
+            count = self._counts[model] = self.counter_for(model).count
+        return count
 
     def estimate(
         self, body: Mapping[str, Any], *, endpoint: str = "/v1/chat/completions"
@@ -184,7 +200,8 @@ class CostModel:
         model = body.get("model") or self._default_model
         if not isinstance(model, str):
             raise UnsupportedContent(f"model: expected a string, got {model!r}")
-        tally = _Tally(self._count)
+        count = self._count_for(model)
+        tally = _Tally(count)
         if _endpoint_kind(endpoint) == _CHAT:
             self._walk_chat(body, tally)
             extras: tuple[str, ...] = ("tools", "functions", "response_format")
@@ -194,7 +211,7 @@ class CostModel:
         for key in extras:  # schemas the model reads as text
             extra = body.get(key)
             if extra is not None:
-                tally.text += self._count(_json_text(extra))
+                tally.text += count(_json_text(extra))
         images: tuple[ImageCost, ...] = ()
         if tally.images:
             profile = self._profiles.resolve(model)
@@ -238,7 +255,7 @@ class CostModel:
             else:
                 tally.add_text(content, f"{where}.content")
             for call in message.get("tool_calls") or ():
-                tally.text += self._count(_json_text(call))
+                tally.text += tally.count(_json_text(call))
         tally.text += REPLY_OVERHEAD
 
     def _chat_part(self, part: object, where: str, tally: _Tally) -> None:
@@ -269,7 +286,7 @@ class CostModel:
         tally.add_text(body.get("instructions"), "instructions")
         items = body.get("input")
         if isinstance(items, str):
-            tally.text += MESSAGE_OVERHEAD + self._count(items) + REPLY_OVERHEAD
+            tally.text += MESSAGE_OVERHEAD + tally.count(items) + REPLY_OVERHEAD
             return
         if not isinstance(items, list):
             raise UnsupportedContent("input: expected a string or a list of input items")

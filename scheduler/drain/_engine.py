@@ -272,6 +272,9 @@ def _record(queue: JobQueue, progress: DrainProgress, result: Result) -> None:
         completion_tokens=completion,
         charged_tokens=_charged(result),
     )
+    if result.status == "ok" and result.cost is not None and result.usage:
+        progress.estimated_prompt += result.cost.prompt_tokens
+        progress.billed_prompt += prompt
 
 
 def _charged(result: Result) -> int:
@@ -317,4 +320,6 @@ def _summarise(
         failures_total=counts["failed"],
         stopped=stopped,
         output=str(output) if output is not None else None,
+        estimated_prompt=progress.estimated_prompt,
+        billed_prompt=progress.billed_prompt,
     )
