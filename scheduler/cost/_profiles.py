@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from .._config import Config
 from .._errors import ConfigError, UnknownModel
+from ..sources._body import DETAILS
 from ._text import model_encoding
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
     "match_family",
 ]
 
-#: Every ``detail`` value the cost model knows; a profile accepts a subset.
-DETAILS: tuple[str, ...] = ("low", "high", "auto", "original")
 #: What ``auto`` (or an omitted detail) is priced as; ``none``: the image is not resized at all.
 AUTO_MEANINGS: tuple[str, ...] = ("high", "original", "none")
 #: The tiktoken encodings a profile may name for its text.
