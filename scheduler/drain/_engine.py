@@ -274,6 +274,9 @@ def _record(queue: JobQueue, progress: DrainProgress, result: Result) -> None:
         charged_tokens=_charged(result),
         endpoint=_endpoint_name(result),
     )
+    if result.status == "ok" and result.cost is not None and result.usage:
+        progress.estimated_prompt += result.cost.prompt_tokens
+        progress.billed_prompt += prompt
 
 
 def _endpoint_name(result: Result) -> str | None:
@@ -326,4 +329,6 @@ def _summarise(
         endpoints=dict(progress.by_endpoint),
         stopped=stopped,
         output=str(output) if output is not None else None,
+        estimated_prompt=progress.estimated_prompt,
+        billed_prompt=progress.billed_prompt,
     )
