@@ -13,7 +13,7 @@ from trio.testing import MockClock
 
 from scheduler import Config, RequestTooLarge, UnsupportedContent, load_config
 from scheduler.cost import RequestCost
-from scheduler.limits import RateLimitHeaders
+from scheduler.limits import RateLimitHeaders, RateLimitRefusal, Reservation
 
 API_KEY = "sk-test-Zq9SECRETvalue0123456789"
 
@@ -118,10 +118,18 @@ class FakeLimiter:
         self.acquired.append((anyio.current_time(), tokens))
         return FakeReservation(self, tokens, requests)
 
-    async def observe(self, headers: RateLimitHeaders) -> None:
+    async def observe(
+        self, headers: RateLimitHeaders, *, reservation: Reservation | None = None
+    ) -> None:
         self.observed.append(headers)
 
-    async def cooldown(self, seconds: float) -> None:
+    async def cooldown(
+        self,
+        seconds: float,
+        *,
+        reservation: Reservation | None = None,
+        refusal: RateLimitRefusal | None = None,
+    ) -> None:
         self.cooldowns.append(seconds)
 
     def stats(self) -> dict[str, int]:
