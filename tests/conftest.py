@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server on a free loopback port for the Redis tests."""
+"""Shared fixtures: the event loops async tests run on, and a real redis-server for Redis tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from trio.testing import MockClock
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """The loop an async test runs on: asyncio, or trio in virtual time (a fresh MockClock).
+
+    A module or test picks its loops the anyio way, by parametrizing this fixture indirectly:
+    ``@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)``. "trio-wallclock" is
+    trio on the real clock, for code whose time is kept elsewhere (Redis, threads, processes).
+    """
+    name: str = request.param
+    if name == "trio":
+        return ("trio", {"clock": MockClock(autojump_threshold=0)})
+    if name == "trio-wallclock":
+        return "trio"
+    return name
 
 
 def _free_port() -> int:

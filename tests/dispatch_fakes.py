@@ -8,28 +8,13 @@ from typing import Any
 
 import anyio
 import httpx
-import pytest
-from trio.testing import MockClock
 
 from scheduler import Config, RequestTooLarge, UnsupportedContent, load_config
-from scheduler.cost import RequestCost
+from scheduler.cost import ImageChange, RequestCost
 from scheduler.limits import RateLimitHeaders, RateLimitRefusal, Reservation
+from scheduler.sources import BodyParts
 
 API_KEY = "sk-test-Zq9SECRETvalue0123456789"
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    """Every async test runs on asyncio and on trio; trio runs in virtual time (MockClock)."""
-    if request.param == "trio":
-        return ("trio", {"clock": MockClock(autojump_threshold=0)})
-    return "asyncio"
-
-
-def virtual_time() -> pytest.MarkDecorator:
-    """Run a test on trio only, in virtual time: for tests that measure waits exactly."""
-    backend = ("trio", {"clock": MockClock(autojump_threshold=0)})
-    return pytest.mark.parametrize("anyio_backend", [pytest.param(backend, id="trio")])
 
 
 def make_config(**overrides: Any) -> Config:
@@ -156,6 +141,13 @@ class FakeCostModel:
             completion_tokens=0,
             images=(),
         )
+
+    def price(self, parts: BodyParts) -> RequestCost:
+        return self.estimate(parts.body)
+
+    def reprice(self, cost: RequestCost, changes: Mapping[int, ImageChange]) -> RequestCost:
+        assert not changes, "the fake prices no images"
+        return cost
 
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]

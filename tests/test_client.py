@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dispatch_fakes import API_KEY, anyio_backend, make_config  # noqa: F401
+from dispatch_fakes import API_KEY, make_config
 
 from scheduler._errors import (
     APIError,

@@ -10,17 +10,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from dispatch_fakes import (  # noqa: F401
+from dispatch_fakes import (
     API_KEY,
     FakeCostModel,
     FakeLimiter,
     ScriptedServer,
-    anyio_backend,
     chat,
     error_response,
     make_config,
     ok_response,
-    virtual_time,
 )
 
 from scheduler import AuthenticationFailed, QuotaExceeded
@@ -192,7 +190,7 @@ async def test_rate_limit_feeds_the_shared_cooldown_and_keeps_the_charge() -> No
     assert limiter.settled == [(100, 100), (100, 42)]
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 @pytest.mark.parametrize(
     ("headers", "wait"),
     [
@@ -215,7 +213,7 @@ async def test_server_wait_is_honoured_to_the_millisecond(
     assert second - first == pytest.approx(wait, abs=1e-6)
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_message_hint_is_honoured() -> None:
     """'Please try again in 7.188s' in the message is the wait when no header gives one."""
     message = "Rate limit reached for gpt-4o on tokens per min (TPM): Please try again in 7.188s."
@@ -282,7 +280,7 @@ async def test_fatal_error_raised_from_submit_and_later_submits() -> None:
     assert len(server.calls) == 1
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 @pytest.mark.parametrize(("grace", "finished"), [(10.0, True), (0.5, False)])
 async def test_requests_on_the_wire_get_the_grace_period(grace: float, finished: bool) -> None:
     """After a fatal error, a request on the wire finishes within the grace, else is cancelled."""
@@ -396,7 +394,7 @@ async def test_cancelling_map_midway_leaves_no_task_running() -> None:
                     break
         leftover = {t.id for t in anyio.get_running_tasks()} - before
         sent = len(server.calls)
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # with no task left, nothing can send any more
         assert len(server.calls) == sent
         assert s.stats().in_flight == 0
     assert leftover == set()
@@ -417,7 +415,7 @@ async def test_cancelling_the_consumer_cancels_the_work() -> None:
     assert len(server.calls) < 50
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_endless_generator_is_read_only_as_fast_as_the_limiter_admits() -> None:
     """With 1 admission/second, after 30 s the input was read ~30 + in-flight + read-ahead times."""
     read = 0
@@ -523,7 +521,7 @@ async def test_local_image_is_priced_by_its_size_and_inlined_at_dispatch(tmp_pat
     assert result.request.body is body
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_endless_generator_with_the_real_limiter() -> None:
     """At 60 RPM the real Limiter admits ~1 request/s; the input is read no faster than that."""
     from scheduler.limits import Limiter
@@ -547,7 +545,7 @@ async def test_endless_generator_with_the_real_limiter() -> None:
     assert read <= len(server.calls) + 4 + 8 + 2
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_a_429_pauses_everyone_through_the_real_limiter() -> None:
     """After a 429 with retry-after-ms 5000, no request at all is sent for the next 5 s."""
     from scheduler.limits import Limiter
@@ -617,7 +615,7 @@ async def test_cancelling_the_whole_scheduler_leaves_no_task_running() -> None:
     assert scope.cancelled_caught
     assert {t.id for t in anyio.get_running_tasks()} - before == set()
     sent = len(server.calls)
-    await anyio.sleep(0.03)
+    await anyio.wait_all_tasks_blocked()  # with no task left, nothing can send any more
     assert len(server.calls) == sent < 50
 
 
@@ -636,7 +634,7 @@ async def test_streams_never_iterated_or_iterated_plainly_are_closed() -> None:
     assert len(server.calls) == 2
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_time_queued_for_admission_does_not_use_the_retry_budget() -> None:
     """A job that waited 100 s for the limiter still gets its retries within a 30 s budget."""
 

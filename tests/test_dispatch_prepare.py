@@ -10,15 +10,13 @@ from typing import Any
 
 import anyio
 import pytest
-from dispatch_fakes import (  # noqa: F401
+from dispatch_fakes import (
     FakeLimiter,
     FakeReservation,
     ScriptedServer,
-    anyio_backend,
     error_response,
     make_config,
     ok_response,
-    virtual_time,
 )
 from PIL import Image
 
@@ -122,7 +120,7 @@ async def test_budget_that_lowers_the_detail_is_charged_the_lower_cost(
         assert result.cost.total == unbudgeted.cost.total - 765 + 85
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_real_limiter_admits_the_prepared_cost() -> None:
     """With the real Limiter, the admitted tokens are the estimate of the body as sent."""
     server = ScriptedServer(lambda body, n: ok_response(total_tokens=100))
@@ -135,7 +133,7 @@ async def test_real_limiter_admits_the_prepared_cost() -> None:
     assert limiter.stats().admitted_tokens == sum(r.cost.total for r in results if r.cost)
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_images_are_prepared_before_admission_and_once_per_job() -> None:
     """Preparation (here 0.25 s) runs before acquire, once even across a retry; the request
     reaches the server at the instant it is admitted."""

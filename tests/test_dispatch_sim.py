@@ -6,14 +6,14 @@ from typing import Any
 
 import httpx
 import pytest
-from dispatch_fakes import API_KEY, make_config, virtual_time
+from dispatch_fakes import API_KEY, make_config
 
 from scheduler import QuotaExceeded
 from scheduler.dispatch import Result, Scheduler
 from scheduler.sim.app import create_app
 from scheduler.sim.settings import FaultRates, LatencyModel, SimSettings
 
-pytestmark = [pytest.mark.anyio, virtual_time()]
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)]
 
 
 def body(i: int) -> dict[str, Any]:

@@ -10,21 +10,14 @@ from typing import Any
 
 import anyio
 import pytest
-from trio.testing import MockClock
 
 from scheduler import QuotaExceeded
 from scheduler.drain import DrainSettings, StopControl, drain_queue
 from scheduler.queues import ClaimedJob, SqliteQueue
 from scheduler.sources import Job
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)]
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """Run under trio with a virtual clock that jumps whenever every task sleeps."""
-    return ("trio", {"clock": MockClock(autojump_threshold=0)})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import anyio
 import httpx
 import pytest
-import trio.testing
 
 from scheduler.limits import Limiter, RateLimitHeaders
 from scheduler.sim.app import create_app
@@ -28,12 +25,6 @@ BODY = {
     ],
 }
 CHARGE = 85 + 4 * 170 + 300 + 20  # 1024x1024 high detail, the reserve, text with a margin
-
-
-@pytest.fixture
-def anyio_backend() -> Iterator[object]:
-    """Trio with a fresh autojumping MockClock: minutes of traffic in milliseconds."""
-    yield ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 async def drive(*, settle: str, correct_to_usage: bool, minutes: float) -> dict[str, int]:
@@ -73,6 +64,7 @@ async def drive(*, settle: str, correct_to_usage: bool, minutes: float) -> dict[
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_paced_traffic_fills_the_limit_without_429s() -> None:
     """Against a server enforcing per second, a 1 s burst runs at >= 97% of TPM with no 429."""
     counts = await drive(settle="none", correct_to_usage=False, minutes=3)
@@ -81,6 +73,7 @@ async def test_paced_traffic_fills_the_limit_without_429s() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_settling_to_usage_overruns_a_server_that_does_not() -> None:
     """settle='actual' draws 429s from a server that keeps the admission charge; 'none' none."""
     actual = await drive(settle="actual", correct_to_usage=False, minutes=2)

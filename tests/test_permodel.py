@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from dispatch_fakes import API_KEY, make_config, virtual_time
+from dispatch_fakes import API_KEY, make_config
 
 from scheduler import ConfigError
 from scheduler._config import LimitsConfig, ModelLimitsConfig, load_config
@@ -54,7 +54,7 @@ def interleaved(n: int, *models: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.anyio
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_two_models_are_paced_under_their_own_limits_without_429s() -> None:
     """gpt-4o (6k TPM) and gpt-4o-mini (60k TPM) in one drain: each runs at its own pace."""
     limits = {
@@ -86,7 +86,7 @@ async def test_two_models_are_paced_under_their_own_limits_without_429s() -> Non
 
 
 @pytest.mark.anyio
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_headers_of_one_model_do_not_change_the_limit_of_the_other() -> None:
     """Each group's limiter learns only from its own model's x-ratelimit headers."""
     limits = {
@@ -106,7 +106,7 @@ async def test_headers_of_one_model_do_not_change_the_limit_of_the_other() -> No
 
 
 @pytest.mark.anyio
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_a_dated_snapshot_shares_its_familys_limiter() -> None:
     """gpt-4o-2024-08-06 is paced with gpt-4o; an unknown text-only model gets its own group."""
     _, transport = sim(tpm=1_000_000, rpm=10_000)
@@ -127,7 +127,7 @@ async def test_a_dated_snapshot_shares_its_familys_limiter() -> None:
 
 
 @pytest.mark.anyio
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_a_given_limiter_paces_every_model_and_the_scheduler_closes_its_own() -> None:
     """limiter= keeps one limiter for all models; the scheduler's own limiters close on exit."""
     _, transport = sim(tpm=1_000_000, rpm=10_000)
@@ -150,8 +150,9 @@ async def test_a_given_limiter_paces_every_model_and_the_scheduler_closes_its_ow
 
 
 @pytest.mark.anyio
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_two_overrides_for_one_group_are_refused_on_entry() -> None:
+    """Two [limits.models] entries for one limit group are refused when the scheduler opens."""
     config = make_config(
         **{"limits.models": {"gpt-4o": {"tpm": 1_000}, "gpt-4o-2024-08-06": {"tpm": 2_000}}}
     )
@@ -181,6 +182,7 @@ def test_redis_limiters_get_a_key_per_group(redis_url: str) -> None:
 
 
 def test_per_model_limits_load_from_the_file(tmp_path: Path) -> None:
+    """[limits.models."name"] tables load as per-model limits; unset fields take the default."""
     path = tmp_path / "vsched.toml"
     path.write_text(
         '[limits]\ntpm = 30000\nrpm = 500\n\n[limits.models."gpt-4o-mini"]\ntpm = 200000\n'
@@ -216,6 +218,7 @@ def test_per_model_limits_load_from_the_file(tmp_path: Path) -> None:
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    """A malformed [limits.models] entry is a ConfigError naming its dotted key."""
     path = tmp_path / "vsched.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
@@ -223,6 +226,7 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> 
 
 
 def test_per_model_limits_are_not_read_from_the_environment() -> None:
+    """Per-model limits come only from the file, and are validated when built in code."""
     with pytest.raises(ConfigError, match=r"limits\.models: set per-model limits in the config"):
         load_config(env={"VSCHED_LIMITS_MODELS": "gpt-4o=1"})
     with pytest.raises(ConfigError, match=r"limits\.models\.x\.rpm: expected a positive"):

@@ -35,12 +35,8 @@ from scheduler.sources import Job
 
 PROFILES = ProfileTable.from_config()
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Run every async test here on both backends."""
-    return str(request.param)
+# Both loops on the real clock: decoding happens in threads, and a heartbeat is timed.
+REAL_CLOCK = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio-wallclock"], indirect=True)
 
 
 def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -347,8 +343,8 @@ def test_budget_shrinks_the_pixels() -> None:
         ({"other": 1}, None),
         ({"image_token_budget": 500}, 500),
         ({"image_token_budget": 0}, 0),  # a job can switch the global budget off
-        # vsched drain passes the queue's Job, which carries its JSONL line's metadata.
-        (Job(id="1", line=1, body={}, metadata={"image_token_budget": 200}), 200),
+        # Only a mapping is read: the drain passes a job line's budget explicitly (Request field).
+        (Job(id="1", line=1, body={}, metadata={"image_token_budget": 200}), None),
         (Job(id="2", line=2, body={}), None),
     ],
 )
@@ -390,6 +386,7 @@ def test_unreadable_images_raise_image_errors(data: bytes, error: type[Exception
 
 
 @pytest.mark.anyio
+@REAL_CLOCK
 async def test_animated_gif_refused_before_any_work() -> None:
     """An animated image is refused at once, without waiting for (or using) a worker thread."""
     preparer = ImagePreparer(threads=1)
@@ -405,6 +402,7 @@ async def test_animated_gif_refused_before_any_work() -> None:
 
 
 @pytest.mark.anyio
+@REAL_CLOCK
 async def test_preparer_runs_in_threads_and_counts_bytes(sideways_photo: bytes) -> None:
     """The async hook prepares in a worker thread and totals the bytes it saved."""
     preparer = ImagePreparer(Config(images=ImagesConfig(token_budget=300)))
@@ -430,6 +428,7 @@ class _ThreadRecordingProfiles(ProfileTable):
 
 
 @pytest.mark.anyio
+@REAL_CLOCK
 async def test_decoding_runs_off_the_event_loop_thread(sideways_photo: bytes) -> None:
     """The preparer does its work in a worker thread, never on the event loop's thread."""
     profiles = _ThreadRecordingProfiles.builtin()
@@ -470,6 +469,7 @@ async def _longest_heartbeat_gap(preparer: ImagePreparer, photo: bytes, images: 
 
 
 @pytest.mark.anyio
+@REAL_CLOCK
 async def test_event_loop_stays_responsive_while_preparing() -> None:
     """A heartbeat never stalls more than 50 ms while 100 large photos are prepared.
 
@@ -541,6 +541,7 @@ def test_decode_budget_waits_first_come_first_served() -> None:
 
 
 @pytest.mark.anyio
+@REAL_CLOCK
 async def test_concurrent_decodes_are_bounded_in_count_and_pixels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -619,6 +620,7 @@ def _sent_image(body: dict[str, Any]) -> tuple[Image.Image, str]:
 
 
 @pytest.mark.anyio
+@REAL_CLOCK
 async def test_rotated_photo_arrives_upright_at_the_server(tmp_path: Path) -> None:
     """Through the Scheduler, a sideways local photo reaches the server upright and shrunk."""
     path = tmp_path / "IMG_0001.jpg"

@@ -1,4 +1,8 @@
-"""The Redis limiter against a real redis-server: the in-memory contract, shared by processes."""
+"""The Redis limiter's own promises against a real redis-server: one budget shared by processes.
+
+What every RateLimiter does is in test_limiter_contract.py, which runs on Redis too; here
+round trips, leases, batching, and what several processes see of each other.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,25 @@ import anyio
 import pytest
 
 from scheduler import ConfigError, RequestTooLarge
-from scheduler._config import LimitsConfig, load_config
+from scheduler._config import load_config
 from scheduler._redis import RedisClient
 from scheduler.dispatch import Scheduler
 from scheduler.limits import (
     Limiter,
-    RateLimiter,
     RateLimitHeaders,
     RedisLimiter,
     limiter_from_config,
 )
 
-pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.anyio]
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 # 600k TPM = 10,000 tokens/s and 6,000 RPM = 100 requests/s: waits are tens of milliseconds.
 TPM = 600_000
 RPM = 6_000
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Run each test on both anyio backends (trio goes through the threaded client)."""
-    backend: str = request.param
-    return backend
+# Both loops on the real clock: the buckets live on Redis's (trio goes through the threaded client).
+WALL_CLOCK = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio-wallclock"], indirect=True)
 
 
 def make(url: str, **kw: object) -> RedisLimiter:
@@ -48,18 +48,8 @@ def make(url: str, **kw: object) -> RedisLimiter:
     return RedisLimiter(url, **options)  # type: ignore[arg-type]
 
 
-async def test_burst_is_free_then_paced(redis_url: str) -> None:
-    """The burst (0.1 s = 1,000 tokens) is admitted at once; the next 1,000 tokens wait ~0.1 s."""
-    async with make(redis_url) as limiter:
-        await limiter.acquire(tokens=1_000)
-        assert limiter.stats().wait_time == 0
-        start = anyio.current_time()
-        await limiter.acquire(tokens=1_000)
-        elapsed = anyio.current_time() - start
-        assert 0.05 <= limiter.stats().wait_time <= 0.11
-        assert elapsed >= limiter.stats().wait_time
-
-
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_oversize_raises_at_once_without_a_round_trip(redis_url: str) -> None:
     """More tokens than the per-minute limit raise RequestTooLarge before touching Redis."""
     async with make(redis_url) as limiter:
@@ -69,36 +59,8 @@ async def test_oversize_raises_at_once_without_a_round_trip(redis_url: str) -> N
         assert limiter.round_trips == 0
 
 
-async def test_large_request_takes_a_full_bucket_and_leaves_a_debt(redis_url: str) -> None:
-    """A 2,000-token request (twice the burst) goes at once on a full bucket; then others wait."""
-    async with make(redis_url) as limiter:
-        await limiter.acquire(tokens=2_000)
-        assert limiter.stats().wait_time == 0
-        await limiter.acquire(tokens=1)
-        assert 0.05 <= limiter.stats().wait_time <= 0.11
-
-
-async def test_fifo_large_request_is_not_starved(redis_url: str) -> None:
-    """A large request queued behind small ones is admitted before the small ones that follow it."""
-    order: list[str] = []
-    async with make(redis_url) as limiter:
-
-        async def take(name: str, tokens: int) -> None:
-            await limiter.acquire(tokens=tokens)
-            order.append(name)
-
-        await limiter.acquire(tokens=1_000)  # empty the bucket
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(take, "small-1", 100)
-            await anyio.sleep(0.005)
-            tg.start_soon(take, "large", 1_500)
-            await anyio.sleep(0.005)
-            for i in range(2, 6):
-                tg.start_soon(take, f"small-{i}", 100)
-    assert order.index("large") < order.index("small-2")
-    assert order[0] == "small-1"
-
-
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_two_processes_share_one_budget(redis_url: str) -> None:
     """Two limiters on separate connections admit at most burst + rate x elapsed together."""
     admitted: list[tuple[float, int]] = []
@@ -123,47 +85,8 @@ async def test_two_processes_share_one_budget(redis_url: str) -> None:
         assert so_far <= 1_000 + 10_000 * (when - start) + 250
 
 
-async def test_release_gives_the_place_back(redis_url: str) -> None:
-    """A released reservation's tokens are available again at once."""
-    async with make(redis_url) as limiter:
-        reservation = await limiter.acquire(tokens=1_000)
-        await reservation.release()
-        await reservation.release()  # a second release is a no-op
-        await limiter.acquire(tokens=1_000)
-        assert limiter.stats().wait_time == 0
-
-
-async def test_settle_charges_actual_usage(redis_url: str) -> None:
-    """Settling above the estimate pushes the next acquire out by the difference."""
-    async with make(redis_url) as limiter:
-        reservation = await limiter.acquire(tokens=100)
-        await reservation.settle(1_900)
-        await limiter.acquire(tokens=1)
-        assert 0.05 <= limiter.stats().wait_time <= 0.11
-
-
-async def test_settle_none_ignores_usage(redis_url: str) -> None:
-    """With settle="none" the estimate stands whatever the usage."""
-    async with make(redis_url, settle="none") as limiter:
-        reservation = await limiter.acquire(tokens=100)
-        await reservation.settle(1_900)
-        await limiter.acquire(tokens=800)
-        assert limiter.stats().wait_time == 0
-
-
-async def test_default_settle_keeps_the_estimate_like_limiter_and_config(redis_url: str) -> None:
-    """Built without settle=, the Redis limiter keeps the estimate, as Limiter and [limits] do."""
-    assert LimitsConfig().settle == "none"
-    async with RedisLimiter(
-        redis_url, tpm=TPM, rpm=RPM, burst_seconds=0.1, margin_seconds=0.0
-    ) as limiter:
-        reservation = await limiter.acquire(tokens=100)
-        await reservation.settle(1_900)
-        await limiter.acquire(tokens=800)
-        assert limiter.stats().wait_time == 0
-        assert limiter.stats().extra_tokens == 0
-
-
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_cooldown_pauses_every_process(redis_url: str) -> None:
     """A 429 cooldown from one process delays another process's next acquire."""
     async with make(redis_url) as first, make(redis_url) as second:
@@ -172,43 +95,18 @@ async def test_cooldown_pauses_every_process(redis_url: str) -> None:
         assert 0.1 <= second.stats().wait_time <= 0.16
 
 
-async def test_observe_learns_little_remaining(redis_url: str) -> None:
-    """Headers saying nothing is left empty the shared bucket."""
-    async with make(redis_url) as limiter:
-        await limiter.observe(RateLimitHeaders(remaining_tokens=0, limit_tokens=TPM))
-        await limiter.acquire(tokens=500)
-        assert 0.02 <= limiter.stats().wait_time <= 0.06
-
-
-async def test_observe_learns_a_lower_limit(redis_url: str) -> None:
-    """A lower x-ratelimit-limit-tokens makes a request above it RequestTooLarge."""
-    async with make(redis_url) as limiter:
-        await limiter.observe(RateLimitHeaders(limit_tokens=5_000))
-        with pytest.raises(RequestTooLarge) as info:
-            await limiter.acquire(tokens=6_000)
-        assert info.value.limit == 5_000
-
-
-async def test_observe_disabled_learns_nothing(redis_url: str) -> None:
-    """With learn_from_headers off, headers do not touch the schedule."""
+@pytest.mark.anyio
+@WALL_CLOCK
+async def test_observe_disabled_makes_no_round_trip(redis_url: str) -> None:
+    """With learn_from_headers off, observe does not call Redis (the contract pins the rest)."""
     async with make(redis_url, learn_from_headers=False) as limiter:
         await limiter.observe(RateLimitHeaders(remaining_tokens=0))
         await limiter.acquire(tokens=500)
-        assert limiter.stats().wait_time == 0
         assert limiter.round_trips == 1
 
 
-async def test_cancelled_waiter_gives_its_place_back(redis_url: str) -> None:
-    """An acquire cancelled while it waits frees its slot for the next request."""
-    async with make(redis_url) as limiter:
-        await limiter.acquire(tokens=1_000)
-        with anyio.move_on_after(0.01):
-            await limiter.acquire(tokens=900)  # would wait 0.09 s
-        waited = limiter.stats().wait_time
-        await limiter.acquire(tokens=100)  # without the give-back: 0.09 s more
-        assert limiter.stats().wait_time - waited < 0.03
-
-
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_concurrent_acquires_share_round_trips(redis_url: str) -> None:
     """Many concurrent acquires of one process go to Redis in fewer calls than requests."""
     async with make(redis_url, tpm=60_000_000, rpm=6_000_000) as limiter:
@@ -219,6 +117,8 @@ async def test_concurrent_acquires_share_round_trips(redis_url: str) -> None:
         assert limiter.round_trips < 64
 
 
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_leasing_cuts_round_trips_and_keeps_the_limit(redis_url: str) -> None:
     """With leases, 200 small acquires take a handful of round trips and stay within the rate."""
     admitted: list[float] = []
@@ -234,6 +134,8 @@ async def test_leasing_cuts_round_trips_and_keeps_the_limit(redis_url: str) -> N
     assert leases >= 1
 
 
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_lease_leftover_goes_back_on_close(redis_url: str) -> None:
     """Closing a leasing limiter returns its unused slice to the shared schedule."""
     async with make(redis_url, lease_seconds=0.1) as limiter:
@@ -243,6 +145,8 @@ async def test_lease_leftover_goes_back_on_close(redis_url: str) -> None:
         assert other.stats().wait_time == 0
 
 
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_shared_client_is_not_closed_by_the_limiter(redis_url: str) -> None:
     """A limiter given a client leaves it open for its owner."""
     client = RedisClient(redis_url)
@@ -252,38 +156,8 @@ async def test_shared_client_is_not_closed_by_the_limiter(redis_url: str) -> Non
     await client.aclose()
 
 
-async def test_satisfies_the_rate_limiter_protocol(redis_url: str) -> None:
-    """The Redis limiter is a RateLimiter, so dispatch takes it in place of the in-memory one."""
-    async with make(redis_url) as limiter:
-        assert isinstance(limiter, RateLimiter)
-        assert limiter.stats().configured_tpm == TPM
-
-
-async def test_cooldown_empties_the_bucket(redis_url: str) -> None:
-    """After a 429 the levels start from zero when the pause ends, as in the in-memory limiter."""
-    async with make(redis_url) as limiter:
-        await limiter.cooldown(0.05)
-        await limiter.acquire(tokens=1_000)  # 0.05 s pause, then 0.05 s more to refill 500
-        assert 0.06 <= limiter.stats().wait_time <= 0.12
-        stats = limiter.stats()
-        assert (stats.cooldowns, stats.rate_limited) == (1, 1)
-
-
-async def test_settle_acts_once_and_rejects_negative_usage(redis_url: str) -> None:
-    """A second settle, or a release after settle, changes nothing; negative usage is an error."""
-    async with make(redis_url) as limiter:
-        reservation = await limiter.acquire(tokens=500)
-        with pytest.raises(ValueError):
-            await reservation.settle(-1)
-        await reservation.settle(100)
-        await reservation.settle(5_000)
-        await reservation.release()
-        stats = limiter.stats()
-        assert (stats.refunded_tokens, stats.extra_tokens, stats.released_tokens) == (400, 0, 0)
-        await limiter.acquire(tokens=900)
-        assert limiter.stats().wait_time == 0
-
-
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_observe_with_the_reservation_counts_later_admissions(redis_url: str) -> None:
     """Headers tied to an earlier request subtract what every process admitted after it."""
     slow = {"tpm": 60_000, "burst_seconds": 1.0}  # 1,000 tokens/s, a 1,000-token bucket
@@ -293,37 +167,6 @@ async def test_observe_with_the_reservation_counts_later_admissions(redis_url: s
         await limiter.observe(RateLimitHeaders(remaining_tokens=500), reservation=first)
         await limiter.acquire(tokens=100)  # level ~ 500 - 800 = -300: wait ~0.4 s
         assert 0.25 <= limiter.stats().wait_time <= 0.41
-
-
-async def test_observe_fresh_headers_above_the_level_change_nothing(redis_url: str) -> None:
-    """Headers without a reservation only lower the level to what remains, never raise it."""
-    async with make(redis_url) as limiter:
-        await limiter.acquire(tokens=100)
-        await limiter.acquire(tokens=800)
-        await limiter.observe(RateLimitHeaders(remaining_tokens=500))
-        await limiter.acquire(tokens=100)
-        assert limiter.stats().wait_time < 0.01
-
-
-async def test_close_ends_waits_with_closed_resource_error(redis_url: str) -> None:
-    """Closing the limiter wakes its waiters with ClosedResourceError and refuses newcomers."""
-    limiter = make(redis_url)
-    await limiter.acquire(tokens=1_000)
-    errors: list[BaseException] = []
-
-    async def waiter() -> None:
-        try:
-            await limiter.acquire(tokens=1_000)
-        except anyio.ClosedResourceError as exc:
-            errors.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(waiter)
-        await anyio.sleep(0.02)
-        await limiter.aclose()
-    assert len(errors) == 1
-    with pytest.raises(anyio.ClosedResourceError):
-        await limiter.acquire(tokens=1)
 
 
 def test_config_picks_the_shared_limiter(redis_url: str) -> None:
@@ -341,6 +184,8 @@ def test_config_picks_the_shared_limiter(redis_url: str) -> None:
         load_config(env={}, overrides={"limits.lease_seconds": -1.0})
 
 
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_refunds_ride_along_and_charges_go_at_once(redis_url: str) -> None:
     """A refund waits for the next call (no round trip of its own); an extra charge is sent now."""
     async with make(redis_url) as limiter, make(redis_url) as other:
@@ -355,6 +200,8 @@ async def test_refunds_ride_along_and_charges_go_at_once(redis_url: str) -> None
         assert other.stats().wait_time == 0
 
 
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_leased_release_goes_to_the_schedule_not_the_slice(redis_url: str) -> None:
     """A release under leasing is returned to the shared schedule; the local slice stays as is."""
     async with make(redis_url, lease_seconds=0.1) as limiter:  # slices of 1,000 tokens
@@ -365,6 +212,8 @@ async def test_leased_release_goes_to_the_schedule_not_the_slice(redis_url: str)
         assert limiter.stats().wait_time < 0.05, "the release came back with the second lease"
 
 
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_margin_matches_the_in_memory_bucket(redis_url: str) -> None:
     """With a margin, a request needing a full bucket waits until it has been full that long.
 

@@ -14,16 +14,16 @@ from scheduler.limits import RedisLimiter
 from scheduler.sim.app import create_app
 from scheduler.sim.settings import LatencyModel, SimSettings
 
-pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.anyio]
+# Real time on asyncio: the simulator and Redis share the wall clock.
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.e2e,
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True),
+]
 
 TPM = 600_000  # 10,000 tokens a second
 RPM = 60_000
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """Real time: the simulator and Redis share the wall clock."""
-    return "asyncio"
 
 
 def body(i: int) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from dispatch_fakes import anyio_backend, virtual_time  # noqa: F401
 from tenacity import RetryCallState, wait_fixed
 
 from scheduler import JobFailed, RateLimited, ServerError
@@ -44,7 +43,7 @@ async def test_retries_only_retryable_errors_then_reraises() -> None:
         assert calls == attempts
 
 
-@virtual_time()
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_stop_after_elapsed_uses_the_event_loop_clock() -> None:
     """With 10 s between attempts and a 35 s budget, exactly 4 attempts start (t=0,10,20,30)."""
     config = RetryConfig(max_attempts=100, max_retry_time=35.0)

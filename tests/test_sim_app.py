@@ -14,21 +14,14 @@ import anyio
 import httpx
 import pytest
 from PIL import Image
-from trio.testing import MockClock
 
 from scheduler.limits import RateLimitHeaders
 from scheduler.sim import FaultRates, LatencyModel, ModelLimits, SimApp, SimSettings, create_app
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)]
 
 NO_LATENCY = LatencyModel(base=0.0, per_token=0.0, jitter=0.0)
 AUTH = {"Authorization": "Bearer sk-test"}
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """Run every test on trio with a virtual clock that jumps whenever all tasks wait."""
-    return ("trio", {"clock": MockClock(autojump_threshold=0)})
 
 
 def chat(text: str = "hello", *, max_tokens: int = 100, **extra: Any) -> dict[str, Any]:

@@ -12,16 +12,15 @@ import pytest
 from scheduler.sim.server import running
 from scheduler.sim.settings import FaultRates, LatencyModel, SimSettings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+# The SDK runs on asyncio.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True),
+]
 
 FAST = LatencyModel(base=0.0, per_token=0.0, jitter=0.0)
 MESSAGES: Any = [{"role": "user", "content": "Say hello."}]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """The SDK runs on asyncio."""
-    return "asyncio"
 
 
 async def test_sdk_parses_completions_and_responses() -> None:

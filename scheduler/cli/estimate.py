@@ -61,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
         report = estimate_jobs(iter_jobs(args.file), model, PriceTable.from_config(config), tpm=tpm)
     prepared = None
     if args.prepare:
-        jobs = ((job.body, job.metadata) for job in iter_jobs(args.file) if job.body is not None)
-        prepared = anyio.run(prepare_bodies, jobs, config)
+        prepared = anyio.run(prepare_bodies, iter_jobs(args.file), config)
     if args.json:
         extra = {"preparation": prepared.to_dict()} if prepared is not None else {}
         print(json.dumps({"file": args.file, **report.to_dict(tpm=tpm, rpm=rpm), **extra}))
