@@ -239,6 +239,12 @@ class LimitsConfig:
     backfill: bool = False
     # Seconds a request needing a full bucket waits past "full" (covers send-delay jitter).
     margin_seconds: float = 0.05
+    # Learn what the server charges against our token estimate (needs learn_from_headers).
+    learn_charge: bool = True
+    # Until the first answer of a limit group, at most this many requests out (0: no slow start).
+    slow_start_requests: int = 4
+    # Learn the server's enforcement window, starting at burst_seconds (false: keep it fixed).
+    learn_burst: bool = False
     # True: the limit lives in Redis at [redis] url, shared by every process that names it.
     shared: bool = False
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).
@@ -262,6 +268,10 @@ class LimitsConfig:
             )
         if self.lease_seconds < 0:
             raise ConfigError(f"limits.lease_seconds: expected >= 0, got {self.lease_seconds!r}")
+        if self.slow_start_requests < 0:
+            raise ConfigError(
+                f"limits.slow_start_requests: expected >= 0, got {self.slow_start_requests!r}"
+            )
 
     def for_model(self, name: str) -> LimitsConfig:
         """These limits with ``name``'s override of tpm/rpm applied (and no overrides left)."""

@@ -35,6 +35,11 @@ Messages name the job (when known) and the cause, and never contain the API key.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .limits._headers import RateLimitRefusal
+
 __all__ = [
     "APIError",
     "AuthenticationFailed",
@@ -170,7 +175,22 @@ class RetryableError(APIError):
 
 
 class RateLimited(RetryableError):
-    """A 429 rate-limit answer; ``retry_after`` is the server's hint in seconds, if any."""
+    """A 429 rate-limit answer; ``retry_after`` is the server's hint in seconds, if any.
+
+    ``refusal`` is what the message said about the limit (``RateLimitRefusal``), if anything.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        refusal: RateLimitRefusal | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, code=code, retry_after=retry_after)
+        self.refusal = refusal
 
 
 class ServerError(RetryableError):

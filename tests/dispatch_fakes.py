@@ -11,7 +11,7 @@ import httpx
 
 from scheduler import Config, RequestTooLarge, UnsupportedContent, load_config
 from scheduler.cost import ImageChange, RequestCost
-from scheduler.limits import RateLimitHeaders
+from scheduler.limits import RateLimitHeaders, RateLimitRefusal, Reservation
 from scheduler.sources import BodyParts
 
 API_KEY = "sk-test-Zq9SECRETvalue0123456789"
@@ -103,10 +103,18 @@ class FakeLimiter:
         self.acquired.append((anyio.current_time(), tokens))
         return FakeReservation(self, tokens, requests)
 
-    async def observe(self, headers: RateLimitHeaders) -> None:
+    async def observe(
+        self, headers: RateLimitHeaders, *, reservation: Reservation | None = None
+    ) -> None:
         self.observed.append(headers)
 
-    async def cooldown(self, seconds: float) -> None:
+    async def cooldown(
+        self,
+        seconds: float,
+        *,
+        reservation: Reservation | None = None,
+        refusal: RateLimitRefusal | None = None,
+    ) -> None:
         self.cooldowns.append(seconds)
 
     def stats(self) -> dict[str, int]:

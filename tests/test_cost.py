@@ -21,6 +21,7 @@ from scheduler.cost import (
 from scheduler.cost._tokens import (
     image_tokens,
     max_image_tokens,
+    patch_mode,
     profile_image_tokens,
     working_size,
 )
@@ -62,8 +63,9 @@ def png_data_url(width: int, height: int) -> str:
         ("gpt-4.1-mini", 1800, 2400, "high", 2353),  # DESIGN.md: 1452 patches x 1.62
         ("gpt-4.1-nano", 1800, 2400, "high", 3572),  # 1452 x 2.46
         ("o4-mini", 1800, 2400, "high", 2498),  # 1452 x 1.72
-        ("gpt-5-mini", 1280, 800, "high", 1200),  # 1000 x 1.2 exactly: no float creep to 1201
-        ("gpt-5-nano", 1024, 1024, "auto", 1536),  # 1024 x 1.5
+        ("gpt-5.2", 1280, 800, "high", 1200),  # 1000 x 1.2 exactly: no float creep to 1201
+        ("gpt-5-mini", 1280, 800, "high", 1620),  # 1000 x 1.62 (newest guide)
+        ("gpt-5-nano", 1024, 1024, "auto", 2520),  # 1024 x 2.46 = 2519.04, ceil
         ("gpt-4.1-mini", 10, 10, "high", 2),  # one patch, never enlarged
         ("gpt-4.1-mini", 1800, 2400, "low", 2353),  # decision: patch low is priced as high
     ],
@@ -110,7 +112,8 @@ def test_working_size_keeps_the_cost(model: str) -> None:
             assert size[0] <= width and size[1] <= height
             tokens = profile_image_tokens(width, height, detail, profile)
             assert profile_image_tokens(*size, detail, profile) == tokens
-            assert tokens <= max_image_tokens(profile, detail)
+            if profile.kind == "tile" or patch_mode(profile, detail) != "none":
+                assert tokens <= max_image_tokens(profile, detail)  # "none" has no maximum
 
 
 @pytest.mark.parametrize(
@@ -119,7 +122,9 @@ def test_working_size_keeps_the_cost(model: str) -> None:
         ("gpt-4o", "high", 85 + 8 * 170),  # 768x2048: 2x4 tiles
         ("gpt-4o", "low", 85),
         ("gpt-4.1-mini", "high", 2489),  # 1536 patches x 1.62
-        ("gpt-5-nano", "low", 2304),
+        ("gpt-5-nano", "low", 3779),  # 1536 x 2.46 = 3778.56, ceil
+        ("gpt-5.4", "original", 12000),  # 10,000 patches x 1.2
+        ("gpt-5.6", "original", 42413),  # not resized: a 6000x6000 image assumed, 188^2 x 1.2
     ],
 )
 def test_max_image_tokens(model: str, detail: str, tokens: int) -> None:
@@ -318,7 +323,7 @@ def test_file_id_images_are_charged_the_maximum() -> None:
         "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}],
     }
     (image,) = CostModel(CHARS).estimate(body, endpoint="/v1/responses").images
-    assert (image.tokens, image.exact) == (1844, False)
+    assert (image.tokens, image.exact) == (2489, False)
 
 
 def test_unknown_model_only_matters_with_images() -> None:

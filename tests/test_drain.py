@@ -30,6 +30,7 @@ class FakeError:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FakeCost:
     total: int
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

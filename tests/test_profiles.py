@@ -40,12 +40,17 @@ def test_builtin_tile_models(model: str, base: int, per_tile: int) -> None:
         ("gpt-4.1-mini", 1.62),
         ("gpt-4.1-nano", 2.46),
         ("o4-mini", 1.72),
-        ("gpt-5-mini", 1.2),
-        ("gpt-5-nano", 1.5),
+        ("gpt-5-mini", 1.62),  # newest guide; an older copy said 1.2
+        ("gpt-5-nano", 2.46),  # newest guide; an older copy said 1.5
+        ("gpt-5.2", 1.2),  # measurements; the guide lists none
+        ("gpt-5.4-mini", 1.62),
+        ("gpt-5.4-nano", 2.46),
+        ("gpt-5-codex-mini", 1.62),
+        ("gpt-5.1-codex-mini", 1.62),
     ],
 )
 def test_builtin_patch_models(model: str, multiplier: float) -> None:
-    """Every patch model named in DESIGN.md has a 1536-patch budget and its multiplier."""
+    """Every 1536-patch model named in DESIGN.md has that budget and its multiplier."""
     profile = ProfileTable.builtin().resolve(model)
     assert (profile.kind, profile.patch_budget, profile.multiplier) == ("patch", 1536, multiplier)
 
@@ -146,4 +151,6 @@ def test_a_kind_change_replaces_the_builtin_profile() -> None:
         Config(models={"gpt-4o": {"kind": "patch", "patch_budget": 64, "multiplier": 1.0}})
     )
     profile = table.resolve("gpt-4o")
-    assert profile == ModelProfile(name="gpt-4o", kind="patch", patch_budget=64)
+    assert profile == ModelProfile(
+        name="gpt-4o", kind="patch", patch_budget=64, source="config file"
+    )

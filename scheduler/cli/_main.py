@@ -18,6 +18,8 @@ _COMMANDS: tuple[str, ...] = (
     "demo",
     "drain",
     "estimate",
+    "models",
+    "calibrate",
     "status",
     "retry_failed",
     "export",

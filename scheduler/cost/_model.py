@@ -129,8 +129,10 @@ class CostModel:
         self._probe = probe
         self._check_base64 = check_base64
         self._profiles = profiles if profiles is not None else ProfileTable.from_config(config)
-        self._counter = counter or load_text_counter(config.cost.text_counter)
-        self._count = self._counter.count
+        self._text_mode = config.cost.text_counter
+        self._fixed_counter = counter is not None
+        self._counter = counter or load_text_counter(self._text_mode)
+        self._counts: dict[str, Callable[[str], int]] = {}
         self._default_model = config.cost.default_model
         self._default_max_tokens = config.cost.default_max_tokens
 
@@ -141,8 +143,22 @@ class CostModel:
 
     @property
     def counter(self) -> TextCounter:
-        """The text counter in use (``chars`` or ``tiktoken:<encoding>``)."""
+        """The text counter of the default encoding (``chars`` or ``tiktoken:<encoding>``)."""
         return self._counter
+
+    def counter_for(self, model: str) -> TextCounter:
+        """The text counter of ``model``'s encoding (the given ``counter`` for every model)."""
+        if self._fixed_counter:
+            return self._counter
+        return load_text_counter(self._text_mode, encoding=self._profiles.encoding(model))
+
+    def _count_for(self, model: str) -> Callable[[str], int]:
+        count = self._counts.get(model)
+        if count is None:
+            if len(self._counts) >= 1024:  # model names come from requests: keep it bounded
+                self._counts.clear()
+            count = self._counts[model] = self.counter_for(model).count
+        return count
 
     def estimate(
         self, body: Mapping[str, Any], *, endpoint: str = "/v1/chat/completions"
@@ -157,7 +173,7 @@ class CostModel:
         image that cannot be accepted.
         """
         model = parts.model or self._default_model
-        text = sum(map(self._count, parts.texts))
+        text = sum(map(self._count_for(model), parts.texts))
         text += parts.messages * MESSAGE_OVERHEAD + parts.names * NAME_OVERHEAD + REPLY_OVERHEAD
         images: tuple[ImageCost, ...] = ()
         if parts.images:

@@ -7,8 +7,10 @@ Two kinds exist (see DESIGN.md, "Image tokens"):
 * ``patch``: count ``patch_size`` patches; over the detail's patch budget shrink the image;
   tokens = ``ceil(patches * multiplier)``.
 
-The built-in table covers every model named in DESIGN.md; ``[models.<name>]`` tables in the
-config file override fields of a built-in profile or add new ones. Dated snapshots resolve to
+The built-in table is data: ``models.toml`` beside this module, one ``[models.<name>]`` row per
+model with its ``source`` and ``source_date``, read once and validated (errors name the row).
+``[models.<name>]`` tables in the config file override fields of a built-in profile or add
+new ones. Dated snapshots resolve to
 their family: ``gpt-4.1-mini-2025-04-14`` is ``gpt-4.1-mini`` (the longest family whose name
 is followed only by a snapshot suffix), never ``gpt-4.1``.
 """
@@ -16,17 +18,36 @@ is followed only by a snapshot suffix), never ``gpt-4.1``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Literal
 
 from .._config import Config
 from .._errors import ConfigError, UnknownModel
 from ..sources._body import DETAILS
+from ._text import model_encoding
 
-__all__ = ["DETAILS", "ModelProfile", "ProfileTable", "match_family"]
+__all__ = [
+    "AUTO_MEANINGS",
+    "DETAILS",
+    "ENCODINGS",
+    "ModelProfile",
+    "ProfileTable",
+    "builtin_profiles",
+    "match_family",
+]
 
+#: What ``auto`` (or an omitted detail) is priced as; ``none``: the image is not resized at all.
+AUTO_MEANINGS: tuple[str, ...] = ("high", "original", "none")
+#: The tiktoken encodings a profile may name for its text.
+ENCODINGS: tuple[str, ...] = ("o200k_base", "cl100k_base")
+#: The data file of the built-in table, shipped inside the package.
+BUILTIN_FILE = "models.toml"
+_DATE = re.compile(r"\d{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?")
 
 # A snapshot suffix after the family name: -2024-08-06, -0613, -20240806, optionally -preview.
 _SNAPSHOT = re.compile(r"(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})(?:-preview)?")
@@ -52,6 +73,10 @@ class ModelProfile:
     Patch profiles: a budget of 0 for ``low`` or ``original`` means "the same as high". The
     built-in patch profiles price ``low`` exactly like ``high``: the docs define no low-detail
     rule for patch models, and over-charging is the safe side for a rate limiter.
+    ``auto`` says what ``auto`` (or an omitted detail) is priced as; ``original_resize=False``
+    prices ``original`` at the full size (no budget and no side cap): the "no resize" mode.
+    ``source``, ``source_date`` and ``note`` say where the figures come from (required of
+    built-in rows, optional for config rows).
     """
 
     name: str
@@ -71,11 +96,30 @@ class ModelProfile:
     max_side: int = 0
     original_max_side: int = 0
     multiplier: float = 1.0
+    auto: Literal["high", "original", "none"] = "high"
+    original_resize: bool = True
+    # text, and where the row comes from
+    encoding: str = "o200k_base"
+    source: str = ""
+    source_date: str = ""
+    note: str = ""
 
     def __post_init__(self) -> None:
         where = f"models.{self.name}"
         if self.kind not in ("tile", "patch"):
             raise ConfigError(f"{where}.kind: expected tile or patch, got {self.kind!r}")
+        if self.auto not in AUTO_MEANINGS:
+            raise ConfigError(
+                f"{where}.auto: expected one of {', '.join(AUTO_MEANINGS)}, got {self.auto!r}"
+            )
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(
+                f"{where}.encoding: expected one of {', '.join(ENCODINGS)}, got {self.encoding!r}"
+            )
+        if self.source_date and _DATE.fullmatch(self.source_date) is None:
+            raise ConfigError(
+                f"{where}.source_date: expected YYYY-MM or YYYY-MM-DD, got {self.source_date!r}"
+            )
         if not self.details:
             raise ConfigError(f"{where}.details: expected at least one detail")
         for detail in self.details:
@@ -86,6 +130,8 @@ class ModelProfile:
         if self.kind == "tile":
             if "original" in self.details:
                 raise ConfigError(f"{where}.details: 'original' exists only for patch models")
+            if self.auto != "high" or not self.original_resize:
+                raise ConfigError(f"{where}.auto: tile models price auto as high")
             _check(where, "base", self.base, minimum=0)
             _check(where, "per_tile", self.per_tile, minimum=0)
             _check(where, "fit_side", self.fit_side, minimum=1)
@@ -107,45 +153,21 @@ class ModelProfile:
                 raise ConfigError(
                     f"{where}.multiplier: expected a positive number, got {multiplier!r}"
                 )
+            if self.auto == "original" and "original" not in self.details:
+                raise ConfigError(f"{where}.auto: 'original' needs 'original' in details")
+
+    @property
+    def auto_meaning(self) -> str:
+        """What ``auto`` is priced as: ``high``, ``original`` or ``none`` (not resized)."""
+        if self.auto == "original" and not self.original_resize:
+            return "none"
+        return self.auto
 
 
 def _check(where: str, key: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{where}.{key}: expected an integer >= {minimum}, got {value!r}")
 
-
-def _tile(name: str, base: int, per_tile: int) -> ModelProfile:
-    return ModelProfile(name=name, kind="tile", base=base, per_tile=per_tile)
-
-
-def _patch(name: str, multiplier: float, budget: int = 1536) -> ModelProfile:
-    return ModelProfile(name=name, kind="patch", patch_budget=budget, multiplier=multiplier)
-
-
-# Figures from DESIGN.md ("Image tokens"); aliases are other public names of the same family.
-_BUILTIN: tuple[ModelProfile, ...] = (
-    _tile("gpt-4-vision-preview", 85, 170),
-    _tile("gpt-4-1106-vision-preview", 85, 170),
-    _tile("gpt-4-turbo", 85, 170),
-    _tile("gpt-4o", 85, 170),
-    _tile("chatgpt-4o-latest", 85, 170),
-    _tile("gpt-4.1", 85, 170),
-    _tile("gpt-4.5", 85, 170),
-    _tile("gpt-4.5-preview", 85, 170),
-    _tile("gpt-4o-mini", 2833, 5667),
-    _tile("o1", 75, 150),
-    _tile("o1-pro", 75, 150),
-    _tile("o3", 75, 150),
-    _tile("gpt-5", 70, 140),
-    _tile("gpt-5.1", 70, 140),
-    _tile("gpt-5-chat-latest", 70, 140),
-    _tile("computer-use-preview", 65, 129),
-    _patch("gpt-4.1-mini", 1.62),
-    _patch("gpt-4.1-nano", 2.46),
-    _patch("o4-mini", 1.72),
-    _patch("gpt-5-mini", 1.2),
-    _patch("gpt-5-nano", 1.5),
-)
 
 _FIELDS: dict[str, type] = {
     "kind": str,
@@ -162,6 +184,12 @@ _FIELDS: dict[str, type] = {
     "max_side": int,
     "original_max_side": int,
     "multiplier": float,
+    "auto": str,
+    "original_resize": bool,
+    "encoding": str,
+    "source": str,
+    "source_date": str,
+    "note": str,
 }
 _TILE_ONLY = frozenset({"base", "per_tile", "fit_side", "short_side", "tile_size"})
 _PATCH_ONLY = frozenset(
@@ -173,6 +201,8 @@ _PATCH_ONLY = frozenset(
         "max_side",
         "original_max_side",
         "multiplier",
+        "auto",
+        "original_resize",
     }
 )
 
@@ -199,6 +229,9 @@ def profile_from_mapping(
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{key}: expected a list of strings, got {value!r}")
             value = tuple(value)
+        elif expected is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, expected):
             raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
         kwargs[key] = value
@@ -238,16 +271,21 @@ class ProfileTable:
     @classmethod
     def builtin(cls) -> ProfileTable:
         """The built-in table alone, with no fallback."""
-        return cls({p.name: p for p in _BUILTIN})
+        return cls({p.name: p for p in builtin_profiles()})
 
     @classmethod
     def from_config(cls, config: Config | None = None) -> ProfileTable:
         """The built-in table, overridden and extended by ``[models]``, with the fallback."""
-        profiles = {p.name: p for p in _BUILTIN}
+        profiles = {p.name: p for p in builtin_profiles()}
         if config is None:
             return cls(profiles)
         for name, values in config.models.items():
-            profiles[name] = profile_from_mapping(name, values, base=profiles.get(name))
+            profile = profile_from_mapping(name, values, base=profiles.get(name))
+            if "source" not in values:  # the figures are the config's now, not the table's
+                profile = dataclasses.replace(
+                    profile, source="config file", source_date=values.get("source_date", "")
+                )
+            profiles[name] = profile
         fallback = None
         name = config.cost.fallback_profile
         if name:
@@ -266,6 +304,11 @@ class ProfileTable:
         """The profile used for unknown models, if one is configured."""
         return self._fallback
 
+    @property
+    def profiles(self) -> tuple[ModelProfile, ...]:
+        """Every profile, sorted by name."""
+        return tuple(self._by_name[name] for name in self.names)
+
     def find(self, model: str) -> ModelProfile | None:
         """The profile of ``model`` or of its family (for a dated snapshot), else None."""
         profile = self._by_name.get(model)
@@ -273,6 +316,11 @@ class ProfileTable:
             return profile
         family = match_family(model, self._families)
         return self._by_name[family] if family is not None else None
+
+    def encoding(self, model: str) -> str:
+        """The tiktoken encoding of ``model``'s text: its profile's, else by its name."""
+        profile = self.find(model)
+        return profile.encoding if profile is not None else model_encoding(model)
 
     def resolve(self, model: str) -> ModelProfile:
         """The profile for ``model``: exact name, snapshot family, then the fallback profile."""
@@ -289,3 +337,37 @@ class ProfileTable:
             self._cache.clear()
         self._cache[model] = profile
         return profile
+
+
+@functools.cache
+def builtin_profiles() -> tuple[ModelProfile, ...]:
+    """The rows of the shipped ``models.toml``, read and validated once per process."""
+    text = resources.files(__package__).joinpath(BUILTIN_FILE).read_text(encoding="utf-8")
+    return parse_profiles(text, origin=f"scheduler/cost/{BUILTIN_FILE}")
+
+
+def parse_profiles(text: str, *, origin: str) -> tuple[ModelProfile, ...]:
+    """Profiles from a table file in the ``models.toml`` format; every row needs its source.
+
+    Errors are ConfigErrors naming the file and the row, e.g.
+    ``scheduler/cost/models.toml: models.gpt-4o.base: ...``.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML ({exc})") from None
+    rows = data.get("models")
+    if not isinstance(rows, dict) or set(data) != {"models"}:
+        raise ConfigError(f"{origin}: expected only [models.<name>] tables")
+    profiles = []
+    for name, values in rows.items():
+        try:
+            if not isinstance(values, dict):
+                raise ConfigError(f"models.{name}: expected a table")
+            for key in ("source", "source_date"):
+                if not values.get(key):
+                    raise ConfigError(f"models.{name}.{key}: required of a built-in row")
+            profiles.append(profile_from_mapping(name, values))
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+    return tuple(profiles)

@@ -8,7 +8,14 @@ import math
 from .._errors import UnsupportedContent
 from ._profiles import ModelProfile, ProfileTable
 
-__all__ = ["image_tokens", "max_image_tokens", "profile_image_tokens", "working_size"]
+__all__ = [
+    "UNKNOWN_SIDE",
+    "image_tokens",
+    "max_image_tokens",
+    "patch_mode",
+    "profile_image_tokens",
+    "working_size",
+]
 
 
 def _fit(width: int, height: int, side: int) -> tuple[int, int]:
@@ -35,20 +42,39 @@ def _patches(width: int, height: int, size: int) -> int:
     return -(-width // size) * -(-height // size)
 
 
-def _patch_budget(profile: ModelProfile, detail: str) -> int:
-    if detail == "low":
+#: The side an image of unknown size is taken to have where a detail does not resize at all.
+UNKNOWN_SIDE = 6000
+
+
+def patch_mode(profile: ModelProfile, detail: str) -> str:
+    """How a patch profile sizes ``detail``: ``low``, ``high``, ``original`` or ``none``.
+
+    ``auto`` is the profile's ``auto``; ``original`` is ``none`` (not resized) when the
+    profile does not resize originals.
+    """
+    mode = profile.auto if detail == "auto" else detail
+    if mode == "original" and not profile.original_resize:
+        return "none"
+    return mode
+
+
+def _patch_budget(profile: ModelProfile, mode: str) -> int:
+    if mode == "low":
         return profile.low_patch_budget or profile.patch_budget
-    if detail == "original":
+    if mode == "original":
         return profile.original_patch_budget or profile.patch_budget
     return profile.patch_budget
 
 
 def _patch_size(width: int, height: int, profile: ModelProfile, detail: str) -> tuple[int, int]:
-    cap = profile.original_max_side if detail == "original" else profile.max_side
+    mode = patch_mode(profile, detail)
+    if mode == "none":
+        return width, height
+    cap = profile.original_max_side if mode == "original" else profile.max_side
     if cap:
         width, height = _fit(width, height, cap)
     size = profile.patch_size
-    budget = _patch_budget(profile, detail)
+    budget = _patch_budget(profile, mode)
     if _patches(width, height, size) <= budget:
         return width, height
     # DESIGN.md: s = sqrt(size^2 * budget / (w*h)), then trim s so whole patches fit, then floor.
@@ -84,7 +110,8 @@ def working_size(width: int, height: int, *, detail: str, profile: ModelProfile)
     """The pixel size the model looks at for ``detail``; same token cost as the original.
 
     Tile models: ``low`` fits in tile_size x tile_size; ``high``/``auto`` apply the 2048 fit and
-    the 768 shortest-side step. Patch models: the size after the patch-budget shrink.
+    the 768 shortest-side step. Patch models: the size after the side cap and the patch-budget
+    shrink of the detail's mode (``auto`` per profile; ``none``: unchanged).
     """
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -124,7 +151,10 @@ def max_image_tokens(profile: ModelProfile, detail: str) -> int:
         short = min(profile.short_side, profile.fit_side)
         tiles = -(-short // profile.tile_size) * -(-profile.fit_side // profile.tile_size)
         return profile.base + tiles * profile.per_tile
-    return _patch_tokens(_patch_budget(profile, detail), profile)
+    mode = patch_mode(profile, detail)
+    if mode == "none":  # no budget: as large as an image can be taken to be
+        return _patch_tokens(_patches(UNKNOWN_SIDE, UNKNOWN_SIDE, profile.patch_size), profile)
+    return _patch_tokens(_patch_budget(profile, mode), profile)
 
 
 def image_tokens(

@@ -29,7 +29,7 @@ from .._errors import (
     ServerError,
     TransportError,
 )
-from ..limits._headers import RateLimitHeaders, parse_duration
+from ..limits._headers import RateLimitHeaders, RateLimitRefusal, parse_duration
 
 __all__ = [
     "BILLING_CODES",
@@ -151,7 +151,13 @@ def classify(reply: Reply, *, secret: str | None = None) -> APIError | None:
         return JobFailed(text, status_code=status, code=code)
     error: APIError
     if status == 429:
-        error = RateLimited(text, status_code=status, code=code, retry_after=hint)
+        error = RateLimited(
+            text,
+            status_code=status,
+            code=code,
+            retry_after=hint,
+            refusal=RateLimitRefusal.parse(message),
+        )
     elif status in (408, 409) or status >= 500:
         error = ServerError(text, status_code=status, code=code, retry_after=hint)
     else:

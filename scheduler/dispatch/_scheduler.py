@@ -497,19 +497,25 @@ class Scheduler:
         state.request_id = reply.request_id
         error = classify(reply, secret=client.secret)
         with anyio.CancelScope(shield=True):
-            await limiter.observe(reply.headers)
+            if isinstance(error, RateLimited):
+                # First: the refused request was perhaps never charged, and the headers of its
+                # answer must not be read as if it had been (the charge learner's chain breaks).
+                self._counts["rate_limited"] += 1
+                pause = error.retry_after
+                if pause is None:
+                    pause = self._config.retry.initial_backoff
+                await limiter.cooldown(
+                    min(pause, self._config.retry.max_server_wait),
+                    reservation=reservation,
+                    refusal=error.refusal,
+                )
+            await limiter.observe(reply.headers, reservation=reservation)
             if error is None:
                 actual = _usage_total(reply.json.get("usage"))
                 await reservation.settle(actual if actual is not None else reservation.tokens)
             else:
                 # Failed requests count against the limit: keep the estimate charged.
                 await reservation.settle(reservation.tokens)
-        if isinstance(error, RateLimited):
-            self._counts["rate_limited"] += 1
-            pause = error.retry_after
-            if pause is None:
-                pause = self._config.retry.initial_backoff
-            await limiter.cooldown(min(pause, self._config.retry.max_server_wait))
         state.pinned = self._pool.outcome(endpoint, error, sent=True)
         if error is None:
             return reply

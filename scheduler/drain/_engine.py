@@ -298,6 +298,9 @@ async def _record(queue: AsyncJobQueue, progress: DrainProgress, result: Result)
         charged_tokens=_charged(result),
         endpoint=_endpoint_name(result),
     )
+    if result.status == "ok" and result.cost is not None and result.usage:
+        progress.estimated_prompt += result.cost.prompt_tokens
+        progress.billed_prompt += prompt
 
 
 def _endpoint_name(result: Result) -> str | None:
@@ -349,4 +352,6 @@ async def _summarise(
         endpoints=dict(progress.by_endpoint),
         stopped=stopped,
         output=str(output) if output is not None else None,
+        estimated_prompt=progress.estimated_prompt,
+        billed_prompt=progress.billed_prompt,
     )

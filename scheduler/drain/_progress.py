@@ -140,6 +140,9 @@ class DrainProgress:
         self.started = started
         self.tokens = 0
         self.charged = 0
+        # Prompt tokens estimated and billed over the answers that carry both (billing_line).
+        self.estimated_prompt = 0
+        self.billed_prompt = 0
         self.retries = 0
         self.rate_limited = 0
         self.finished_this_run = 0

@@ -8,7 +8,10 @@ from typing import Any
 
 from ._progress import _clip, endpoint_shares, format_seconds
 
-__all__ = ["DrainSummary", "Failure", "failure_line"]
+__all__ = ["BILLING_TOLERANCE", "DrainSummary", "Failure", "billing_line", "failure_line"]
+
+#: Billed prompt tokens further than this share from the estimate get a line in the summary.
+BILLING_TOLERANCE = 0.10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +41,8 @@ class DrainSummary:
     charged: int = 0
     # Jobs answered per named endpoint (empty without [[endpoints]]).
     endpoints: Mapping[str, int] = field(default_factory=dict)
+    estimated_prompt: int = 0
+    billed_prompt: int = 0
 
     @property
     def limit_tokens(self) -> int:
@@ -72,6 +77,8 @@ class DrainSummary:
             "stopped": self.stopped,
             "output": self.output,
             **({"endpoints": dict(self.endpoints)} if self.endpoints else {}),
+            "estimated_prompt": self.estimated_prompt,
+            "billed_prompt": self.billed_prompt,
         }
 
     def render(self) -> str:
@@ -88,6 +95,9 @@ class DrainSummary:
             f"Wall time: {format_seconds(self.wall_time)}"
             f" (ideal at the limit: {format_seconds(self.ideal_time)})",
         ]
+        billing = billing_line(self.estimated_prompt, self.billed_prompt, output=self.output)
+        if billing:
+            lines.append(billing)
         if self.stopped:
             lines.append(f"Stopped: {self.stopped}")
         if self.output:
@@ -105,3 +115,15 @@ def failure_line(custom_id: str, line: int, reason: str) -> str:
     prefix = f"line {line}: "
     reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
     return f"  {custom_id} (line {line}): {reason}"
+
+
+def billing_line(estimated: int, billed: int, *, output: str | None = None) -> str | None:
+    """A warning when billed prompt tokens are over 10% away from the estimate, else None."""
+    if estimated <= 0 or billed <= 0 or abs(billed - estimated) <= BILLING_TOLERANCE * estimated:
+        return None
+    results = output or "RESULTS.jsonl"
+    return (
+        f"Billing: prompt tokens billed {billed / estimated:.2f}x the estimate "
+        f"({billed:,} billed, {estimated:,} estimated); the model table may be stale: "
+        f"vsched calibrate {results} --jobs INPUT"
+    )

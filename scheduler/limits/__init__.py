@@ -4,7 +4,7 @@ headers and 429s. The pure core takes the time as an argument; only the async ed
 from ._base import DEFAULT_MARGIN_SECONDS, LimiterStats, RateLimiter, Reservation
 from ._bucket import BucketPair, TokenBucket
 from ._groups import LimitGroups, limiter_from_config
-from ._headers import RateLimitHeaders, format_duration, parse_duration
+from ._headers import RateLimitHeaders, RateLimitRefusal, format_duration, parse_duration
 from ._memory import Limiter, LimiterReservation
 from ._redis import RedisLimiter, RedisReservation
 
@@ -16,6 +16,7 @@ __all__ = [
     "LimiterReservation",
     "LimiterStats",
     "RateLimitHeaders",
+    "RateLimitRefusal",
     "RateLimiter",
     "RedisLimiter",
     "RedisReservation",

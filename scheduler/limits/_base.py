@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from ._headers import RateLimitHeaders
+from ._headers import RateLimitHeaders, RateLimitRefusal
 
 __all__ = ["LimiterStats", "RateLimiter", "Reservation"]
 logger = logging.getLogger("scheduler.limits")
@@ -79,6 +79,14 @@ class LimiterStats:
     cooldown_remaining: float
     limit_changes: int
     wakeups: int
+    # What we estimated for the admitted requests (``admitted_tokens`` is what was charged: the
+    # learnt charge of these estimates), the learnt factor, the learnt burst windows (seconds)
+    # and whether slow start still holds (no answer from the server yet).
+    estimated_tokens: int = 0
+    charge_factor: float = 1.0
+    token_window: float = 0.0
+    request_window: float = 0.0
+    slow_start: bool = False
 
     def __post_init__(self) -> None:
         if self.tpm <= 0 or self.rpm <= 0:
@@ -100,11 +108,19 @@ class RateLimiter(Protocol):
         once); an estimate that takes nothing, for choosing among limiters."""
         ...
 
-    async def observe(self, headers: RateLimitHeaders) -> None:
-        """Learn from a response's ``x-ratelimit-*`` headers."""
+    async def observe(
+        self, headers: RateLimitHeaders, *, reservation: Reservation | None = None
+    ) -> None:
+        """Learn from the ``x-ratelimit-*`` headers of the answer to ``reservation``."""
 
-    async def cooldown(self, seconds: float) -> None:
-        """Record a 429 and pause admission for everyone for ``seconds``."""
+    async def cooldown(
+        self,
+        seconds: float,
+        *,
+        reservation: Reservation | None = None,
+        refusal: RateLimitRefusal | None = None,
+    ) -> None:
+        """Record a 429 (what it said, which admission it refused); pause everyone ``seconds``."""
 
     def stats(self) -> LimiterStats:
         """A snapshot of the limiter's counters and levels."""

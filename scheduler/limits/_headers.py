@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["RateLimitHeaders", "format_duration", "parse_duration"]
+__all__ = ["RateLimitHeaders", "RateLimitRefusal", "format_duration", "parse_duration"]
 
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
@@ -44,6 +44,59 @@ def parse_duration(text: str) -> float | None:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     return total if pos == len(text) and pos > 0 else None
+
+
+# "... on tokens per min (TPM): Limit 30000, Used 26844, Requested 4497. ..." and the older
+# "on requests per min. Limit: 3 / min." shapes; RPD/TPD/IPM name other windows and units.
+_REFUSAL_KIND = re.compile(
+    r"on (tokens|requests|images)(?: per (min|minute|day|hour))?\b", re.IGNORECASE
+)
+_REFUSAL_FIGURE = re.compile(r"\b(Limit|Used|Current|Requested):?\s*([\d,]+)", re.IGNORECASE)
+_TOO_LARGE = re.compile(r"request too large", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitRefusal:
+    """What a 429 ``rate_limit_exceeded`` message says: which limit refused, and its figures.
+
+    ``requested`` is the server's own charge for the refused request (a price signal only when
+    ``kind`` is ``"tokens"`` and the window a minute); ``too_large`` refusals can never succeed
+    and are no price signal.
+    """
+
+    kind: str  # "tokens", "requests" or "images"
+    window: str = "minute"  # "minute", "day" or "hour"
+    limit: int | None = None
+    used: int | None = None
+    requested: int | None = None
+    too_large: bool = False
+
+    @classmethod
+    def parse(cls, message: str) -> RateLimitRefusal | None:
+        """The refusal an OpenAI-style 429 message describes, or None when it names no limit."""
+        kind = _REFUSAL_KIND.search(message)
+        if kind is None:
+            return None
+        figures: dict[str, int] = {}
+        for name, number in _REFUSAL_FIGURE.findall(message):
+            key = "used" if name.lower() == "current" else name.lower()
+            figures.setdefault(key, int(number.replace(",", "")))
+        window = (kind.group(2) or "min").lower()
+        return cls(
+            kind=kind.group(1).lower(),
+            window={"min": "minute"}.get(window, window),
+            limit=figures.get("limit"),
+            used=figures.get("used"),
+            requested=figures.get("requested"),
+            too_large=bool(_TOO_LARGE.search(message)),
+        )
+
+    @property
+    def price_signal(self) -> int | None:
+        """The tokens the server charged the request, when this refusal tells it."""
+        if self.kind != "tokens" or self.window != "minute" or self.too_large:
+            return None
+        return self.requested
 
 
 def format_duration(seconds: float) -> str:

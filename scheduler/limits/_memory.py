@@ -51,7 +51,8 @@ from ._base import (
     announce_limit,
 )
 from ._bucket import WAIT_TOLERANCE, BucketPair, TokenBucket
-from ._headers import RateLimitHeaders
+from ._headers import RateLimitHeaders, RateLimitRefusal
+from ._learning import ChargeLearner, WindowLearner
 
 __all__ = ["Limiter", "LimiterReservation"]
 
@@ -70,16 +71,26 @@ class LimiterReservation:
         "_mark_requests",
         "_mark_tokens",
         "_open",
+        "_probe",
         "admitted_at",
+        "estimate",
         "requests",
         "tokens",
         "waited",
     )
 
     def __init__(
-        self, limiter: Limiter, *, tokens: int, requests: int, admitted_at: float, waited: float
+        self,
+        limiter: Limiter,
+        *,
+        tokens: int,
+        requests: int,
+        admitted_at: float,
+        waited: float,
+        estimate: int | None = None,
     ) -> None:
-        self.tokens = tokens
+        self.tokens = tokens  # what admission charged (the learnt charge of the estimate)
+        self.estimate = tokens if estimate is None else estimate
         self.requests = requests
         self.admitted_at = admitted_at
         self.waited = waited
@@ -88,6 +99,7 @@ class LimiterReservation:
         self._mark_tokens = limiter._admitted_tokens
         self._mark_requests = limiter._admitted_requests
         self._open = True
+        self._probe = not limiter._heard  # admitted during slow start
 
     async def settle(self, actual_tokens: int) -> None:
         """Reconcile the charge with ``actual_tokens`` (refund or extra) under the policy."""
@@ -95,16 +107,21 @@ class LimiterReservation:
             raise ValueError(f"actual_tokens must be >= 0, got {actual_tokens!r}")
         if self._open:
             self._open = False
+            self._limiter._answered(self)
             self._limiter._settle(self, actual_tokens)
 
     async def release(self) -> None:
         """Give back tokens and request: the request was never sent."""
         if self._open:
             self._open = False
+            self._limiter._answered(self)
             self._limiter._release(self)
 
     def __repr__(self) -> str:
-        return f"LimiterReservation(tokens={self.tokens}, requests={self.requests})"
+        return (
+            f"LimiterReservation(tokens={self.tokens}, requests={self.requests}, "
+            f"estimate={self.estimate})"
+        )
 
 
 class _Waiter:
@@ -114,6 +131,7 @@ class _Waiter:
         "arrived_at",
         "deadline",
         "error",
+        "estimate",
         "event",
         "gone",
         "requests",
@@ -122,8 +140,9 @@ class _Waiter:
         "tokens",
     )
 
-    def __init__(self, tokens: int, requests: int, arrived_at: float) -> None:
-        self.tokens = tokens
+    def __init__(self, tokens: int, requests: int, arrived_at: float, estimate: int) -> None:
+        self.tokens = tokens  # the charge; recomputed from ``estimate`` when the factor moves
+        self.estimate = estimate
         self.requests = requests
         self.arrived_at = arrived_at
         self.deadline = math.inf
@@ -163,15 +182,31 @@ class Limiter:
         learn_from_headers: bool = True,
         backfill: bool = False,
         margin_seconds: float = DEFAULT_MARGIN_SECONDS,
+        learn_charge: bool = True,
+        slow_start_requests: int = 0,
+        learn_burst: bool = False,
     ) -> None:
         if settle not in ("none", "actual"):
             raise ValueError(f"settle must be 'none' or 'actual', got {settle!r}")
+        if slow_start_requests < 0:
+            raise ValueError(f"slow_start_requests must be >= 0, got {slow_start_requests!r}")
         self._pair = BucketPair.per_minute(
             tpm=tpm, rpm=rpm, burst_seconds=burst_seconds, margin=margin_seconds
         )
         self._burst_seconds = burst_seconds
         self._settle_policy: SettlePolicy = settle
         self._learn = learn_from_headers
+        self._learn_charge = learn_charge and learn_from_headers
+        self._charge = ChargeLearner()
+        fixed = not (learn_burst and learn_from_headers)
+        self._windows = (
+            WindowLearner(start=burst_seconds, fixed=fixed),
+            WindowLearner(start=burst_seconds, fixed=fixed),
+        )
+        # Slow start: until the server has answered once, at most this many requests are out.
+        self._slow_start = slow_start_requests
+        self._heard = slow_start_requests == 0
+        self._probes = 0
         self._backfill = backfill
         self._configured = (tpm, rpm)
         self._limits = [tpm, rpm]
@@ -181,6 +216,7 @@ class Limiter:
         self._paused_until = -math.inf
         self._closed = False
         self._admitted_tokens = 0
+        self._estimated_tokens = 0
         self._admitted_requests = 0
         self._released_tokens = 0
         self._released_requests = 0
@@ -204,6 +240,9 @@ class Limiter:
             learn_from_headers=limits.learn_from_headers,
             backfill=limits.backfill,
             margin_seconds=limits.margin_seconds,
+            learn_charge=limits.learn_charge,
+            slow_start_requests=limits.slow_start_requests,
+            learn_burst=limits.learn_burst,
         )
 
     async def __aenter__(self) -> Limiter:
@@ -215,9 +254,11 @@ class Limiter:
     # -- admission -----------------------------------------------------------------------------
 
     async def acquire(self, *, tokens: int, requests: int = 1) -> LimiterReservation:
-        """Wait in FIFO order until ``tokens`` and ``requests`` fit, and take them.
+        """Wait in FIFO order until ``tokens`` (our estimate) and ``requests`` fit, and take them.
 
-        Raises ``RequestTooLarge`` at once when either exceeds its per-minute limit, and
+        With charge learning the tokens taken are the learnt charge of the estimate (never more
+        than the per-minute limit); the reservation keeps both. Raises ``RequestTooLarge`` at
+        once when the estimate or ``requests`` exceeds its per-minute limit, and
         ``anyio.ClosedResourceError`` once the limiter is closed. The fast path (nobody waiting,
         room now) returns without yielding to the event loop.
         """
@@ -225,16 +266,28 @@ class Limiter:
             raise anyio.ClosedResourceError
         pair = self._pair
         pair.check(tokens, requests)
+        estimate = tokens
+        tokens = self._charged(estimate)
         now = anyio.current_time()
-        if now >= self._paused_until:
+        if now >= self._paused_until and self._may_probe():
             if not self._waiting:
                 if pair.wait_time(tokens, requests, now) == 0.0:
                     pair.take(tokens, requests)
-                    return self._admit(tokens, requests, now, now)
+                    return self._admit(tokens, requests, now, now, estimate)
             elif self._backfill and self._fits_behind_head(tokens, requests, now):
                 pair.take(tokens, requests)
-                return self._admit(tokens, requests, now, now)
-        return await self._wait_in_line(_Waiter(tokens, requests, now))
+                return self._admit(tokens, requests, now, now, estimate)
+        return await self._wait_in_line(_Waiter(tokens, requests, now, estimate))
+
+    def _charged(self, estimate: int) -> int:
+        """The learnt charge of ``estimate``, within the per-minute limit."""
+        if not self._learn_charge:
+            return estimate
+        return min(self._charge.charge(estimate), max(estimate, int(self._pair.tokens.limit)))
+
+    def _may_probe(self) -> bool:
+        """False during slow start once its slice of unanswered requests is out."""
+        return self._heard or self._probes < self._slow_start
 
     def expected_wait(self, *, tokens: int, requests: int = 1) -> float:
         """Seconds an acquire of this size asked now would wait behind the queue (0.0: at once).
@@ -288,6 +341,10 @@ class Limiter:
             if head.gone:
                 queue.popleft()
                 continue
+            if not self._may_probe():
+                head.set_deadline(math.inf)  # woken by the first answer
+                return
+            head.tokens = self._charged(head.estimate)
             wait = pair.wait_time(head.tokens, head.requests, now)
             pause = self._paused_until - now
             if pause > wait:
@@ -299,20 +356,30 @@ class Limiter:
             head.gone = True
             self._waiting -= 1
             pair.take(head.tokens, head.requests)
-            head.reservation = self._admit(head.tokens, head.requests, head.arrived_at, now)
+            head.reservation = self._admit(
+                head.tokens, head.requests, head.arrived_at, now, head.estimate
+            )
             head.event.set()
 
     def _admit(
-        self, tokens: int, requests: int, arrived_at: float, now: float
+        self, tokens: int, requests: int, arrived_at: float, now: float, estimate: int
     ) -> LimiterReservation:
         self._admitted_tokens += tokens
+        self._estimated_tokens += estimate
         self._admitted_requests += requests
+        if not self._heard:
+            self._probes += 1
         self._wait_time += now - arrived_at
         level = self._pair.tokens.level
         if level < self._lowest_level:
             self._lowest_level = level
         return LimiterReservation(
-            self, tokens=tokens, requests=requests, admitted_at=now, waited=now - arrived_at
+            self,
+            tokens=tokens,
+            requests=requests,
+            admitted_at=now,
+            waited=now - arrived_at,
+            estimate=estimate,
         )
 
     def _abandon(self, waiter: _Waiter) -> None:
@@ -322,7 +389,9 @@ class Limiter:
         if reservation is not None and reservation._open:
             reservation._open = False
             self._pair.give(reservation.tokens, reservation.requests, now)
+            self._answered(reservation)
             self._admitted_tokens -= reservation.tokens
+            self._estimated_tokens -= reservation.estimate
             self._admitted_requests -= reservation.requests
             self._wait_time -= reservation.waited
         elif not waiter.gone:
@@ -353,6 +422,21 @@ class Limiter:
 
     # -- reconciliation ------------------------------------------------------------------------
 
+    def _answered(self, reservation: LimiterReservation) -> None:
+        """A slow-start request is settled or released: its place in the slice is free."""
+        if reservation._probe:
+            reservation._probe = False
+            self._probes -= 1
+            if not self._heard and self._waiting:
+                self._advance(anyio.current_time())
+
+    def _hear(self, now: float) -> None:
+        """The server has answered: slow start is over."""
+        if not self._heard:
+            self._heard = True
+            if self._waiting:
+                self._advance(now)
+
     def _settle(self, reservation: LimiterReservation, actual_tokens: int) -> None:
         if self._settle_policy == "none" or actual_tokens == reservation.tokens:
             return
@@ -380,28 +464,32 @@ class Limiter:
     async def observe(
         self, headers: RateLimitHeaders, *, reservation: Reservation | None = None
     ) -> None:
-        """Learn from a response's ``x-ratelimit-*`` headers (no-op unless learning is on).
+        """Learn from the ``x-ratelimit-*`` headers of the answer to ``reservation``.
 
-        A limit that differs from the current one is adopted (logged once per new value) and
-        queued requests above it fail with ``RequestTooLarge``. The levels are then lowered to
-        what the server says remains, never raised:
+        Any answer ends slow start. With learning on (``learn_from_headers``):
 
-        - Without ``reservation`` the headers are taken as fresh: the server's ``remaining``
-          already counts every request it has received, and so does our level, so the level is
-          clamped to ``remaining``. Requests still on their way to the server make this
-          optimistic by at most what we admitted during the round trip beyond refill, which the
-          burst bounds.
-        - With the ``reservation`` of the request the response belongs to, the headers are taken
-          as describing the server when it admitted that request (so late, out-of-order headers
-          are handled): room = ``min(limit, remaining + refill since then)`` minus everything we
-          admitted after it.
+        - a limit that differs from the current one is adopted (logged once per new value) and
+          queued requests above it fail with ``RequestTooLarge``;
+        - the server's room is read from ``remaining``, corrected for staleness with the
+          ``reservation`` of the request the answer belongs to: the headers are taken as
+          describing the server when it admitted that request, so room = ``min(limit,
+          remaining + refill since then)`` minus everything admitted after it (late,
+          out-of-order answers are handled). Without a reservation they are taken as fresh.
+        - the level is lowered to that room, never raised (except by a grown window), and never
+          below the allowed debt;
+        - the charge factor learns from ``remaining-tokens`` against our cumulative estimate
+          (:class:`ChargeLearner`), and the window grows while the server's meter shows we fill
+          it (:class:`WindowLearner`); a grown window raises the level to the room it allows.
 
-        The level is never clamped below the allowed debt; ``reset-*`` durations are not needed,
-        since the refill rate follows from the limit. ``retry-after`` is for :meth:`cooldown`.
+        ``reset-*`` durations are not needed, since the refill rate follows from the limit.
+        ``retry-after`` is for :meth:`cooldown`.
         """
-        if not self._learn or self._closed:
+        if self._closed:
             return
         now = anyio.current_time()
+        if not self._learn:
+            self._hear(now)
+            return
         linked = reservation if isinstance(reservation, LimiterReservation) else None
         if linked is not None and linked._limiter is not self:
             linked = None
@@ -415,18 +503,40 @@ class Limiter:
             if limit and limit != self._limits[index]:
                 self._adopt(index, bucket, limit, now)
                 changed = True
-            if remaining is not None:
-                room = float(remaining)
-                if linked is not None:
-                    elapsed = max(0.0, now - linked.admitted_at)
-                    if index == 0:
-                        since = self._admitted_tokens - linked._mark_tokens
-                    else:
-                        since = self._admitted_requests - linked._mark_requests
-                    room = min(bucket.limit, room + bucket.rate * elapsed) - since
-                if room + bucket.reserve < bucket.refill(now):
-                    bucket.clamp(room, now)
-                    changed = True
+            if remaining is None:
+                continue
+            if (
+                index == 0
+                and self._learn_charge
+                and self._charge.read_remaining(
+                    remaining=float(remaining),
+                    limit=float(self._limits[0]),
+                    estimates=float(self._estimated_tokens),
+                    now=now,
+                )
+            ):
+                changed = True
+            room = float(remaining)
+            if linked is not None:
+                elapsed = max(0.0, now - linked.admitted_at)
+                if index == 0:
+                    since = self._admitted_tokens - linked._mark_tokens
+                else:
+                    since = self._admitted_requests - linked._mark_requests
+                room = min(bucket.limit, room + bucket.rate * elapsed) - since
+            window = self._windows[index]
+            used = self._limits[index] - float(remaining)
+            if window.saturated(used=used, limit=float(self._limits[index]), now=now):
+                grown = window.seconds * self._limits[index] / 60.0 - bucket.capacity
+                bucket.resize(self._limits[index], burst_seconds=window.seconds, now=now)
+                # The grown part of the window is room now, as far as ``remaining`` allows.
+                if grown > 0:
+                    bucket.level = min(bucket.level + grown, bucket.top, room + bucket.reserve)
+                changed = True
+            if room + bucket.reserve < bucket.refill(now):
+                bucket.clamp(room, now)
+                changed = True
+        self._hear(now)
         if changed and self._waiting:
             self._advance(now)
 
@@ -435,10 +545,12 @@ class Limiter:
         old = self._limits[index]
         self._limits[index] = limit
         self._limit_changes += 1
-        bucket.resize(limit, burst_seconds=self._burst_seconds, now=now)
+        if index == 0:
+            self._charge.restart(None)
+        bucket.resize(limit, burst_seconds=self._windows[index].seconds, now=now)
         announce_limit(self._announced, kind, limit, old=old, configured=self._configured[index])
         for waiter in self._queue:
-            amount = waiter.tokens if index == 0 else waiter.requests
+            amount = waiter.estimate if index == 0 else waiter.requests
             if not waiter.gone and amount > limit:
                 try:
                     bucket.check(amount)
@@ -448,17 +560,42 @@ class Limiter:
                 self._waiting -= 1
                 waiter.event.set()
 
-    async def cooldown(self, seconds: float) -> None:
+    async def cooldown(
+        self,
+        seconds: float,
+        *,
+        reservation: Reservation | None = None,
+        refusal: RateLimitRefusal | None = None,
+    ) -> None:
         """Record a 429 and hold every waiter (and newcomer) until ``seconds`` from now.
 
         The server just said there is no room, so both levels drop to at most zero; they refill
         during the pause. Overlapping 429s extend one pause (``cooldowns`` counts pauses,
-        ``rate_limited`` counts calls).
+        ``rate_limited`` counts calls). With the ``refusal`` the message described and the
+        ``reservation`` it refused, the charge learns from ``Requested N`` and the window of
+        that limit's kind is halved (see :class:`WindowLearner`).
         """
         self._rate_limited += 1
-        if not seconds > 0:
-            return
         now = anyio.current_time()
+        if self._learn and refusal is not None and not refusal.too_large:
+            index = {"tokens": 0, "requests": 1}.get(refusal.kind)
+            if index is not None and refusal.window == "minute":
+                window = self._windows[index]
+                if window.refused(now):
+                    bucket = (self._pair.tokens, self._pair.requests)[index]
+                    bucket.resize(self._limits[index], burst_seconds=window.seconds, now=now)
+            requested = refusal.price_signal
+            linked = reservation if isinstance(reservation, LimiterReservation) else None
+            if self._learn_charge:
+                if requested is not None and linked is not None and linked._limiter is self:
+                    self._charge.read_requested(
+                        requested=requested, estimate=linked.estimate, now=now
+                    )
+                else:
+                    self._charge.restart(None)
+        if not seconds > 0:
+            self._hear(now)
+            return
         until = now + seconds
         if until > self._paused_until:
             if self._paused_until <= now:
@@ -466,6 +603,7 @@ class Limiter:
             self._paused_until = until
         self._pair.tokens.clamp(0.0, now)
         self._pair.requests.clamp(0.0, now)
+        self._hear(now)
         if self._waiting:
             self._advance(now)
 
@@ -506,6 +644,11 @@ class Limiter:
             cooldown_remaining=remaining,
             limit_changes=self._limit_changes,
             wakeups=self._wakeups,
+            estimated_tokens=self._estimated_tokens,
+            charge_factor=self._charge.factor if self._learn_charge else 1.0,
+            token_window=self._windows[0].seconds,
+            request_window=self._windows[1].seconds,
+            slow_start=not self._heard,
         )
 
     async def aclose(self) -> None:

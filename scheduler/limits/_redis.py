@@ -55,7 +55,7 @@ from ._base import (
     announce_limit,
 )
 from ._bucket import BucketPair
-from ._headers import RateLimitHeaders
+from ._headers import RateLimitHeaders, RateLimitRefusal
 from ._redis_scripts import _ACQUIRE, _COOLDOWN, _OBSERVE
 
 if TYPE_CHECKING:
@@ -434,7 +434,13 @@ class RedisLimiter:
             return True
         return requests is not None and requests + self._margin * rpm / 60 < stats.request_level
 
-    async def cooldown(self, seconds: float) -> None:
+    async def cooldown(
+        self,
+        seconds: float,
+        *,
+        reservation: Reservation | None = None,
+        refusal: RateLimitRefusal | None = None,
+    ) -> None:
         """Record a 429 and hold every process sharing this limit for ``seconds`` from now."""
         self._rate_limited += 1
         if not seconds > 0 or self._closed:

@@ -1,0 +1,224 @@
+"""What the limiter learns from the server, as pure state of a few numbers (``now`` passed in).
+
+Both limiters use these objects; every field is a plain float, so the Redis limiter can keep
+them in its hash (one field each) and update them in its scripts the same way.
+
+**The charge** (:class:`ChargeLearner`): the ratio between what the server charges against its
+token limit and what we estimate, one factor per limit group, learnt from two signals:
+
+- ``x-ratelimit-remaining-tokens`` read against what we admitted since the previous reading.
+  Between two readings the server consumed ``used_b - used_a + rate * (t_b - t_a)`` (its meter
+  rose by what arrived and drained at ``rate``), and we admitted ``E_b - E_a`` estimated tokens.
+  Only pairs where the meter cannot have run empty in between count (their mean held more than
+  the drain between them): an empty meter stops draining, and counting its drain would overstate
+  the server's charge. The ratio is taken over exponentially forgotten *sums* of both (time
+  constant ``memory`` seconds), not per pair: consecutive deltas telescope, so a reading that is
+  off (stale, lagging by a random 0-2 s) moves the sum once and the next reading takes it back;
+  the noise of the estimate is that of its two ends over the whole span. A reading of an idle
+  meter (nothing used: it may have been empty, so it did not drain), a 429 (the refused tokens
+  were perhaps not charged) or a new limit breaks the chain; the next reading starts a new one.
+- a 429's ``Requested N``: the server's exact charge for one request whose estimate we know,
+  added to the sums as one pair.
+
+Lagging headers make single pairs noisy; since the sums' error is about one pair's residual,
+the ratio is trusted in proportion to how far the summed estimates outweigh the mean residual
+(``noise``, an EWMA): ``factor = 1 + trust * (ratio - 1)``, ``trust = min(1, estimated /
+(CONFIDENCE * noise))``. Consistent answers (a flat price, exact ``Requested N``) are trusted at
+once; a noisy server needs about ``CONFIDENCE`` pairs' worth of traffic first. A ratio within
+``DEADBAND`` (8%) of 1 keeps the formula: that is the bias lagging headers were measured to give.
+
+The factor admission uses follows the sums' ratio, clamped to ``[MIN_FACTOR, MAX_FACTOR]`` and
+moving at most ``MAX_STEP`` (20%) per answer: one odd answer moves it by at most 20% (and the
+telescoping sum takes it back), while a 3x mismatch is learnt in seven answers. Readings are
+dated by when they are observed: the simulator (like a service computing its headers at answer
+time) describes the meter as of the answer; headers describing the admission instead only add
+noise at both ends, which the span dilutes.
+
+**The enforcement window** (:class:`WindowLearner`): how many seconds of the per-minute limit
+the server lets through at once. It starts at ``burst_seconds``; while the limiter is saturated
+(the server's meter holds at least half of our window) and no 429 of that kind came for
+``quiet`` seconds, it grows additively by ``growth`` seconds per second; the first 429 of that
+kind halves it (never below the start) and remembers the window that failed as a ceiling, which
+later growth approaches but does not pass until ``probe_after`` seconds (doubling after each
+failure) have gone by. The window is the bucket's burst: a level above what the server's
+``remaining`` allows is never assumed (see ``Limiter.observe``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+__all__ = ["ChargeLearner", "WindowLearner"]
+
+logger = logging.getLogger("scheduler.limits")
+
+MIN_FACTOR = 0.2
+MAX_FACTOR = 5.0
+MAX_STEP = 1.2  # the factor moves at most 20% per answer
+CONFIDENCE = 20.0  # the sums must outweigh one pair's residual this many times to be trusted
+# Within this of the formula the formula is kept: lagging headers (0.2-2 s, in the simulator)
+# bias the sums by up to ~6%, and a small departure is covered by the clamps and cooldowns.
+DEADBAND = 0.08
+ANNOUNCE_DEPARTURE = 0.10  # log once when the learnt charge is this far from the formula
+
+
+@dataclass(slots=True, kw_only=True)
+class ChargeLearner:
+    """Learns ``server charge / our estimate`` for one limit group; see the module docstring."""
+
+    factor: float = 1.0
+    memory: float = 60.0  # seconds: the time constant of the forgotten sums
+    # Forgotten sums of the server's charge and of our estimates, and when they were last decayed.
+    charged: float = 0.0
+    estimated: float = 0.0
+    summed_at: float | None = None
+    # The previous reading of the chain: when, the server's meter, our cumulative estimates.
+    anchor_at: float | None = None
+    anchor_used: float = 0.0
+    anchor_estimates: float = 0.0
+    # Mean absolute residual of one pair against the sums' ratio: how noisy the readings are.
+    noise: float = 0.0
+    samples: int = 0
+    announced: bool = False
+
+    def charge(self, estimate: float) -> int:
+        """The tokens admission charges for a request estimated at ``estimate``."""
+        if self.factor == 1.0:
+            return math.ceil(estimate)
+        return math.ceil(estimate * self.factor)
+
+    def read_remaining(
+        self, *, remaining: float, limit: float, estimates: float, now: float
+    ) -> bool:
+        """Learn from a ``remaining`` reading; ``estimates`` is our cumulative estimate admitted.
+
+        Returns True when the factor changed.
+        """
+        used = limit - remaining
+        anchor_at = self.anchor_at
+        busy = used > 0.0
+        if anchor_at is None or not busy or now <= anchor_at:
+            if anchor_at is None or not busy or now < anchor_at:
+                self.restart(now if busy else None, used=used, estimates=estimates)
+            return False
+        # On the mean of both ends: selecting pairs on one end's reading selects that end's
+        # noise (lagging headers measured in the simulator: -10% on the anchor alone, +30% on
+        # the lower end, within 2% on the mean).
+        if (now - anchor_at) * limit / 60.0 > 0.5 * (self.anchor_used + used):
+            # The meter may have run empty since the anchor (and stopped draining): no sample.
+            self.restart(now, used=used, estimates=estimates)
+            return False
+        admitted = estimates - self.anchor_estimates
+        consumed = used - self.anchor_used + (now - anchor_at) * limit / 60.0
+        self.anchor_at, self.anchor_used, self.anchor_estimates = now, used, estimates
+        return self._add(consumed, admitted, now)
+
+    def read_requested(self, *, requested: float, estimate: float, now: float) -> bool:
+        """Learn from a 429's ``Requested N`` for a request we estimated at ``estimate``."""
+        self.restart(None)
+        if not (requested > 0 and estimate > 0):
+            return False
+        return self._add(float(requested), float(estimate), now)
+
+    def restart(self, now: float | None, *, used: float = 0.0, estimates: float = 0.0) -> None:
+        """Break the chain of readings (the next one starts anew), keeping what was learnt."""
+        self.anchor_at = now
+        self.anchor_used = used
+        self.anchor_estimates = estimates
+
+    def _add(self, charged: float, estimated: float, now: float) -> bool:
+        if self.summed_at is not None and now > self.summed_at:
+            decay = math.exp(-(now - self.summed_at) / self.memory)
+            self.charged *= decay
+            self.estimated *= decay
+        self.summed_at = now
+        self.charged += charged
+        self.estimated += estimated
+        if self.estimated <= 0.0:
+            return False
+        self.samples += 1
+        ratio = self.charged / self.estimated
+        residual = abs(charged - ratio * estimated)
+        self.noise = residual if self.samples == 1 else 0.8 * self.noise + 0.2 * residual
+        # The sums' error is about one pair's residual (the rest telescopes): trust the ratio in
+        # proportion to how far the estimates summed outweigh it (CONFIDENCE residuals: ~5%).
+        trust = min(1.0, self.estimated / (CONFIDENCE * self.noise)) if self.noise > 0 else 1.0
+        ratio = 1.0 + trust * (ratio - 1.0)
+        if abs(ratio - 1.0) <= DEADBAND:
+            ratio = 1.0
+        target = min(MAX_FACTOR, max(MIN_FACTOR, ratio))
+        old = self.factor
+        new = min(old * MAX_STEP, max(old / MAX_STEP, target))
+        self.factor = new
+        if not self.announced and abs(new - 1.0) > ANNOUNCE_DEPARTURE:
+            self.announced = True
+            logger.warning(
+                "the server charges %.2fx our token estimate (learnt from %d answers: "
+                "%.0f tokens charged for %.0f estimated); admission now uses the learnt charge",
+                new,
+                self.samples,
+                self.charged,
+                self.estimated,
+            )
+        return new != old
+
+
+@dataclass(slots=True, kw_only=True)
+class WindowLearner:
+    """Learns the server's enforcement window for one limit (tokens or requests)."""
+
+    start: float  # seconds: the configured burst, and the floor
+    seconds: float = 0.0  # the learnt window (0: not set yet, the start)
+    growth: float = 1.0  # seconds of window per second of saturated, quiet time
+    quiet: float = 5.0  # seconds without a 429 of this kind before growing
+    probe_after: float = 60.0  # seconds before growing past a window that failed
+    fixed: bool = False
+    ceiling: float = math.inf
+    failures: int = 0
+    last_refused: float = -math.inf
+    grown_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.start > 0:
+            raise ValueError(f"start must be positive, got {self.start!r}")
+        if self.seconds <= 0:
+            self.seconds = self.start
+
+    def saturated(self, *, used: float, limit: float, now: float) -> bool:
+        """Grow if the server's meter (``used`` of ``limit`` per minute) holds half our window.
+
+        Returns True when the window changed.
+        """
+        last, self.grown_at = self.grown_at, now
+        if self.fixed or last is None or now <= last or self.seconds >= 60.0:
+            return False
+        if now - self.last_refused < self.quiet or used < 0.5 * limit * self.seconds / 60.0:
+            return False
+        ceiling = self.ceiling
+        if now - self.last_refused >= self.probe_after * 2 ** max(0, self.failures - 1):
+            ceiling = math.inf
+        top = min(60.0, ceiling * 0.9 if ceiling < math.inf else 60.0)
+        grown = min(top, self.seconds + self.growth * (now - last))
+        if grown <= self.seconds:
+            return False
+        self.seconds = grown
+        return True
+
+    def idle(self, now: float) -> None:
+        """An answer that did not show saturation: growth restarts from ``now``."""
+        self.grown_at = now
+
+    def refused(self, now: float) -> bool:
+        """A 429 of this kind: halve the window (not below the start); True when it changed."""
+        self.last_refused = now
+        self.grown_at = now
+        if self.fixed:
+            return False
+        if self.seconds > self.start:
+            self.failures += 1
+            self.ceiling = self.seconds
+        old = self.seconds
+        self.seconds = max(self.start, self.seconds / 2.0)
+        return self.seconds != old

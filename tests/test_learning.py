@@ -1,0 +1,204 @@
+"""The charge and window learners (pure, time passed in), the 429 parser, and slow start."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from scheduler.limits import Limiter, RateLimitHeaders, RateLimitRefusal
+from scheduler.limits._learning import MAX_STEP, ChargeLearner, WindowLearner
+
+LIMIT = 60_000.0
+RATE = LIMIT / 60.0
+
+
+def feed(learner: ChargeLearner, *, ratio: float, answers: int, skip: int = 0) -> None:
+    """Readings of a server charging ``ratio`` x our estimates, 1,000 estimated per 0.5 s;
+    the first ``skip`` answers are not read."""
+    used, estimates, now = 20_000.0, 0.0, 0.0
+    for answer in range(answers):
+        now += 0.5
+        estimates += 1_000
+        used += 1_000 * ratio - RATE * 0.5
+        if answer >= skip:
+            learner.read_remaining(
+                remaining=LIMIT - used, limit=LIMIT, estimates=estimates, now=now
+            )
+
+
+@pytest.mark.parametrize("ratio", [3.3, 0.7, 1.5, 0.5])
+def test_charge_converges_in_both_directions(ratio: float) -> None:
+    """A server charging more or less than the formula is learnt within a few dozen answers."""
+    learner = ChargeLearner()
+    feed(learner, ratio=ratio, answers=30)
+    assert learner.factor == pytest.approx(ratio, rel=0.02)
+
+
+def test_small_departures_keep_the_formula() -> None:
+    """A ratio within the deadband (8%) keeps the formula: lagging headers bias about that much."""
+    learner = ChargeLearner()
+    feed(learner, ratio=1.05, answers=30)
+    assert learner.factor == 1.0
+
+
+def test_one_outlier_moves_the_factor_by_a_bounded_amount() -> None:
+    """One reading off by half the limit moves the factor at most 20% an answer, never past the
+    formula or the truth, and the learnt charge comes back once the noise it showed fades."""
+    learner = ChargeLearner()
+    feed(learner, ratio=2.0, answers=40)
+    before = learner.factor
+    # Answer 41 reads 30,000 more used than the meter holds.
+    used = 20_000.0 + 41 * (2_000 - RATE * 0.5) + 30_000
+    learner.read_remaining(remaining=LIMIT - used, limit=LIMIT, estimates=41_000, now=20.5)
+    assert before / MAX_STEP <= learner.factor <= before * MAX_STEP
+    low = learner.factor
+    for answers in range(42, 120):
+        feed(learner, ratio=2.0, answers=answers, skip=answers - 1)
+        assert 1.0 <= learner.factor <= 2.0 * MAX_STEP
+        low = min(low, learner.factor)
+    assert learner.factor == pytest.approx(2.0, rel=0.05)
+
+
+def test_requested_n_teaches_the_exact_charge() -> None:
+    """A 429's ``Requested N`` against our estimate is a price signal of its own."""
+    learner = ChargeLearner()
+    for at in range(10):
+        learner.read_requested(requested=843, estimate=255, now=float(at))
+    assert learner.factor == pytest.approx(843 / 255, rel=0.02)
+
+
+def test_an_idle_meter_teaches_nothing() -> None:
+    """A reading of an empty meter (it may not have drained) breaks the chain: no sample."""
+    learner = ChargeLearner()
+    learner.read_remaining(remaining=LIMIT, limit=LIMIT, estimates=0, now=0.0)
+    learner.read_remaining(remaining=LIMIT, limit=LIMIT, estimates=5_000, now=1.0)
+    assert (learner.factor, learner.samples) == (1.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "window", "limit", "used", "requested", "signal"),
+    [
+        (
+            "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): "
+            "Limit 30000, Used 26844, Requested 4497. Please try again in 2.682s.",
+            "tokens",
+            "minute",
+            30000,
+            26844,
+            4497,
+            4497,
+        ),
+        (
+            "Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): "
+            "Limit 500, Used 500, Requested 1. Please try again in 120ms.",
+            "requests",
+            "minute",
+            500,
+            500,
+            1,
+            None,
+        ),
+        (
+            "Request too large for gpt-4o in organization org-x on tokens per min (TPM): "
+            "Limit 30000, Requested 49284. The input or output tokens must be reduced.",
+            "tokens",
+            "minute",
+            30000,
+            None,
+            49284,
+            None,
+        ),
+        (
+            "Rate limit reached for gpt-4 in organization org-x on tokens per day (TPD): "
+            "Limit 200000, Used 199000, Requested 2000.",
+            "tokens",
+            "day",
+            200000,
+            199000,
+            2000,
+            None,
+        ),
+        (
+            "Rate limit reached for default-gpt-3.5-turbo in organization org-x on requests per "
+            "min. Limit: 3 / min. Current: 4 / min.",
+            "requests",
+            "minute",
+            3,
+            4,
+            None,
+            None,
+        ),
+    ],
+)
+def test_refusal_parser(
+    message: str,
+    kind: str,
+    window: str,
+    limit: int,
+    used: int | None,
+    requested: int | None,
+    signal: int | None,
+) -> None:
+    """OpenAI's 429 message shapes; only a per-minute tokens refusal is a price signal."""
+    refusal = RateLimitRefusal.parse(message)
+    assert refusal is not None
+    assert (refusal.kind, refusal.window, refusal.limit) == (kind, window, limit)
+    assert (refusal.used, refusal.requested, refusal.price_signal) == (used, requested, signal)
+
+
+def test_refusal_parser_ignores_messages_without_a_limit() -> None:
+    """An Azure-style message names no figures: no refusal."""
+    assert RateLimitRefusal.parse("Please retry after 6 seconds.") is None
+
+
+def test_window_halves_at_a_429_and_keeps_below_the_failed_window() -> None:
+    """AIMD: growth while saturated and quiet, halved at a 429, capped under the failed window."""
+    window = WindowLearner(start=1.0, quiet=0.0, probe_after=1e9)
+    for at in range(11):
+        window.saturated(used=LIMIT, limit=LIMIT, now=float(at))
+    assert window.seconds == pytest.approx(11.0)
+    window.refused(11.0)
+    assert window.seconds == pytest.approx(5.5)
+    for at in range(12, 100):
+        window.saturated(used=LIMIT, limit=LIMIT, now=float(at))
+    assert window.seconds <= 11.0 * 0.9
+
+
+def test_fixed_window_never_moves() -> None:
+    """``learn_burst = false``: the configured burst stays."""
+    window = WindowLearner(start=1.0, fixed=True)
+    for at in range(20):
+        window.saturated(used=LIMIT, limit=LIMIT, now=float(at))
+    assert window.seconds == 1.0
+
+
+@pytest.mark.anyio
+async def test_slow_start_admits_a_slice_until_the_first_answer() -> None:
+    """Before any answer at most ``slow_start_requests`` are out; the first answer opens it."""
+    limiter = Limiter(tpm=600_000, rpm=10_000, slow_start_requests=3)
+    admitted: list[object] = []
+
+    async def one() -> None:
+        admitted.append(await limiter.acquire(tokens=10))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(one)
+        await anyio.sleep(5)
+        assert len(admitted) == 3
+        assert limiter.stats().slow_start
+        await limiter.observe(RateLimitHeaders(), reservation=None)
+        await anyio.sleep(1)
+    assert len(admitted) == 10
+    assert not limiter.stats().slow_start
+
+
+@pytest.mark.anyio
+async def test_learnt_charge_is_what_admission_takes() -> None:
+    """With a learnt factor the reservation keeps the estimate and charges the learnt amount."""
+    limiter = Limiter(tpm=600_000, rpm=10_000)
+    limiter._charge.factor = 2.0
+    reservation = await limiter.acquire(tokens=100)
+    assert (reservation.estimate, reservation.tokens) == (100, 200)
+    stats = limiter.stats()
+    assert (stats.estimated_tokens, stats.admitted_tokens, stats.charge_factor) == (100, 200, 2.0)
