@@ -56,6 +56,7 @@ from ._base import (
 )
 from ._bucket import BucketPair
 from ._headers import RateLimitHeaders, RateLimitRefusal
+from ._learning import ChargeLearner
 from ._redis_scripts import _ACQUIRE, _COOLDOWN, _OBSERVE
 
 if TYPE_CHECKING:
@@ -105,12 +106,20 @@ class _Lease:
 class RedisReservation:
     """Tokens and a request admitted by the shared limit; ``settle`` or ``release`` acts once."""
 
-    __slots__ = ("_limiter", "_open", "_slot", "requests", "tokens", "waited")
+    __slots__ = ("_limiter", "_open", "_slot", "estimate", "requests", "tokens", "waited")
 
     def __init__(
-        self, limiter: RedisLimiter, *, tokens: int, requests: int, slot: _Slot, waited: float
+        self,
+        limiter: RedisLimiter,
+        *,
+        tokens: int,
+        requests: int,
+        slot: _Slot,
+        waited: float,
+        estimate: int | None = None,
     ) -> None:
         self.tokens = tokens
+        self.estimate = tokens if estimate is None else estimate
         self.requests = requests
         self.waited = waited
         self._limiter = limiter
@@ -150,6 +159,7 @@ class RedisLimiter:
         key: str = "vsched:limiter",
         lease_seconds: float = 0.0,
         margin_seconds: float = DEFAULT_MARGIN_SECONDS,
+        learn_charge: bool = True,
     ) -> None:
         if settle not in ("none", "actual"):
             raise ValueError(f"settle must be 'none' or 'actual', got {settle!r}")
@@ -166,6 +176,12 @@ class RedisLimiter:
         self._margin = margin_seconds
         self._settle_policy = settle
         self._learn = learn_from_headers
+        # This process's learnt charge (server charge / estimate), from 429s' ``Requested N``:
+        # the exact charge of one request we estimated. (The remaining-tokens signal counts
+        # every process's traffic, so it is not read per process.)
+        self._learn_charge = learn_charge and learn_from_headers
+        self._charge = ChargeLearner()
+        self._estimated = 0
         self.key = key
         self.lease_seconds = lease_seconds
         self._asks: deque[_Ask] = deque()
@@ -217,6 +233,7 @@ class RedisLimiter:
             key=key,
             lease_seconds=limits.lease_seconds,
             margin_seconds=limits.margin_seconds,
+            learn_charge=limits.learn_charge,
         )
         limiter._owns_client = client is None
         return limiter
@@ -243,6 +260,9 @@ class RedisLimiter:
         if self._closed:
             raise anyio.ClosedResourceError
         self._pair.check(tokens, requests)
+        estimate = tokens
+        if self._learn_charge:
+            tokens = min(self._charge.charge(estimate), max(estimate, self._limits[0]))
         self._waiting += 1
         try:
             if self.lease_seconds > 0:
@@ -253,8 +273,11 @@ class RedisLimiter:
             self._waiting -= 1
         self._admitted[0] += tokens
         self._admitted[1] += requests
+        self._estimated += estimate
         self._wait_time += waited
-        return RedisReservation(self, tokens=tokens, requests=requests, slot=slot, waited=waited)
+        return RedisReservation(
+            self, tokens=tokens, requests=requests, slot=slot, waited=waited, estimate=estimate
+        )
 
     async def _acquire_direct(self, tokens: int, requests: int) -> tuple[_Slot, float]:
         ask = _Ask(tokens, requests)
@@ -441,8 +464,26 @@ class RedisLimiter:
         reservation: Reservation | None = None,
         refusal: RateLimitRefusal | None = None,
     ) -> None:
-        """Record a 429 and hold every process sharing this limit for ``seconds`` from now."""
+        """Record a 429 and hold every process sharing this limit for ``seconds`` from now.
+
+        With the ``refusal`` and the ``reservation`` it refused, this process learns the charge
+        from ``Requested N`` (see :class:`~scheduler.limits._learning.ChargeLearner`).
+        """
         self._rate_limited += 1
+        linked = reservation if isinstance(reservation, RedisReservation) else None
+        if (
+            self._learn_charge
+            and refusal is not None
+            and not refusal.too_large
+            and refusal.price_signal is not None
+            and linked is not None
+            and linked._limiter is self
+        ):
+            self._charge.read_requested(
+                requested=refusal.price_signal,
+                estimate=linked.estimate,
+                now=anyio.current_time(),
+            )
         if not seconds > 0 or self._closed:
             return
         if self._cool_left <= 0:
@@ -517,6 +558,8 @@ class RedisLimiter:
             cooldown_remaining=cool_left,
             limit_changes=self._limit_changes,
             wakeups=self._wakeups,
+            estimated_tokens=self._estimated,
+            charge_factor=self._charge.factor if self._learn_charge else 1.0,
         )
 
     async def aclose(self) -> None:
