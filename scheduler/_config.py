@@ -9,11 +9,13 @@ Unknown keys and wrong types are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,9 @@ __all__ = [
     "RetryConfig",
     "Secret",
     "load_config",
+    "mask_secret",
     "mask_url",
+    "secret_forms",
 ]
 
 
@@ -51,6 +55,14 @@ class Secret:
         """The secret itself, for the one place that must send it."""
         return self._value
 
+    def forms(self) -> tuple[str, ...]:
+        """Every way the secret may be written out: raw, JSON-escaped, repr, URL-encoded."""
+        return secret_forms(self._value)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every form of the secret replaced by ``***``."""
+        return mask_secret(text, self._value)
+
     def __repr__(self) -> str:
         return "Secret('***')"
 
@@ -64,6 +76,32 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """Every way ``secret`` may appear in text: raw, JSON-escaped, repr, URL-encoded; longest
+    first so that masking one never leaves part of another."""
+    if not secret:
+        return ()
+    forms = {
+        secret,
+        secret.strip(),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+    }
+    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
+
+
+def mask_secret(text: str, secret: str | None) -> str:
+    """``text`` with every form of ``secret`` replaced by ``***``."""
+    if not secret:
+        return text
+    for form in secret_forms(secret):
+        text = text.replace(form, "***")
+    return text
 
 
 def mask_url(url: str) -> str:
@@ -143,6 +181,12 @@ class LimitsConfig:
             )
         if self.lease_seconds < 0:
             raise ConfigError(f"limits.lease_seconds: expected >= 0, got {self.lease_seconds!r}")
+        if self.burst_seconds < self.margin_seconds:
+            # The bucket could never hold the margin a full request waits for: ~1/(m-b) req/s.
+            raise ConfigError(
+                f"limits.burst_seconds ({self.burst_seconds:g}) must be >= limits.margin_seconds"
+                f" ({self.margin_seconds:g}): a smaller bucket cannot hold the timing margin"
+            )
 
     def for_model(self, name: str) -> LimitsConfig:
         """These limits with ``name``'s override of tpm/rpm applied (and no overrides left)."""
@@ -213,6 +257,8 @@ class ImagesConfig:
     max_bytes: int = 20 * 1024 * 1024
     max_dimension: int = 65_535
     allow_local: bool = True
+    # False: http(s) images are not read to size them; each is charged the detail's maximum.
+    fetch: bool = True
     fetch_timeout: float = 10.0
     orient: bool = True
     shrink: bool = True
@@ -319,6 +365,17 @@ class Config:
         if uses_redis and not self.redis.url:
             what = 'queue.backend = "redis"' if self.queue.backend == "redis" else "limits.shared"
             raise ConfigError(f"{what} needs the Redis server: set [redis] url (or --redis URL)")
+
+
+def _api_key(text: str) -> Secret:
+    """The key from ``OPENAI_API_KEY``: surrounding whitespace stripped (a CRLF ``.env`` file
+    leaves a ``\\r``); a key with whitespace or control characters inside is refused."""
+    key = text.strip()
+    if any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise ConfigError(
+            "OPENAI_API_KEY: the key contains whitespace or control characters; check how it is set"
+        )
+    return Secret(key)
 
 
 def _positive(key: str, value: float) -> None:
@@ -486,8 +543,8 @@ def load_config(
             raise ConfigError(f"{moved}: moved; {where}")
     if "api_key" in merged["api"]:
         raise ConfigError("api.api_key: keep the key out of files; set OPENAI_API_KEY instead")
-    if env.get("OPENAI_API_KEY"):
-        merged["api"]["api_key"] = Secret(env["OPENAI_API_KEY"])
+    if env.get("OPENAI_API_KEY", "").strip():
+        merged["api"]["api_key"] = _api_key(env["OPENAI_API_KEY"])
 
     for dotted, value in (overrides or {}).items():
         if value is None:
