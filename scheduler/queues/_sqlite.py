@@ -166,7 +166,9 @@ class SqliteQueue:
             raise QueueError(f"{self.path} is not a vsched queue ({exc})") from None
         if version not in (0, 1, _SCHEMA_VERSION):
             raise QueueError(f"queue {self.path}: unknown schema version {version}")
-        if (version == 0 and tables) or (version and tables != _TABLES):
+        if (version == 0 and not self._interrupted_creation(tables)) or (
+            version and tables != _TABLES
+        ):
             found = ", ".join(sorted(tables)) or "no tables"
             raise QueueError(
                 f"{self.path} is an SQLite database but not a vsched queue ({found}):"
@@ -179,11 +181,24 @@ class SqliteQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         if version == 0:
-            self._db.executescript(_SCHEMA)
-        elif version == 1:
+            # One transaction: a kill -9 halfway through never leaves half a queue.
+            self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={_SCHEMA_VERSION};COMMIT;")
+            return
+        if version == 1:
             self._db.execute("ALTER TABLE jobs ADD COLUMN digest TEXT")
         if version != _SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def _interrupted_creation(self, tables: set[str]) -> bool:
+        """True for an empty file, or a queue whose creation was cut off (before schema 2)."""
+        if not tables:
+            return True
+        if not tables <= _TABLES:
+            return False
+        if "jobs" not in tables:
+            return True
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        return {"key", "custom_id", "claims", "state"} <= columns
 
     @contextlib.contextmanager
     def _faults(self) -> Iterator[None]:
@@ -196,6 +211,11 @@ class SqliteQueue:
                     f"queue {self.path} is read-only here: `vsched status` and `export` only read"
                 ) from None
             raise storage_fault(self.path, exc) from None
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction, if SQLite has not already (it does on a full disk)."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _take_lock(self) -> IO[bytes]:
         handle = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held for the queue's lifetime
@@ -334,7 +354,7 @@ class SqliteQueue:
                     self._db.execute(statement, values)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return LoadReport(
             added=added,
@@ -372,7 +392,7 @@ class SqliteQueue:
             )
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         return [
             ClaimedJob(
@@ -424,7 +444,7 @@ class SqliteQueue:
                 ).rowcount
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         return recorded
 
@@ -443,7 +463,7 @@ class SqliteQueue:
                 ).rowcount
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         return released
 
