@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     tokens      INTEGER NOT NULL DEFAULT 0,
     request_id  TEXT,
     updated     REAL,
+    endpoint_name TEXT,
     digest      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
@@ -121,6 +122,7 @@ class SqliteQueue:
         ``readonly`` opens an existing queue without writing to it (status, export)."""
         self.path = Path(path)
         self.readonly = readonly
+        self._endpoint_column = "endpoint_name"
         self._lock: IO[bytes] | None = None
         if readonly:
             if not self.path.is_file():
@@ -177,6 +179,9 @@ class SqliteQueue:
         if self.readonly:
             if version == 0:
                 raise QueueError(f"{self.path} is an empty file, not a vsched queue yet")
+            # An older queue read as it is: a column it lacks reads as NULL.
+            if "endpoint_name" not in self._jobs_columns():
+                self._endpoint_column = "NULL"
             return
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -184,10 +189,15 @@ class SqliteQueue:
             # One transaction: a kill -9 halfway through never leaves half a queue.
             self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={_SCHEMA_VERSION};COMMIT;")
             return
-        if version == 1:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN digest TEXT")
+        columns = self._jobs_columns()
+        for column in ("endpoint_name", "digest"):  # queues made before pools, before digests
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         if version != _SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def _jobs_columns(self) -> set[str]:
+        return {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
 
     def _interrupted_creation(self, tables: set[str]) -> bool:
         """True for an empty file, or a queue whose creation was cut off (before schema 2)."""
@@ -427,6 +437,7 @@ class SqliteQueue:
                 _dumps(o.error),
                 o.tokens,
                 o.request_id,
+                o.endpoint_name,
                 now,
                 o.key,
             )
@@ -438,7 +449,8 @@ class SqliteQueue:
             for row in rows:
                 recorded += self._db.execute(
                     "UPDATE jobs SET state = ?, attempts = attempts + ?, status_code = ?,"
-                    " response = ?, error = ?, tokens = ?, request_id = ?, updated = ?"
+                    " response = ?, error = ?, tokens = ?, request_id = ?, endpoint_name = ?,"
+                    " updated = ?"
                     " WHERE key = ? AND state = 'in_flight'",
                     row,
                 ).rowcount
@@ -491,7 +503,8 @@ class SqliteQueue:
         marks = ",".join("?" * len(wanted))
         with self._faults():
             cursor = self._db.execute(
-                f"SELECT {_COLUMNS}, request_id FROM jobs WHERE state IN ({marks}) ORDER BY seq",
+                f"SELECT {_COLUMNS}, request_id, {self._endpoint_column} FROM jobs"
+                f" WHERE state IN ({marks}) ORDER BY seq",
                 wanted,
             )
         for row in self._rows(cursor):
@@ -507,6 +520,7 @@ class SqliteQueue:
                 error=_loads(row[8]),
                 tokens=row[9],
                 request_id=row[10],
+                endpoint_name=row[11],
             )
 
     def _rows(self, cursor: Iterable[Any]) -> Iterator[Any]:
