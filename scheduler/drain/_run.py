@@ -137,7 +137,9 @@ async def _drain_with_scheduler(
         grace=config.drain.grace,
         handle_signals=handle_signals,
     )
+    control = control if control is not None else StopControl()
     async with Scheduler(config, transport=transport) as scheduler:
+        control.on_stop(scheduler.stop_sending)
 
         def counters() -> tuple[int, int]:
             stats = scheduler.stats()
