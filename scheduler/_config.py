@@ -12,12 +12,14 @@ Unknown keys and wrong types are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +43,11 @@ __all__ = [
     "RetryConfig",
     "Secret",
     "load_config",
+    "mask_secret",
     "mask_url",
     "missing_keys",
     "pool_tpm",
+    "secret_forms",
 ]
 
 
@@ -58,6 +62,14 @@ class Secret:
     def reveal(self) -> str:
         """The secret itself, for the one place that must send it."""
         return self._value
+
+    def forms(self) -> tuple[str, ...]:
+        """Every way the secret may be written out: raw, JSON-escaped, repr, URL-encoded."""
+        return secret_forms(self._value)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every form of the secret replaced by ``***``."""
+        return mask_secret(text, self._value)
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -79,6 +91,32 @@ REDIS_SCHEMES = (
     *("redis://", "rediss://", "unix://"),
     *("redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://"),
 )
+
+
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """Every way ``secret`` may appear in text: raw, JSON-escaped, repr, URL-encoded; longest
+    first so that masking one never leaves part of another."""
+    if not secret:
+        return ()
+    forms = {
+        secret,
+        secret.strip(),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+    }
+    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
+
+
+def mask_secret(text: str, secret: str | None) -> str:
+    """``text`` with every form of ``secret`` replaced by ``***``."""
+    if not secret:
+        return text
+    for form in secret_forms(secret):
+        text = text.replace(form, "***")
+    return text
 
 
 def mask_url(url: str) -> str:
@@ -272,6 +310,12 @@ class LimitsConfig:
             raise ConfigError(
                 f"limits.slow_start_requests: expected >= 0, got {self.slow_start_requests!r}"
             )
+        if self.burst_seconds < self.margin_seconds:
+            # The bucket could never hold the margin a full request waits for: ~1/(m-b) req/s.
+            raise ConfigError(
+                f"limits.burst_seconds ({self.burst_seconds:g}) must be >= limits.margin_seconds"
+                f" ({self.margin_seconds:g}): a smaller bucket cannot hold the timing margin"
+            )
 
     def for_model(self, name: str) -> LimitsConfig:
         """These limits with ``name``'s override of tpm/rpm applied (and no overrides left)."""
@@ -342,6 +386,8 @@ class ImagesConfig:
     max_bytes: int = 20 * 1024 * 1024
     max_dimension: int = 65_535
     allow_local: bool = True
+    # False: http(s) images are not read to size them; each is charged the detail's maximum.
+    fetch: bool = True
     fetch_timeout: float = 10.0
     orient: bool = True
     shrink: bool = True
@@ -464,6 +510,20 @@ class Config:
                 raise ConfigError(f"endpoints: two endpoints are named {name!r}")
         if self.endpoints and all(e.spillover for e in self.endpoints):
             raise ConfigError("endpoints: every endpoint is spillover; mark one as primary")
+
+
+def key_from_env(variable: str, text: str) -> Secret | None:
+    """The key in environment variable ``variable``: surrounding whitespace stripped (a CRLF
+    ``.env`` file leaves a ``\\r``); None when blank; whitespace or control characters inside
+    are refused (the message never shows the key)."""
+    key = text.strip()
+    if not key:
+        return None
+    if any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise ConfigError(
+            f"{variable}: the key contains whitespace or control characters; check how it is set"
+        )
+    return Secret(key)
 
 
 def _positive(key: str, value: float) -> None:
@@ -641,9 +701,9 @@ def _endpoint(values: Any, index: int, env: Mapping[str, str]) -> EndpointConfig
         else:
             kwargs[key] = _coerce(f"{where}.{key}", value, hints[key], from_text=False)
     endpoint = EndpointConfig(**kwargs)
-    key_value = env.get(endpoint.key_variable)
-    if key_value:
-        endpoint = dataclasses.replace(endpoint, api_key=Secret(key_value))
+    key = key_from_env(endpoint.key_variable, env.get(endpoint.key_variable, ""))
+    if key is not None:
+        endpoint = dataclasses.replace(endpoint, api_key=key)
     return endpoint
 
 
@@ -708,8 +768,9 @@ def _api_key(merged: dict[str, Any], env: Mapping[str, str]) -> None:
         variables.insert(0, "AZURE_OPENAI_API_KEY")
     merged["api_key_env"] = variables[0]
     for variable in variables:
-        if env.get(variable):
-            merged["api_key"] = Secret(env[variable])
+        key = key_from_env(variable, env.get(variable, ""))
+        if key is not None:
+            merged["api_key"] = key
             merged["api_key_env"] = variable
             return
 

@@ -5,10 +5,11 @@
     VschedError
     ├── ConfigError                  bad config file, key, type or value
     ├── UsageError                   a command or call that cannot work as given (no input...)
-    ├── QueueError                   the job queue cannot be opened or used
+    ├── QueueError                   the job queue cannot be opened or used (foreign, damaged)
     │   ├── QueueBusy                another drain holds this queue
     │   └── QueueLost                a shared queue's state vanished (Redis restarted empty)
     ├── RedisUnavailable             Redis did not answer for ``redis.give_up_after`` seconds
+    ├── StorageError                 the disk refused a write (full, I/O error): nothing lost
     ├── InputError                   a job that can never be sent as written
     │   ├── ImageError               an image that cannot be read or is not accepted
     │   │   ├── ImageNotFound        missing path or unreachable URL
@@ -28,14 +29,15 @@
         ├── JobFailed                this job fails; others go on (400/404/422, request too large)
         └── FatalError               stop the whole run
             ├── QuotaExceeded        insufficient_quota and billing/spend-limit codes
-            └── AuthenticationFailed 401/403
+            ├── AuthenticationFailed 401/403
+            └── EndpointUnreachable  connection errors on many jobs, no answer ever received
 
 Messages name the job (when known) and the cause, and never contain the API key.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .limits._headers import RateLimitRefusal
@@ -45,6 +47,7 @@ __all__ = [
     "AuthenticationFailed",
     "ConfigError",
     "CorruptImage",
+    "EndpointUnreachable",
     "FatalError",
     "ImageError",
     "ImageFetchError",
@@ -62,6 +65,7 @@ __all__ = [
     "RequestTooLarge",
     "RetryableError",
     "ServerError",
+    "StorageError",
     "TransportError",
     "UnknownModel",
     "UnsupportedContent",
@@ -97,6 +101,13 @@ class QueueLost(QueueError):
 
 class RedisUnavailable(VschedError):
     """Redis did not answer for ``redis.give_up_after`` seconds; the jobs it holds are intact."""
+
+
+class StorageError(VschedError):
+    """The disk refused a write (full, over a size limit, I/O error); the message names the path.
+
+    Nothing recorded is lost: re-run the same command once the disk has room.
+    """
 
 
 class InputError(VschedError):
@@ -152,7 +163,8 @@ class RequestTooLarge(InputError):
 class APIError(VschedError):
     """An error answer from the server, or a failure to reach it.
 
-    ``status_code`` is None for transport errors; ``code`` is OpenAI's ``error.code``.
+    ``status_code`` is None for transport errors; ``code`` is OpenAI's ``error.code``; ``body``
+    is the server's JSON answer (kept in the job's result, as the Batch API output does).
     """
 
     def __init__(
@@ -162,11 +174,13 @@ class APIError(VschedError):
         status_code: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         self.message = message
         self.status_code = status_code
         self.code = code
         self.retry_after = retry_after
+        self.body = body
         super().__init__(message)
 
 
@@ -219,3 +233,8 @@ class QuotaExceeded(FatalError):
 
 class AuthenticationFailed(FatalError):
     """401 or 403: the key is missing, wrong, or not allowed."""
+
+
+class EndpointUnreachable(FatalError):
+    """Connection errors on many jobs in a row and no answer ever received: the endpoint is down
+    (or the base URL is wrong); the jobs stay pending."""

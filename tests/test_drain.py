@@ -25,6 +25,7 @@ class FakeError:
     type: str
     message: str
     code: str | None = None
+    reason: str = "bad_request"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -218,14 +218,16 @@ def test_bad_inputs_fail_alone_and_are_named(tmp_path: Path, sim: RunningSim) ->
     assert result.returncode == EXIT_FAILED, result.stderr
     output = [json.loads(x) for x in (tmp_path / "plain.results.jsonl").read_text().splitlines()]
     failed = {x["custom_id"]: x["error"]["message"] for x in output if x["error"]}
-    assert sorted(failed) == ["2", "3", "4", "5", "6", "8"]
-    for line, message in failed.items():
-        assert message.startswith(f"line {line}:"), message
+    assert sorted(failed) == ["3", "4", "5", "8", "line-2", "line-6"]
+    for job, message in failed.items():
+        assert message.startswith(f"line {job.removeprefix('line-')}:"), message
     assert "missing.png" in failed["3"]
     assert "corrupt.png" in failed["4"]
     assert "more than the limit of 20000 tokens per minute" in failed["5"]
-    answered = {x["custom_id"]: x["response"] for x in output}
-    assert answered["8"]["status_code"] == 400, "the server's refusal is kept in the output"
+    by_id = {x["custom_id"]: x for x in output}
+    assert by_id["8"]["response"] is None, "a stream request is refused before sending"
+    assert by_id["8"]["attempts"] == 0
+    assert "streaming is not supported" in failed["8"]
     assert sorted(x["custom_id"] for x in output if not x["error"]) == ["1", "7"]
-    for line in failed:
-        assert f"{line} (line {line})" in result.stdout
+    for job in failed:
+        assert f"{job} (line {job.removeprefix('line-')})" in result.stdout

@@ -60,7 +60,7 @@ def test_plain_format_uses_line_numbers_and_strips_metadata(tmp_path: Path) -> N
         ("{not json", "plain", "not valid JSON"),
         ("[1, 2]", "plain", "expected a JSON object"),
         ('{"model": "gpt-4o"}', "plain", "needs 'messages'"),
-        ('{"custom_id": 5, "body": {}}', "batch", "custom_id must be a string"),
+        ('{"custom_id": 5, "body": {}}', "batch", "custom_id must be a non-empty string"),
         (
             '{"custom_id": "x", "method": "GET", "url": "/v1/responses", "body": {}}',
             "batch",

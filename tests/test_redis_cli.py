@@ -60,7 +60,7 @@ def test_export_redis_writes_batch_output(tmp_path: Path, redis_url: str) -> Non
     out = tmp_path / "out.jsonl"
     assert main(["export", "--redis", redis_url, "-o", str(out)]) == EXIT_OK
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["custom_id"] for line in lines] == ["r1", "r2", "3"]
+    assert [line["custom_id"] for line in lines] == ["r1", "r2", "line-3"]
     assert lines[0]["response"]["body"] == {"id": "r1"}
     assert lines[2]["error"]["line"] == 3
 
@@ -88,6 +88,6 @@ def test_status_and_retry_failed_on_a_redis_queue(
     assert main(["status", "--redis", redis_url, "--json"]) == EXIT_OK
     report = json.loads(capsys.readouterr().out)
     assert report["counts"] == {"pending": 1, "in_flight": 0, "done": 0, "failed": 2}
-    assert [f["custom_id"] for f in report["failures"]] == ["r1", "3"]
+    assert [f["custom_id"] for f in report["failures"]] == ["r1", "line-3"]
     assert main(["retry-failed", "--redis", redis_url]) == EXIT_OK
     assert "Re-queued 1 failed jobs" in capsys.readouterr().err

@@ -4,14 +4,24 @@ Each subcommand lives in its own module with ``register(subparsers)``, which add
 sets ``run(args) -> int`` as the handler.
 """
 
-from ._exit import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_STOPPED, EXIT_USAGE
+from ._exit import (
+    EXIT_FAILED,
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_PIPE,
+    EXIT_STOPPED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from ._main import build_parser, main
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_FATAL",
     "EXIT_OK",
+    "EXIT_PIPE",
     "EXIT_STOPPED",
+    "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "build_parser",
     "main",

@@ -1,6 +1,14 @@
 """The exit codes of ``vsched``, one meaning each."""
 
-__all__ = ["EXIT_FAILED", "EXIT_FATAL", "EXIT_OK", "EXIT_STOPPED", "EXIT_UNAVAILABLE", "EXIT_USAGE"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_FATAL",
+    "EXIT_OK",
+    "EXIT_PIPE",
+    "EXIT_STOPPED",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+]
 
 #: Every job done.
 EXIT_OK = 0
@@ -14,3 +22,5 @@ EXIT_FATAL = 3
 EXIT_UNAVAILABLE = 4
 #: Stopped by a signal (Ctrl-C, SIGTERM): jobs not done are left pending, resumable.
 EXIT_STOPPED = 130
+#: The reader of the output went away (``vsched status | head``): 128 + SIGPIPE, as Unix tools.
+EXIT_PIPE = 141

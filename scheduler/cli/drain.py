@@ -2,9 +2,10 @@
 
 Every flag has a config key (shown in brackets in ``--help``), so a TOML file can hold them all.
 Exit codes: 0 every job done, 1 some jobs failed (or were left pending), 2 usage or input
-error, 3 a fatal stop (quota, authentication), 4 an operational fault (Redis unreachable past
-``redis.give_up_after``; jobs intact), 130 stopped by Ctrl-C / SIGTERM (re-run the same command
-to resume). A Redis queue whose state was lost exits 1 with a message saying so.
+error, 3 a fatal stop (quota, authentication), 4 an operational fault (endpoint unreachable,
+disk full, Redis unreachable past ``redis.give_up_after``; jobs intact), 130 stopped by Ctrl-C /
+SIGTERM (re-run the same command to resume). A Redis queue whose state was lost exits 1 with a
+message saying so.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from typing import Any
 import anyio
 
 from .._config import Config, missing_keys
-from .._errors import UsageError
+from .._errors import EndpointUnreachable, UsageError
 from ..drain._engine import DrainReport
 from ..drain._progress import make_renderer
 from ..drain._run import run_drain
 from ..queues._base import LoadReport
 from ..sources._jobs import FolderPrompt
-from ._exit import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_STOPPED
+from ._exit import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_STOPPED, EXIT_UNAVAILABLE
 from .flags import add_config_flag, add_redis_flags, config_from_args, redis_overrides
-from .queue_paths import default_output, default_queue
+from .queue_paths import check_writable, default_output, default_queue, same_file
 
 __all__ = [
     "add_drain_flags",
@@ -133,6 +134,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-tokens", type=int, help="completion reserve per image [drain.max_tokens]"
     )
+    parser.add_argument(
+        "--no-fetch",
+        action="store_true",
+        help="do not read http(s) images to size them: charge the detail's maximum [images.fetch]",
+    )
     add_drain_flags(parser)
     parser.set_defaults(run=run)
 
@@ -151,8 +157,11 @@ def folder_prompt(config: Config) -> FolderPrompt | None:
 
 
 def exit_code(report: DrainReport) -> int:
-    """3 on a fatal stop, 130 when stopped by a signal, 1 if any job is not done, else 0."""
+    """3 on a fatal stop (4 when the endpoint is unreachable), 130 when stopped by a signal,
+    1 if any job is not done, else 0."""
     counts = report.summary.counts
+    if isinstance(report.fatal, EndpointUnreachable):
+        return EXIT_UNAVAILABLE
     if report.fatal is not None:
         return EXIT_FATAL
     if report.summary.stopped:
@@ -175,6 +184,20 @@ def _announce(report: LoadReport | None, where: str, quiet: bool) -> None:
         extra.append(f"{report.duplicates} duplicate ids")
     note = f" ({', '.join(extra)})" if extra else ""
     print(f"vsched: queued {report.added} new jobs{note} in {where}", file=sys.stderr)
+    if report.reloaded:
+        print(
+            f"vsched: reloaded {report.reloaded} jobs whose line changed (not done yet)",
+            file=sys.stderr,
+        )
+    if report.changed_done:
+        shown = ", ".join(report.changed_done[:5]) + (
+            ", ..." if len(report.changed_done) > 5 else ""
+        )
+        print(
+            f"vsched: {len(report.changed_done)} done jobs have a changed line ({shown}): their"
+            " results are of the line as it was sent; give them new custom_ids to send them again",
+            file=sys.stderr,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         "drain.detail": args.detail,
         "drain.max_tokens": args.max_tokens,
         "limits.lease_seconds": args.lease,
+        "images.fetch": False if args.no_fetch else None,
         "endpoints": args.endpoint,
     }
     config = config_from_args(args, overrides)
@@ -212,6 +236,17 @@ def run(args: argparse.Namespace) -> int:
         output = default_output(source, config)
         queue = default_queue(output, config)
         where = f"queue {queue}"
+        if same_file(queue, source):
+            raise UsageError(f"--queue {queue} is the input: give another queue file")
+    if output is not None:
+        if source is not None and same_file(output, source):
+            raise UsageError(f"-o {output} is the input: it would be replaced by the results")
+        if queue is not None and same_file(output, queue):
+            raise UsageError(f"-o {output} is the queue file: give another output path")
+        # Before anything is sent (money spent): a results file that cannot be written.
+        check_writable(output, "output")
+    if queue is not None:
+        check_writable(queue, "queue")
     quiet = config.drain.progress == "quiet"
     renderer = make_renderer(config.drain.progress, interval=config.drain.log_interval)
 

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write one line per finished job (done or failed) to the output file."""
     # -o is where this export goes; the queue is found as the drain found it.
-    queue, config, path, _ = open_queue(args, {"queue.path": args.queue})
+    queue, config, path, _ = open_queue(args, {"queue.path": args.queue}, readonly=True)
     output = _output(args, config, path)
     with closing(queue):
         report = write_results(queue.records(), output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ from .flags import config_from_args, redis_overrides
 
 __all__ = [
     "add_queue_flags",
+    "check_writable",
     "default_output",
     "default_queue",
     "is_queue_file",
     "locate_queue",
     "open_queue",
+    "same_file",
 ]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -39,6 +42,36 @@ def default_queue(output: Path, config: Config) -> Path:
         return Path(config.queue.path)
     stem = output.name.removesuffix(".jsonl").removesuffix(".results")
     return output.with_name(f"{stem}.queue.sqlite")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file (symlinks and relative forms resolved)."""
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        return False
+    return a.resolve() == b.resolve()
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Make the folder of ``path`` if it is missing, and prove a file can be written in it.
+
+    Raises a UsageError naming the path and the cause (read-only, not a folder, no permission).
+    """
+    folder = path.parent
+    probe = folder / f".{path.name}.{os.getpid()}.probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise UsageError(f"{what} {path} is a folder: give a file path")
+        probe.touch()
+        probe.unlink()
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UsageError(f"{what} {path}: cannot write it (permission denied)")
+    except OSError as exc:
+        cause = exc.strerror or type(exc).__name__
+        raise UsageError(f"{what} {path}: cannot write in {folder} ({cause})") from None
 
 
 def is_queue_file(path: Path) -> bool:
@@ -78,16 +111,16 @@ def locate_queue(target: str | None, config: Config) -> Path:
 
 
 def open_queue(
-    args: argparse.Namespace, overrides: dict[str, Any]
+    args: argparse.Namespace, overrides: dict[str, Any], *, readonly: bool = False
 ) -> tuple[JobQueue, Config, Path | None, str]:
     """The queue the flags name: the shared Redis one (``--redis`` or ``queue.backend``) or an
     existing SQLite file.
 
     Returns the queue (the caller closes it), the config, the SQLite file (None for Redis) and a
-    label for messages.
+    label for messages; ``readonly`` (status, export) never writes to an SQLite queue.
     """
     config = config_from_args(args, {**overrides, **redis_overrides(args)})
     if config.queue.backend == "redis":
         return open_config_queue(config), config, None, f"Redis queue {config.queue.redis_name!r}"
     path = locate_queue(args.target, config)
-    return open_config_queue(config, path=path), config, path, str(path)
+    return open_config_queue(config, path=path, readonly=readonly), config, path, str(path)

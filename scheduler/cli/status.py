@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the queue's counts, the figures of its last run and its first failures."""
     overrides = {"queue.path": args.queue, "drain.output": args.output}
-    queue, _, _, label = open_queue(args, overrides)
+    queue, _, _, label = open_queue(args, overrides, readonly=True)
     with closing(queue):
         counts = queue.counts()
         last = queue.last_run()

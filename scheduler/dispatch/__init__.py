@@ -3,13 +3,22 @@ answer and retries with tenacity; results come back as ``Result`` values."""
 
 from ._batch import run_batch
 from ._client import OpenAIClient, Reply, classify, request_was_sent, server_hint
-from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
+from ._results import (
+    CHAT_COMPLETIONS,
+    ERROR_CODES,
+    ErrorInfo,
+    Request,
+    Result,
+    SchedulerStats,
+    error_code,
+)
 from ._retry import retrying, stop_after_elapsed, wait_server_hint
 from ._scheduler import Scheduler
 from ._stream import ResultStream
 
 __all__ = [
     "CHAT_COMPLETIONS",
+    "ERROR_CODES",
     "ErrorInfo",
     "OpenAIClient",
     "Reply",
@@ -19,6 +28,7 @@ __all__ = [
     "Scheduler",
     "SchedulerStats",
     "classify",
+    "error_code",
     "request_was_sent",
     "retrying",
     "run_batch",

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from .._config import ApiConfig
+from .._config import ApiConfig, mask_secret
 from .._errors import (
     APIError,
     AuthenticationFailed,
@@ -128,8 +128,30 @@ def classify(reply: Reply, *, secret: str | None = None) -> APIError | None:
 
     Billing codes and 401/403 are fatal; "Request too large" and other 4xx fail the job;
     429, 408, 409, 5xx and malformed successes are retryable. ``x-should-retry`` overrides the
-    status for everything that is neither fatal nor too large. ``secret`` is masked in messages.
+    status for everything that is neither fatal nor too large. The error keeps the server's
+    JSON answer (``body``); ``secret`` is masked in its message and its body.
     """
+    error = _classify(reply, secret)
+    if error is not None and isinstance(reply.json, dict):
+        error.body = _masked_body(reply.json, secret)
+    return error
+
+
+def _masked_body(body: dict[str, Any], secret: str | None) -> dict[str, Any]:
+    if not secret:
+        return body
+    text = json.dumps(body, ensure_ascii=False)
+    masked = mask_secret(text, secret)
+    if masked == text:
+        return body
+    try:
+        value = json.loads(masked)
+    except ValueError:  # the mask cut through an escape: keep no body rather than the key
+        return {"error": {"message": "(answer withheld: it contained the API key)"}}
+    return value if isinstance(value, dict) else body
+
+
+def _classify(reply: Reply, secret: str | None) -> APIError | None:
     status = reply.status_code
     if 200 <= status < 300:
         if isinstance(reply.json, dict):
@@ -180,8 +202,7 @@ def _reason(status: int) -> str:
 
 def _clip(text: str, secret: str | None) -> str:
     """One line, at most _MAX_MESSAGE characters, with the key masked."""
-    if secret:
-        text = text.replace(secret, "***")
+    text = mask_secret(text, secret)
     text = " ".join(text.split())
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
 

@@ -10,12 +10,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._errors import APIError
+from .._errors import (
+    APIError,
+    AuthenticationFailed,
+    CorruptImage,
+    EndpointUnreachable,
+    ImageError,
+    ImageFetchError,
+    ImageNotFound,
+    ImageTooLarge,
+    InputError,
+    JobFailed,
+    MalformedResponse,
+    QuotaExceeded,
+    RateLimited,
+    RequestTooLarge,
+    ServerError,
+    TransportError,
+    UnknownModel,
+    UnsupportedContent,
+    UnsupportedImage,
+    VschedError,
+)
 
 if TYPE_CHECKING:  # the cost model pulls in the image code; a Result only carries its output
     from ..cost._model import RequestCost
 
-__all__ = ["CHAT_COMPLETIONS", "ErrorInfo", "Request", "Result", "SchedulerStats"]
+__all__ = [
+    "CHAT_COMPLETIONS",
+    "ERROR_CODES",
+    "ErrorInfo",
+    "Request",
+    "Result",
+    "SchedulerStats",
+    "error_code",
+]
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 
@@ -49,26 +78,105 @@ class Request:
             raise ValueError(f"Request.endpoint: expected a path such as {CHAT_COMPLETIONS}")
 
 
+#: The stable ``error.code`` of a failed job (results file, queue), one meaning each; the
+#: server's own code, when it sent one, is kept beside it (``api_code``). docs/drain.md lists them.
+ERROR_CODES: dict[str, str] = {
+    "invalid_request": "the line is not a request (not JSON, no body, a duplicate custom_id)",
+    "unsupported_content": "a body field vsched cannot read or price (or stream: true)",
+    "unknown_model": "no profile for the model and no fallback profile",
+    "request_too_large": "more tokens than the per-minute limit, or the server said so",
+    "image_not_found": "a missing file, or an image URL that answered 404/410",
+    "image_fetch_failed": "an image URL that answered another error status",
+    "image_too_large": "an image over images.max_bytes (20 MB)",
+    "unsupported_image": "not PNG, JPEG, WEBP or a non-animated GIF",
+    "corrupt_image": "truncated or undecodable image bytes, bad base64, absurd size",
+    "image_unreadable": "an image that cannot be read (permissions, URL scheme)",
+    "invalid_input": "another input the job can never be sent with",
+    "bad_request": "the server answered 400",
+    "not_found": "the server answered 404 (a wrong model or endpoint)",
+    "unprocessable": "the server answered 422",
+    "client_error": "the server answered another 4xx",
+    "rate_limited": "429 rate_limit_exceeded on every attempt",
+    "server_error": "408, 409 or 5xx on every attempt",
+    "timeout": "no answer within api.timeout on every attempt",
+    "connection_error": "the connection failed on every attempt",
+    "malformed_response": "a success whose body is not a JSON object, on every attempt",
+    "quota_exceeded": "insufficient_quota or a billing code (the run stops)",
+    "authentication_failed": "401 or 403 (the run stops)",
+    "endpoint_unreachable": "no answer from the base URL at all (the run stops)",
+    "internal_error": "an unexpected error in vsched while handling this job (a bug: report it)",
+    "worker_lost": "Redis queue: the worker holding the job stopped answering too often",
+}
+
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    413: "request_too_large",
+    422: "unprocessable",
+}
+_CODE_OF: tuple[tuple[type[BaseException], str], ...] = (
+    (ImageNotFound, "image_not_found"),
+    (ImageFetchError, "image_fetch_failed"),
+    (ImageTooLarge, "image_too_large"),
+    (UnsupportedImage, "unsupported_image"),
+    (CorruptImage, "corrupt_image"),
+    (ImageError, "image_unreadable"),
+    (UnsupportedContent, "unsupported_content"),
+    (UnknownModel, "unknown_model"),
+    (RequestTooLarge, "request_too_large"),
+    (InputError, "invalid_input"),
+    (RateLimited, "rate_limited"),
+    (ServerError, "server_error"),
+    (MalformedResponse, "malformed_response"),
+    (QuotaExceeded, "quota_exceeded"),
+    (AuthenticationFailed, "authentication_failed"),
+    (EndpointUnreachable, "endpoint_unreachable"),
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable ``error.code`` (a key of ``ERROR_CODES``) of the exception that failed a job."""
+    if isinstance(exc, TransportError):
+        return "timeout" if exc.message.startswith("timeout") else "connection_error"
+    if isinstance(exc, JobFailed) and exc.status_code == 429:
+        return "request_too_large"  # the only 429 classify fails a job for
+    for kind, code in _CODE_OF:
+        if isinstance(exc, kind):
+            return code
+    if isinstance(exc, APIError):
+        status = exc.status_code or 0
+        if status >= 500 or status in (408, 409):
+            return "server_error"
+        return _STATUS_CODES.get(status, "client_error")
+    return "internal_error"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorInfo:
-    """Why a job failed: the error class name, its message, and the server's status and code."""
+    """Why a job failed: the error class name, its message, the stable ``reason`` (a key of
+    ``ERROR_CODES``), and the server's status and own ``code``."""
 
     type: str
     message: str
     status_code: int | None = None
     code: str | None = None
+    reason: str = "internal_error"
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Describe an exception from the hierarchy in ``errors.py``."""
+        """Describe an exception from the hierarchy in ``errors.py`` (any other is a bug)."""
         if isinstance(exc, APIError):
             return cls(
                 type=type(exc).__name__,
                 message=exc.message,
                 status_code=exc.status_code,
                 code=exc.code,
+                reason=error_code(exc),
             )
-        return cls(type=type(exc).__name__, message=str(exc))
+        message = str(exc)
+        if not isinstance(exc, VschedError):
+            message = f"unexpected {type(exc).__name__}: {message}"
+        return cls(type=type(exc).__name__, message=message, reason=error_code(exc))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ is raised from ``submit``, ``map`` or ``__aexit__``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -28,14 +29,18 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from .._config import Config, load_config, missing_keys
+from .._config import Config, load_config, mask_secret, mask_url, missing_keys
 from .._errors import (
     APIError,
     ConfigError,
+    EndpointUnreachable,
     FatalError,
     InputError,
     RateLimited,
+    RedisUnavailable,
     RetryableError,
+    TransportError,
+    UnsupportedContent,
 )
 from .._redis import RedisClient
 from ..cost._model import CostModel, RequestCost
@@ -55,6 +60,10 @@ from ._stream import ResultStream
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("scheduler.dispatch")
+
+#: Connection failures (nothing reached the server) with no answer ever received, after which
+#: the endpoint is taken for down and the run stops; a job out of attempts stops it sooner.
+UNREACHABLE_AFTER = 12
 
 
 class _Stopped(Exception):
@@ -150,6 +159,11 @@ class Scheduler:
         self._streams: set[ResultStream] = set()
         self._fatal: FatalError | None = None
         self._fatal_reported = False
+        # stop_sending() was called: nothing new goes on the wire, nothing is retried.
+        self._halted = False
+        # Whether any answer came back, and connection failures since the start if none did.
+        self._answered = False
+        self._unreachable = 0
         self._ids = itertools.count(1)
         self._counts = dict.fromkeys(
             (
@@ -208,7 +222,7 @@ class Scheduler:
             raise ConfigError("; ".join(missing))
         if self._cost_model is None:
             # Probing images (header bytes only) prices them exactly instead of at the maximum.
-            self._prober = ImageProber(self._config.images)
+            self._prober = ImageProber(self._config.images, fetch=self._config.images.fetch)
             self._cost_model = CostModel(self._config, probe=self._prober)
         self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
         self._drained = anyio.Event()
@@ -333,6 +347,16 @@ class Scheduler:
         for job in list(self._jobs):
             job.scope.cancel()
 
+    def stop_sending(self) -> None:
+        """Send nothing more: jobs not on the wire are cancelled (they give no Result, and a
+        ``map`` ends without error); requests on the wire finish, and are not retried."""
+        self._halted = True
+        for scope in list(self._intakes):
+            scope.cancel()
+        for job in list(self._jobs):
+            if not job.on_wire:
+                job.scope.cancel()
+
     def _stop(self, error: FatalError) -> None:
         """Stop the run: no new intake, cancel what is not on the wire, let the rest finish."""
         if self._fatal is not None:
@@ -372,6 +396,9 @@ class Scheduler:
         """
         assert self._cost_model is not None
         parts = walk_body(request.body, request.endpoint)
+        if parts.stream:
+            # Every attempt would be billed and yield nothing readable.
+            raise UnsupportedContent("streaming is not supported in a drain; remove stream")
         heavy = has_heavy_images(parts)
         price = functools.partial(self._cost_model.price, parts)
         cost = await anyio.to_thread.run_sync(price) if heavy else price()
@@ -397,25 +424,43 @@ class Scheduler:
             policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
             async for attempt in policy:
                 with attempt:
-                    reply = await self._attempt(request, sent, cost, job, state)
+                    reply = await self._watched_attempt(request, sent, cost, job, state)
         except _Stopped:
             return None
         except FatalError as exc:
             self._stop(exc)
             return None
-        except (InputError, APIError) as exc:
+        except RedisUnavailable:
+            # The shared limit's store is gone: the run's fault, not this job's (the drain
+            # stops with every job intact in Redis).
+            raise
+        except Exception as exc:
+            # Any exception is this job's failure, never the run's (a bug included).
+            unreachable = self._unreachable_after(exc)
+            if unreachable is not None:
+                self._stop(unreachable)
+                return None
             self._count_attempts(state)
             self._counts["failed"] += 1
-            log.info("%s failed: %s: %s", label, type(exc).__name__, exc)
+            known = isinstance(exc, InputError | APIError)
+            log.log(
+                logging.INFO if known else logging.ERROR,
+                "%s failed: %s: %s",
+                label,
+                type(exc).__name__,
+                self._mask(str(exc)),
+                exc_info=None if known else exc,
+            )
+            info = ErrorInfo.from_exception(exc)
             return Result(
                 status="failed",
                 status_code=state.status_code,
-                body=None,
+                body=exc.body if isinstance(exc, APIError) else None,
                 usage=None,
                 attempts=state.count,
                 latency=anyio.current_time() - started,
                 cost=cost,
-                error=ErrorInfo.from_exception(exc),
+                error=dataclasses.replace(info, message=self._mask(info.message)),
                 metadata=request.metadata,
                 request=request,
                 request_id=state.request_id,
@@ -440,6 +485,53 @@ class Scheduler:
             request=request,
             request_id=state.request_id,
             endpoint_name=self._endpoint_name(state),
+        )
+
+    def _mask(self, text: str) -> str:
+        """``text`` with every form of every configured key masked."""
+        keys = [self._config.api.api_key, *(e.api_key for e in self._config.endpoints)]
+        for key in keys:
+            if key:
+                text = mask_secret(text, key.reveal())
+        return text
+
+    async def _watched_attempt(
+        self,
+        request: Request,
+        body: Mapping[str, Any],
+        cost: RequestCost,
+        job: _Job,
+        state: _Attempts,
+    ) -> Reply:
+        """``_attempt``, noting whether the endpoint answers, and no retry once stopped."""
+        try:
+            reply = await self._attempt(request, body, cost, job, state)
+        except APIError as exc:
+            if exc.status_code is not None:
+                self._answered = True
+            elif isinstance(exc, TransportError) and not request_was_sent(exc):
+                self._unreachable += 1
+                if not self._answered and self._unreachable >= UNREACHABLE_AFTER:
+                    raise self._unreachable_error(exc) from None
+            if self._halted and isinstance(exc, RetryableError):
+                raise _Stopped from None
+            raise
+        self._answered = True
+        return reply
+
+    def _unreachable_after(self, exc: BaseException) -> EndpointUnreachable | None:
+        """The stop a job out of attempts means when no answer ever came back, else None."""
+        if self._answered or not isinstance(exc, TransportError) or request_was_sent(exc):
+            return None
+        return self._unreachable_error(exc)
+
+    def _unreachable_error(self, exc: TransportError) -> EndpointUnreachable:
+        urls = [e.base_url for e in self._config.endpoints] or [self._config.api.base_url]
+        where = ", ".join(mask_url(url) for url in urls)
+        return EndpointUnreachable(
+            f"no answer from {where} ({self._unreachable} connection attempts failed, last:"
+            f" {self._mask(exc.message)}); check the base URL and the network, then re-run:"
+            " the jobs are left pending"
         )
 
     def _endpoint_name(self, state: _Attempts) -> str | None:

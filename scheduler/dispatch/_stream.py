@@ -68,7 +68,7 @@ class ResultStream(AsyncIterator[Result]):
         self._finish()
         if self._error is not None:
             raise self._error
-        if self._incomplete:
+        if self._incomplete and not (self._scheduler._halted and self._scheduler._fatal is None):
             raise self._scheduler._report_fatal()
         raise StopAsyncIteration
 
@@ -119,7 +119,7 @@ class ResultStream(AsyncIterator[Result]):
             reader.start_soon(self._read, buffer_send)
             async with buffer_receive:
                 async for request in buffer_receive:
-                    if scheduler._fatal is not None:
+                    if scheduler._fatal is not None or scheduler._halted:
                         self._incomplete = True
                         return
                     await scheduler._slots.acquire()

@@ -20,6 +20,7 @@ still held are taken over from Redis by the next worker.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -95,6 +96,14 @@ class StopControl:
         self._work: anyio.CancelScope | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._grace = 0.0
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at the first stop request (at once if one came already): the
+        scheduler stops sending, so only the requests already on the wire finish."""
+        self._on_stop.append(callback)
+        if self.stopping:
+            callback()
 
     def _bind(self, work: anyio.CancelScope, group: anyio.abc.TaskGroup, grace: float) -> None:
         self._work, self._group, self._grace = work, group, grace
@@ -116,6 +125,8 @@ class StopControl:
             return
         self.stopping = True
         self.reason = reason
+        for callback in self._on_stop:
+            callback()
         self._start_grace()
 
     def cancel(self, reason: str) -> None:
@@ -127,11 +138,16 @@ class StopControl:
 
 
 def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
-    if not usage:
+    """(prompt, completion) tokens of a usage object; what is not a count counts 0."""
+    if not isinstance(usage, Mapping):
         return 0, 0
     prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    return int(prompt or 0), int(completion or 0)
+    return _count(prompt), _count(completion)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def outcome_of(result: Result, job: ClaimedJob) -> Outcome:
@@ -143,10 +159,11 @@ def outcome_of(result: Result, job: ClaimedJob) -> Outcome:
         kind = info.type if info else "error"
         message = info.message if info else "failed without an error message"
         error = {
-            "code": (info.code if info else None) or kind,
+            "code": info.reason if info else "internal_error",
             "type": kind,
             "message": f"line {job.line}: {message}",
             "line": job.line,
+            "api_code": info.code if info else None,
         }
     return Outcome(
         key=job.key,
@@ -286,10 +303,17 @@ async def _record(queue: AsyncJobQueue, progress: DrainProgress, result: Result)
     job = result.metadata
     if not isinstance(job, ClaimedJob):
         raise TypeError("the mapper must keep the ClaimedJob as the result's metadata")
-    await queue.record([outcome_of(result, job)])
-    prompt, completion = _tokens(result.usage)
+    try:
+        outcome = outcome_of(result, job)
+        # The answer must be storable as JSON; a body that is not fails this job alone.
+        json.dumps([outcome.body, outcome.error, job.body.get("model")])
+    except Exception as exc:
+        outcome = _internal_failure(result, job, exc)
+    await queue.record([outcome])
+    ok = outcome.ok
+    prompt, completion = _tokens(result.usage) if ok else (0, 0)
     progress.add(
-        ok=result.status == "ok",
+        ok=ok,
         now=anyio.current_time(),
         attempts=result.attempts,
         model=str(job.body.get("model", "")),
@@ -301,6 +325,24 @@ async def _record(queue: AsyncJobQueue, progress: DrainProgress, result: Result)
     if result.status == "ok" and result.cost is not None and result.usage:
         progress.estimated_prompt += result.cost.prompt_tokens
         progress.billed_prompt += prompt
+
+
+def _internal_failure(result: Result, job: ClaimedJob, exc: Exception) -> Outcome:
+    """A job whose result could not be recorded as it was: failed, naming the exception."""
+    message = f"line {job.line}: unexpected {type(exc).__name__} recording the result: {exc}"
+    return Outcome(
+        key=job.key,
+        ok=False,
+        attempts=max(0, result.attempts if isinstance(result.attempts, int) else 0),
+        status_code=result.status_code,
+        error={
+            "code": "internal_error",
+            "type": type(exc).__name__,
+            "message": message,
+            "line": job.line,
+            "api_code": None,
+        },
+    )
 
 
 def _endpoint_name(result: Result) -> str | None:

@@ -174,9 +174,11 @@ async def _drain_with_scheduler(
         grace=config.drain.grace,
         handle_signals=handle_signals,
     )
+    control = control if control is not None else StopControl()
     # One Redis connection for the queue and the shared limit.
     redis = queue.client if isinstance(queue, AsyncRedisStreamsQueue) else None
     async with Scheduler(config, transport=transport, redis=redis) as scheduler:
+        control.on_stop(scheduler.stop_sending)
 
         def counters() -> tuple[int, int]:
             stats = scheduler.stats()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import collections
+import logging
 import os
 import threading
 import urllib.parse
@@ -34,6 +35,8 @@ from .._errors import (
     UnsupportedImage,
 )
 from ._formats import NeedMoreBytes, parse_header
+
+log = logging.getLogger("scheduler.images")
 
 __all__ = [
     "ImageInfo",
@@ -394,7 +397,10 @@ class ImageProber:
 
     Pass it as ``CostModel(probe=...)``; close it (or use ``with``) to close its client.
     With ``fetch=False`` it answers None for http(s) URLs instead of downloading anything
-    (the cost model then charges the detail's maximum).
+    (the cost model then charges the detail's maximum). An http(s) image that cannot be
+    fetched from here (timeout, connection, an error status other than 404/410) also answers
+    None: the model's server fetches the image itself, and may well reach it. Only a definite
+    answer fails the job: 404/410, bytes that are not an accepted image, over the byte limit.
     """
 
     def __init__(
@@ -415,7 +421,11 @@ class ImageProber:
         """Probe one source, reusing the answer for an http(s) URL already seen."""
         if not self._fetch and source[:8].lower().startswith(("http://", "https://")):
             return None
-        return probe_image(source, config=self._config, client=self._client, cache=self._cache)
+        try:
+            return probe_image(source, config=self._config, client=self._client, cache=self._cache)
+        except ImageFetchError as exc:
+            log.info("%s; charging the detail's maximum, the server fetches it", exc)
+            return None
 
     def close(self) -> None:
         """Close the HTTP client this prober made (a client passed in stays open)."""

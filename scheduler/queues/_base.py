@@ -35,11 +35,14 @@ STATES: tuple[State, ...] = ("pending", "in_flight", "done", "failed")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadReport:
-    """What one load added: new jobs, of which malformed (failed at once) and duplicate ids."""
+    """What one load added: new jobs, of which malformed (failed at once) and duplicate ids;
+    jobs not done whose line changed (reloaded), and the ids of done jobs whose line changed."""
 
     added: int
     malformed: int
     duplicates: int
+    reloaded: int = 0
+    changed_done: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._errors import StorageError
 from ._base import JobRecord
 
 __all__ = ["ExportReport", "result_line", "write_results"]
@@ -67,6 +68,17 @@ def result_line(record: JobRecord) -> dict[str, Any]:
 def write_results(records: Iterable[JobRecord], path: str | os.PathLike[str]) -> ExportReport:
     """Write one line per record to ``path`` atomically (temporary file, fsync, rename)."""
     target = Path(path)
+    try:
+        return _write(records, target)
+    except OSError as exc:
+        cause = exc.strerror or type(exc).__name__
+        raise StorageError(
+            f"results {target}: {cause}; every result is kept in the queue:"
+            " `vsched export -o PATH` writes them once the disk is fixed"
+        ) from None
+
+
+def _write(records: Iterable[JobRecord], target: Path) -> ExportReport:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     done = failed = 0

@@ -14,11 +14,16 @@ from ._sqlite import SqliteQueue
 __all__ = ["open_async_queue", "open_queue"]
 
 
-def _sqlite(config: Config, path: str | os.PathLike[str] | None, exclusive: bool) -> SqliteQueue:
+def _sqlite(
+    config: Config,
+    path: str | os.PathLike[str] | None,
+    exclusive: bool,
+    readonly: bool = False,
+) -> SqliteQueue:
     where = path if path is not None else config.queue.path
     if not where:
         raise ConfigError("queue.path: name the SQLite queue file")
-    return SqliteQueue(Path(where), exclusive=exclusive)
+    return SqliteQueue(Path(where), exclusive=exclusive, readonly=readonly)
 
 
 def open_queue(
@@ -26,17 +31,19 @@ def open_queue(
     *,
     path: str | os.PathLike[str] | None = None,
     exclusive: bool = False,
+    readonly: bool = False,
     create: bool = True,
 ) -> JobQueue:
     """The queue ``queue.backend`` names, with synchronous methods: the shared Redis Streams
     queue at ``[redis] url``, or the SQLite file at ``path`` (default ``queue.path``);
-    ``exclusive`` takes the SQLite drain lock (a Redis queue is shared by design); ``create=False``
-    makes a Redis queue that does not exist a QueueLost error. The caller closes it."""
+    ``exclusive`` takes the SQLite drain lock (a Redis queue is shared by design); ``readonly``
+    opens an SQLite queue without writing to it; ``create=False`` makes a Redis queue that does
+    not exist a QueueLost error. The caller closes it."""
     if config.queue.backend == "redis":
         from ._redis_streams import RedisStreamsQueue
 
         return RedisStreamsQueue.from_config(config, create=create)
-    return _sqlite(config, path, exclusive)
+    return _sqlite(config, path, exclusive, readonly)
 
 
 async def open_async_queue(

@@ -5,11 +5,14 @@ means the Batch API format (``custom_id``, ``method``, ``url``, ``body``); anyth
 one request body per line, with an optional ``metadata`` key that is kept out of the body and
 an id equal to the line number. A line that cannot become a request is not an exception: it
 becomes a :class:`Job` with ``error`` set and its line number, so the drain records it as
-failed and goes on. Parsing is a generator: a file of any size is read in constant memory.
+failed and goes on; a line with no usable id gets ``line-<n>`` (never a bare number, which
+is a valid job's id). Parsing is a generator: a file of any size is read in constant memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -28,6 +31,8 @@ __all__ = [
     "iter_folder_jobs",
     "iter_jobs",
     "iter_jsonl_jobs",
+    "line_digest",
+    "malformed_id",
     "parse_line",
 ]
 
@@ -52,6 +57,8 @@ class Job:
     endpoint: str = "/v1/chat/completions"
     metadata: Any = None
     error: str | None = None
+    # A hash of the line the job came from (None: not from a line): a changed line is seen.
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         if (self.body is None) == (self.error is None):
@@ -132,7 +139,14 @@ def iter_jsonl_jobs(path: Path) -> Iterator[Job]:
             if fmt is None:
                 fmt = detect_format(raw)
             # Lines before the first JSON object are malformed whatever the format.
-            yield parse_line(raw, number, fmt or "plain")
+            job = parse_line(raw, number, fmt or "plain")
+            yield dataclasses.replace(job, digest=line_digest(raw))
+
+
+def line_digest(raw: bytes | str) -> str:
+    """A short hash of a line's content (surrounding whitespace and line ending ignored)."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    return hashlib.sha256(data.strip()).hexdigest()[:24]
 
 
 def detect_format(raw: bytes | str) -> Format | None:
@@ -151,18 +165,27 @@ def parse_line(raw: bytes | str, line: int, fmt: Format) -> Job:
     try:
         obj = json.loads(raw)
     except ValueError as exc:
-        return Job(id=str(line), line=line, error=f"line {line}: not valid JSON ({exc})")
+        return _malformed(line, f"not valid JSON ({exc})")
     if not isinstance(obj, dict):
-        return Job(id=str(line), line=line, error=f"line {line}: expected a JSON object")
+        return _malformed(line, "expected a JSON object")
     if fmt == "batch":
         return _batch_job(obj, line)
     return _plain_job(obj, line)
 
 
+def malformed_id(line: int) -> str:
+    """The id of a line that has none: ``line-41``, apart from the numbers plain lines use."""
+    return f"line-{line}"
+
+
+def _malformed(line: int, reason: str, metadata: Any = None) -> Job:
+    return Job(id=malformed_id(line), line=line, metadata=metadata, error=f"line {line}: {reason}")
+
+
 def _batch_job(obj: dict[str, Any], line: int) -> Job:
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        return Job(id=str(line), line=line, error=f"line {line}: custom_id must be a string")
+        return _malformed(line, "custom_id must be a non-empty string")
 
     def failed(reason: str) -> Job:
         return Job(id=custom_id, line=line, error=f"line {line}: {reason}")
@@ -187,9 +210,6 @@ def _plain_job(obj: dict[str, Any], line: int) -> Job:
     for endpoint, key in ENDPOINTS.items():
         if key in body:
             return Job(id=str(line), line=line, body=body, endpoint=endpoint, metadata=metadata)
-    return Job(
-        id=str(line),
-        line=line,
-        metadata=metadata,
-        error=f"line {line}: a request body needs 'messages' (chat) or 'input' (responses)",
+    return _malformed(
+        line, "a request body needs 'messages' (chat) or 'input' (responses)", metadata
     )
