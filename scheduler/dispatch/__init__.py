@@ -3,6 +3,7 @@ answer and retries with tenacity; results come back as ``Result`` values."""
 
 from ._batch import run_batch
 from ._client import OpenAIClient, Reply, classify, request_was_sent, server_hint
+from ._observer import NO_OBSERVER, JobWatch, Observer, Observers
 from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from ._retry import retrying, stop_after_elapsed, wait_server_hint
 from ._scheduler import Scheduler
@@ -10,7 +11,11 @@ from ._stream import ResultStream
 
 __all__ = [
     "CHAT_COMPLETIONS",
+    "NO_OBSERVER",
     "ErrorInfo",
+    "JobWatch",
+    "Observer",
+    "Observers",
     "OpenAIClient",
     "Reply",
     "Request",

@@ -39,6 +39,7 @@ from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
 from ..prepare._preparer import ImagePreparer
 from ..sources._body import walk_body
 from ._client import OpenAIClient, Reply, classify, request_was_sent
+from ._observer import NO_OBSERVER, JobWatch, Observer
 from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from ._retry import retrying
 from ._stream import ResultStream
@@ -64,6 +65,7 @@ class _Job:
 
 @dataclass(slots=True)
 class _Attempts:
+    watch: JobWatch
     count: int = 0
     first_sent: float | None = None
     status_code: int | None = None
@@ -97,7 +99,8 @@ class Scheduler:
     ``preparer`` rewrites local and inline images once per job, before its admission (the
     limiter is charged for the prepared body); ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
-    a fatal error.
+    a fatal error; ``observer`` watches each job and attempt (metrics, tracing: see
+    ``scheduler.observe``).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Scheduler:
         cost_model: CostModel | None = None,
         preparer: PrepareHook | None = None,
         grace: float | None = None,
+        observer: Observer | None = None,
     ) -> None:
         # Only plain objects here: the connection pool and the rest are made on entry.
         self._config = config if config is not None else load_config()
@@ -123,6 +127,7 @@ class Scheduler:
             preparer if preparer is not None else ImagePreparer(self._config)
         )
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
+        self._observer = observer if observer is not None else NO_OBSERVER
         self._client: OpenAIClient | None = None
         self._tg: TaskGroup | None = None
         # Made on entry: anyio primitives bind to the event loop that first uses them.
@@ -332,14 +337,19 @@ class Scheduler:
             self._groups = LimitGroups(self._config)
         return self._groups
 
-    def _limiter_for(self, request: Request) -> RateLimiter:
+    def _group_of(self, request: Request) -> str:
+        """The limit group of the request's model (``"*"`` with a user-supplied limiter)."""
         if self._user_limiter is not None:
-            return self._user_limiter
+            return "*"
         model = request.body.get("model") or self._config.cost.default_model
         if not isinstance(model, str):
             model = self._config.cost.default_model
-        groups = self._limit_groups()
-        return groups.limiter(groups.group(model))
+        return self._limit_groups().group(model)
+
+    def _limiter_for(self, request: Request) -> RateLimiter:
+        if self._user_limiter is not None:
+            return self._user_limiter
+        return self._limit_groups().limiter(self._group_of(request))
 
     async def _price(self, request: Request) -> tuple[Mapping[str, Any], RequestCost]:
         """The body to send (images read and prepared) and its cost, before any admission.
@@ -365,11 +375,21 @@ class Scheduler:
         return inlined.body, self._cost_model.reprice(cost, inlined.changes)
 
     async def _process(self, request: Request, job: _Job) -> Result | None:
-        """Run one job to its Result, or None when the run was stopped before it completed."""
+        """Run one job to its Result, or None when the run was stopped; the observer watches."""
+        state = _Attempts(
+            watch=self._observer.job_started(request, limit_group=self._group_of(request))
+        )
+        result: Result | None = None
+        try:
+            result = await self._run_job(request, job, state)
+        finally:
+            state.watch.finished(result)
+        return result
+
+    async def _run_job(self, request: Request, job: _Job, state: _Attempts) -> Result | None:
         started = anyio.current_time()
         self._counts["started"] += 1
         label = f"job #{next(self._ids)}"
-        state = _Attempts()
         cost: RequestCost | None = None
         try:
             # Priced, read and prepared once, before admission: what is sent and charged.
@@ -437,13 +457,16 @@ class Scheduler:
         if self._fatal is not None:
             raise _Stopped
         limiter = self._limiter_for(request)
+        asked = anyio.current_time()
         reservation = await limiter.acquire(tokens=cost.total)
+        state.watch.admitted(wait=anyio.current_time() - asked, tokens=reservation.tokens)
         posted = False
         try:
             if self._fatal is not None:
                 raise _Stopped
             job.on_wire = posted = True
             state.count += 1
+            state.watch.sending(state.count)
             if state.first_sent is None:
                 state.first_sent = anyio.current_time()
             try:
@@ -451,6 +474,8 @@ class Scheduler:
             finally:
                 job.on_wire = False
         except BaseException as exc:
+            if posted:
+                state.watch.answered(status_code=None, error=exc)
             with anyio.CancelScope(shield=True):
                 if posted and request_was_sent(exc):
                     await reservation.settle(reservation.tokens)
@@ -460,6 +485,7 @@ class Scheduler:
         state.status_code = reply.status_code
         state.request_id = reply.request_id
         error = classify(reply, secret=self._client.secret)
+        state.watch.answered(status_code=reply.status_code, error=error)
         with anyio.CancelScope(shield=True):
             await limiter.observe(reply.headers)
             if error is None:
