@@ -387,6 +387,7 @@ class Scheduler:
         return result
 
     async def _run_job(self, request: Request, job: _Job, state: _Attempts) -> Result | None:
+        """Price, admit, send and retry one job; its watch is told of each attempt."""
         started = anyio.current_time()
         self._counts["started"] += 1
         label = f"job #{next(self._ids)}"
