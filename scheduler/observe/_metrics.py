@@ -7,8 +7,10 @@ event shows (latency and wait histograms, 429s by kind, retries by cause, failur
 counted by the watch of each job into plain integers, with no lock: each update is one
 operation under the GIL, and a scrape copies each table before reading it.
 
-Labels: ``limit_group`` on everything per limiter, plus ``endpoint`` on what is per job. New
-dimensions (lane, priority) are added in ``_job_labels`` and the ``JOB_LABELS`` tuple only.
+Labels: ``limiter`` on what is per limiter (the key of ``limiter_stats()``: the limit group,
+``<endpoint>:<group>`` with ``[[endpoints]]``, ``*`` for a limiter passed in); ``limit_group``
+and ``path`` (the API path) on what is per job. New dimensions (lane, priority) are added in
+``_job_labels`` and the ``JOB_LABELS`` tuple only.
 
 ``prometheus_client`` is imported when metrics are collected or served, never on import, and
 nothing is registered anywhere unless asked: ``registry.register(metrics)``.
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 #: Labels of the per-job metrics, in order.
-JOB_LABELS = ("limit_group", "endpoint")
+JOB_LABELS = ("limit_group", "path")
 #: Upper bounds (seconds) of the job latency histogram: a vision answer takes seconds.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 #: Upper bounds (seconds) of the limiter wait histogram: most admissions wait no time at all.
@@ -155,17 +157,16 @@ def _job_labels(request: Request, limit_group: str) -> tuple[str, ...]:
 class _MetricsWatch:
     """Counts one job's events into its ``SchedulerMetrics``."""
 
-    __slots__ = ("_group", "_labels", "_metrics", "_retry_cause")
+    __slots__ = ("_labels", "_metrics", "_retry_cause")
 
     def __init__(self, metrics: SchedulerMetrics, labels: tuple[str, ...]) -> None:
         self._metrics = metrics
         self._labels = labels
-        self._group = (labels[0],)
         self._retry_cause: str | None = None
         metrics._add(metrics._in_flight, labels, 1)
 
     def admitted(self, *, wait: float, tokens: int) -> None:
-        _observe(self._metrics._waits, WAIT_BUCKETS, self._group, wait)
+        _observe(self._metrics._waits, WAIT_BUCKETS, self._labels, wait)
 
     def sending(self, attempt: int) -> None:
         if attempt > 1:
@@ -270,7 +271,7 @@ class SchedulerMetrics:
             HistogramMetricFamily,
         )
 
-        group = ["limit_group"]
+        group = ["limiter"]
         for name, field, doc in _LIMITER_COUNTERS:
             family = CounterMetricFamily(name, doc, labels=group)
             _fill(family, limiters, field)
@@ -321,7 +322,7 @@ class SchedulerMetrics:
             (
                 "vsched_limiter_wait_seconds",
                 "Seconds an attempt waited for the limiter's admission.",
-                group,
+                job,
                 WAIT_BUCKETS,
                 self._waits,
             ),

@@ -135,7 +135,7 @@ class JobTracer:
             attributes={
                 "gen_ai.request.model": model if isinstance(model, str) else "",
                 "vsched.limit_group": limit_group,
-                "vsched.endpoint": request.endpoint,
+                "vsched.path": request.endpoint,
             },
         )
         if not span.is_recording():
