@@ -445,10 +445,19 @@ class DrainConfig:
     model: str = ""
     detail: Literal["low", "high", "auto"] = "auto"
     max_tokens: int = 300
+    # Prometheus /metrics on this port while draining; 0: not served.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.grace < 0:
             raise ConfigError(f"drain.grace: expected >= 0, got {self.grace!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"drain.metrics_port: expected a port 1-65535 (0: off), got {self.metrics_port!r}"
+            )
+        if not self.metrics_host:
+            raise ConfigError("drain.metrics_host: expected a host name or address")
         _positive("drain.log_interval", self.log_interval)
         _positive("drain.max_tokens", self.max_tokens)
         _one_of("drain.progress", self.progress, ("auto", "bar", "log", "json", "quiet"))

@@ -19,6 +19,7 @@ PUBLIC = (
     "scheduler.dispatch",
     "scheduler.queues",
     "scheduler.drain",
+    "scheduler.observe",
     "scheduler.cli",
     "scheduler.sim",
 )

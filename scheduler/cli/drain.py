@@ -53,6 +53,15 @@ def add_drain_flags(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "bar", "log", "json", "quiet"),
         help="progress display [drain.progress]",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port while draining [drain.metrics_port]",
+    )
+    parser.add_argument(
+        "--metrics-host", metavar="HOST", help="address of /metrics [drain.metrics_host]"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--json-log", action="store_true", help="progress as JSON lines")
     add_config_flag(parser)
@@ -71,6 +80,8 @@ def drain_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency.max_in_flight": args.max_in_flight,
         "drain.grace": args.grace,
         "drain.progress": progress,
+        "drain.metrics_port": args.metrics_port,
+        "drain.metrics_host": args.metrics_host,
     }
 
 
