@@ -21,6 +21,7 @@ PUBLIC = (
     "scheduler.drain",
     "scheduler.cli",
     "scheduler.sim",
+    "scheduler.batch",
 )
 
 

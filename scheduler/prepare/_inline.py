@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import os
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -19,7 +20,13 @@ import anyio
 from .._config import ImagesConfig
 from ..images._probe import ImageInfo, read_image_bytes, short_source
 
-__all__ = ["PrepareHook", "PreparedUpload", "has_heavy_images", "inline_local_images"]
+__all__ = [
+    "PrepareHook",
+    "PreparedUpload",
+    "has_heavy_images",
+    "inline_local_images",
+    "inlined_growth",
+]
 
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 # Data URLs up to this many characters are decoded (and images up to half as many bytes encoded)
@@ -106,6 +113,23 @@ def has_heavy_images(body: Mapping[str, Any]) -> bool:
     """True when pricing or inlining the body reads a file or URL or decodes a large data URL:
     work for a worker thread, not the event loop (small data URLs take microseconds)."""
     return any(not _is_small_data(ref.url) for ref in _image_refs(body))
+
+
+def inlined_growth(body: Mapping[str, Any]) -> int:
+    """Bytes the body grows by when its local images are inlined (base64 of each file).
+
+    The Batch API lane sizes input files with it before reading any image.
+    """
+    grown = 0
+    for ref in _image_refs(body):
+        if _is_local(ref.url):
+            path = ref.url.removeprefix("file://")
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            grown += 4 * ((size + 2) // 3) + 32 - len(ref.url)
+    return max(0, grown)
 
 
 def _data_url(data: bytes, mime: str) -> str:

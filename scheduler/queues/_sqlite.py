@@ -23,6 +23,7 @@ from typing import IO, Any, cast
 from .._errors import QueueBusy, QueueError, UsageError
 from ..sources._jobs import Job
 from ._base import STATES, ClaimedJob, JobRecord, LoadReport, Outcome, State
+from ._batch_ledger import SqliteBatchLedger
 
 __all__ = ["SqliteQueue"]
 
@@ -346,6 +347,10 @@ class SqliteQueue:
     def total_claims(self) -> int:
         """How many times jobs were claimed for sending, over every run (at-least-once)."""
         return int(self._db.execute("SELECT COALESCE(SUM(claims), 0) FROM jobs").fetchone()[0])
+
+    def batch_ledger(self) -> SqliteBatchLedger:
+        """The Batch API lane's record of batches and their jobs, in this file."""
+        return SqliteBatchLedger(self._db)
 
     # -- runs ----------------------------------------------------------------------------------
 
