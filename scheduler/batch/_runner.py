@@ -359,15 +359,42 @@ class BatchLane:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def models(self) -> list[str]:
+        """Models the lane has priced jobs of."""
+        return sorted({job.model for job in self._priced.values()})
+
+    def tokens_of(self, job: ClaimedJob) -> int:
+        """A job's enqueued (input) tokens, 0 when it cannot be priced."""
+        priced = self._price(job)
+        return priced.tokens if isinstance(priced, PricedJob) else 0
+
+    def pending_tokens(self) -> int:
+        """Enqueued tokens of every pending job."""
+        total = 0
+        after = 0
+        while chunk := self._ledger.pending(after, _SCAN):
+            total += sum(self.tokens_of(job) for _, job in chunk)
+            after = chunk[-1][0]
+        return total
+
     async def run(
-        self, stop: BatchStop | None = None, *, output: Path | None = None
+        self,
+        stop: BatchStop | None = None,
+        *,
+        output: Path | None = None,
+        own_queue: bool = True,
     ) -> BatchReport:
-        """Send every pending job through batches until all are recorded (or a stop)."""
+        """Send every pending job through batches until all are recorded (or a stop).
+
+        ``own_queue=False``: another lane shares the queue (auto), so its jobs in flight are
+        not put back to pending here; the caller recovers the queue when both lanes are done.
+        """
         stop = stop or BatchStop()
         started_wall = time.time()
         self._started = anyio.current_time()
-        self._queue.recover()
-        self._ledger.reclaim()
+        if own_queue:
+            self._queue.recover()
+            self._ledger.reclaim()
         for entry in self._ledger.open_batches():
             self._tracks[entry.id] = _Track(due=self._started, delay=0.0, started=self._started)
         fatal: FatalError | None = None
@@ -382,15 +409,17 @@ class BatchLane:
                     fatal = exc
                 group.cancel_scope.cancel()
         finally:
-            self._queue.recover()
-            self._ledger.reclaim()
+            if own_queue:
+                self._queue.recover()
+                self._ledger.reclaim()
         self._emit(anyio.current_time())
         summary = self._summarise(
             wall_time=anyio.current_time() - self._started,
             stopped=str(fatal) if fatal else stop.reason,
             output=output,
         )
-        self._queue.save_run(started_wall, time.time(), summary.to_dict())
+        if own_queue:
+            self._queue.save_run(started_wall, time.time(), summary.to_dict())
         return BatchReport(summary=summary, fatal=fatal)
 
     async def _redraw(self) -> None:
