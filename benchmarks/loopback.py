@@ -20,33 +20,14 @@ from .harness import AnswerLog, client_main
 from .scenarios import SCENARIOS
 
 
-class _DropConnections:
-    """A dropped or hung answer closes the socket without a byte, as ``vsched sim`` does it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        from scheduler.sim import ConnectionDropped, ResponseTimedOut
-
-        try:
-            await self.app(scope, receive, send)
-        except (ConnectionDropped, ResponseTimedOut):
-            transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
-            if transport is None:
-                raise
-            transport.abort()
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-
 def serve_logged(settings: Any, port: int) -> None:
     """Serve the simulator, wrapped in an ``AnswerLog``, on 127.0.0.1:``port`` until stopped."""
     import uvicorn
 
     from scheduler.sim import create_app
+    from scheduler.sim.server import DropConnections
 
-    app = _DropConnections(AnswerLog(create_app(settings)))
+    app = DropConnections(AnswerLog(create_app(settings)))
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

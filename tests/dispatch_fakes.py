@@ -10,8 +10,9 @@ import anyio
 import httpx
 
 from scheduler import Config, RequestTooLarge, UnsupportedContent, load_config
-from scheduler.cost import RequestCost
+from scheduler.cost import ImageChange, RequestCost
 from scheduler.limits import RateLimitHeaders
+from scheduler.sources import BodyParts
 
 API_KEY = "sk-test-Zq9SECRETvalue0123456789"
 
@@ -132,6 +133,13 @@ class FakeCostModel:
             completion_tokens=0,
             images=(),
         )
+
+    def price(self, parts: BodyParts) -> RequestCost:
+        return self.estimate(parts.body)
+
+    def reprice(self, cost: RequestCost, changes: Mapping[int, ImageChange]) -> RequestCost:
+        assert not changes, "the fake prices no images"
+        return cost
 
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]

@@ -124,15 +124,6 @@ def test_folder_without_prompt_and_missing_source_are_input_errors(tmp_path: Pat
         FolderPrompt(prompt="")
 
 
-def test_job_request_is_the_schedulers_request() -> None:
-    """A sendable job converts to a dispatch Request; a failed line has none."""
-    job = Job(id="a", line=1, body=CHAT, endpoint="/v1/chat/completions", metadata={"k": 1})
-    request = job.request
-    assert request is not None
-    assert (request.body, request.endpoint, request.metadata) == (CHAT, job.endpoint, {"k": 1})
-    assert Job(id="2", line=2, error="line 2: bad").request is None
-
-
 def test_job_needs_exactly_one_of_body_and_error() -> None:
     """A Job is either sendable or failed, never both or neither."""
     with pytest.raises(ValueError, match="exactly one"):

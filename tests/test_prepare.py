@@ -343,8 +343,8 @@ def test_budget_shrinks_the_pixels() -> None:
         ({"other": 1}, None),
         ({"image_token_budget": 500}, 500),
         ({"image_token_budget": 0}, 0),  # a job can switch the global budget off
-        # vsched drain passes the queue's Job, which carries its JSONL line's metadata.
-        (Job(id="1", line=1, body={}, metadata={"image_token_budget": 200}), 200),
+        # Only a mapping is read: the drain passes a job line's budget explicitly (Request field).
+        (Job(id="1", line=1, body={}, metadata={"image_token_budget": 200}), None),
         (Job(id="2", line=2, body={}), None),
     ],
 )

@@ -42,6 +42,7 @@ from ..prepare._inline import inline_local_images, inlined_growth
 from ..queues._base import ClaimedJob, JobQueue, Outcome
 from ..queues._batch_ledger import BatchEntry, BatchLedger
 from ..queues._jsonl import write_results
+from ..sources._body import walk_body
 from ._client import BatchClient
 from ._plan import FileLimits, PricedJob, cut_files, input_line, limit_from_message
 
@@ -486,11 +487,12 @@ class BatchLane:
         if known is not None:
             return known
         try:
-            cost = self._cost.estimate(job.body, endpoint=job.endpoint)
+            parts = walk_body(job.body, job.endpoint)
+            cost = self._cost.price(parts)
         except InputError as exc:
             error = _line_error(job, "invalid_request", str(exc), type(exc).__name__)
             return Outcome(key=job.key, ok=False, attempts=0, error=error)
-        size = len(input_line(job.key, job.endpoint, job.body)) + inlined_growth(job.body)
+        size = len(input_line(job.key, job.endpoint, job.body)) + inlined_growth(parts)
         priced = PricedJob(
             key=job.key,
             model=cost.model,
@@ -592,8 +594,9 @@ class BatchLane:
     async def _upload(self, entry: BatchEntry) -> BatchEntry:
         lines = []
         for job in self._ledger.jobs(entry.id):
-            body = await inline_local_images(job.body, images=self._config.images)
-            lines.append(input_line(job.key, job.endpoint, body))
+            parts = walk_body(job.body, job.endpoint)
+            inlined = await inline_local_images(job.body, parts, images=self._config.images)
+            lines.append(input_line(job.key, job.endpoint, inlined.body))
         file = await self._client.upload(f"{entry.id}.jsonl", b"".join(lines))
         self._ledger.advance(entry.id, "uploaded", file_id=str(file["id"]))
         return _replace(entry, state="uploaded", file_id=str(file["id"]))

@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
             plans = plan_for(priced, config, deadline=args.deadline)
     prepared = None
     if args.prepare:
-        jobs = ((job.body, job.metadata) for job in iter_jobs(args.file) if job.body is not None)
-        prepared = anyio.run(prepare_bodies, jobs, config)
+        prepared = anyio.run(prepare_bodies, iter_jobs(args.file), config)
     if args.json:
         extra: dict[str, Any] = {}
         if prepared is not None:

@@ -2,7 +2,7 @@
 and in dollars. Pure arithmetic; the only I/O is an injectable image probe."""
 
 from ._estimate import EstimateReport, FailedLine, estimate_jobs
-from ._model import CostModel, ImageCost, RequestCost, estimate_cost
+from ._model import CostModel, ImageChange, ImageCost, RequestCost, estimate_cost
 from ._prices import Price, PriceTable
 from ._profiles import DETAILS, ModelProfile, ProfileTable, match_family
 from ._text import CharCounter, TextCounter, TiktokenCounter, load_text_counter
@@ -14,6 +14,7 @@ __all__ = [
     "CostModel",
     "EstimateReport",
     "FailedLine",
+    "ImageChange",
     "ImageCost",
     "ModelProfile",
     "Price",

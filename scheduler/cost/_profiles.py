@@ -23,11 +23,10 @@ from typing import Any, Literal
 
 from .._config import Config
 from .._errors import ConfigError, UnknownModel
+from ..sources._body import DETAILS
 
 __all__ = ["DETAILS", "ModelProfile", "ProfileTable", "match_family"]
 
-#: Every ``detail`` value the cost model knows; a profile accepts a subset.
-DETAILS: tuple[str, ...] = ("low", "high", "auto", "original")
 
 # A snapshot suffix after the family name: -2024-08-06, -0613, -20240806, optionally -preview.
 _SNAPSHOT = re.compile(r"(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})(?:-preview)?")

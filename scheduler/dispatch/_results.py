@@ -22,11 +22,25 @@ CHAT_COMPLETIONS = "/v1/chat/completions"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
-    """One job: a request body, its endpoint, and the caller's metadata (returned as is)."""
+    """One job: a request body, its endpoint, and the caller's metadata (returned as is).
+
+    ``image_token_budget`` caps the tokens of each of its images (preparation lowers the detail
+    or shrinks to fit; None: ``images.token_budget``); a value that is not an integer >= 0
+    fails this job when it runs. A ``metadata`` mapping's ``"image_token_budget"`` is used when
+    the field is not set.
+    """
 
     body: Mapping[str, Any]
     endpoint: str = CHAT_COMPLETIONS
     metadata: Any = None
+    image_token_budget: Any = None
+
+    @property
+    def token_budget(self) -> Any:
+        """The budget asked for: the field, else the metadata mapping's ``image_token_budget``."""
+        if self.image_token_budget is not None or not isinstance(self.metadata, Mapping):
+            return self.image_token_budget
+        return self.metadata.get("image_token_budget")
 
     def __post_init__(self) -> None:
         if not isinstance(self.body, Mapping):

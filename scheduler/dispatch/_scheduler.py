@@ -1,23 +1,21 @@
 """The ``Scheduler``: a worker pool on an anyio task group that prices, paces, sends and retries.
 
-Each job is priced by the cost model (in a worker thread when that reads images), then its
-local and inline images are read and prepared once (``inline_local_images`` with the prepare
-hook) and the body that will be sent is priced again when preparation rewrote it, so the limiter
-is charged for what the server will see; only then is each attempt admitted by the limiter, sent
-by the client, classified, and retried by the tenacity policy. Preparing before admission keeps
-the time from admission to the wire short and steady (the limiter's margin counts on it). The
-prepared body is held while the job waits for admission and across its retries: at most
-``concurrency.max_in_flight`` of them at once, since every job holds an in-flight slot from
-start to end.
-A job that fails for its own reason becomes a failed ``Result``; a ``FatalError`` (quota, auth)
-stops the whole run: intake stops, requests not yet on the wire are cancelled, requests on the
-wire get ``grace`` seconds to finish, then the error is raised from ``submit``, ``map`` or
-``__aexit__``.
+Each job's body is walked once (``walk_body``) and priced by the cost model (in a worker thread
+when that reads images), then its local and inline images are read and prepared once
+(``inline_local_images`` with the prepare hook) and the images preparation changed are priced
+again, so the limiter is charged for what the server will see; only then is each attempt
+admitted by the limiter, sent by the client, classified, and retried by the tenacity policy.
+Preparing before admission keeps the time from admission to the wire short and steady (the
+limiter's margin counts on it). The prepared body is held while the job waits for admission and
+across its retries: at most ``concurrency.max_in_flight`` of them at once, since every job holds
+an in-flight slot from start to end. A job that fails for its own reason becomes a failed
+``Result``; a ``FatalError`` (quota, auth) stops the whole run: intake stops, requests not yet
+on the wire are cancelled, requests on the wire get ``grace`` seconds to finish, then the error
+is raised from ``submit``, ``map`` or ``__aexit__``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
@@ -36,9 +34,10 @@ from ..cost._model import CostModel, RequestCost
 from ..images._probe import ImageProber
 from ..limits._base import LimiterStats, RateLimiter
 from ..limits._groups import LimitGroups
-from ..prepare._image import job_token_budget
+from ..prepare._image import check_token_budget
 from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
 from ..prepare._preparer import ImagePreparer
+from ..sources._body import walk_body
 from ._client import OpenAIClient, Reply, classify, request_was_sent
 from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from ._retry import retrying
@@ -342,40 +341,28 @@ class Scheduler:
         groups = self._limit_groups()
         return groups.limiter(groups.group(model))
 
-    async def _estimate(self, body: Mapping[str, Any], endpoint: str) -> RequestCost:
-        assert self._cost_model is not None
-        estimate = functools.partial(self._cost_model.estimate, body, endpoint=endpoint)
-        if has_heavy_images(body):
-            return await anyio.to_thread.run_sync(estimate)
-        return estimate()
-
-    async def _prepare(
-        self, request: Request, cost: RequestCost
-    ) -> tuple[Mapping[str, Any], RequestCost]:
+    async def _price(self, request: Request) -> tuple[Mapping[str, Any], RequestCost]:
         """The body to send (images read and prepared) and its cost, before any admission.
 
-        The body as given is priced first (cheap: image headers only), so a body that cannot be
-        priced fails before any image work. When preparation rewrote the body, the body to send
-        is priced again: a budget may have lowered the detail or shrunk an image below its
-        working size, and the limiter must be charged what the server will charge for it. The
-        image sources keep naming the caller's files, not the data URLs they became.
+        The body is walked once. It is priced first (cheap: image headers only), so a body
+        that cannot be priced fails before any image work; then its local and inline images are
+        read and prepared, and the images preparation changed are re-priced (a budget may have
+        lowered the detail or shrunk an image below its working size: the limiter must be
+        charged what the server will charge for it).
         """
-        body = await inline_local_images(
+        assert self._cost_model is not None
+        parts = walk_body(request.body, request.endpoint)
+        heavy = has_heavy_images(parts)
+        price = functools.partial(self._cost_model.price, parts)
+        cost = await anyio.to_thread.run_sync(price) if heavy else price()
+        inlined = await inline_local_images(
             request.body,
+            parts,
             images=self._config.images,
             preparer=self._preparer,
-            token_budget=job_token_budget(request.metadata),
+            token_budget=check_token_budget(request.token_budget),
         )
-        if body is request.body:
-            return body, cost
-        sent = await self._estimate(body, request.endpoint)
-        if len(sent.images) == len(cost.images):
-            images = tuple(
-                dataclasses.replace(new, source=old.source)
-                for new, old in zip(sent.images, cost.images, strict=True)
-            )
-            sent = dataclasses.replace(sent, images=images)
-        return body, sent
+        return inlined.body, self._cost_model.reprice(cost, inlined.changes)
 
     async def _process(self, request: Request, job: _Job) -> Result | None:
         """Run one job to its Result, or None when the run was stopped before it completed."""
@@ -385,9 +372,8 @@ class Scheduler:
         state = _Attempts()
         cost: RequestCost | None = None
         try:
-            cost = await self._estimate(request.body, request.endpoint)
-            # Read and prepare the images once, before admission: what is sent and charged.
-            sent, cost = await self._prepare(request, cost)
+            # Priced, read and prepared once, before admission: what is sent and charged.
+            sent, cost = await self._price(request)
             policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
             async for attempt in policy:
                 with attempt:

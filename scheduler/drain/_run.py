@@ -12,6 +12,7 @@ from .._config import Config
 from ..cost._prices import PriceTable
 from ..dispatch._results import Request, Result
 from ..dispatch._scheduler import Scheduler
+from ..prepare._image import BUDGET_METADATA_KEY
 from ..queues._base import ClaimedJob, JobQueue, LoadReport
 from ..queues._open import open_queue
 from ..sources._jobs import FolderPrompt, iter_jobs
@@ -32,7 +33,17 @@ def scheduler_mapper(scheduler: Scheduler) -> Mapper:
     """Send claimed jobs through ``scheduler.map``; each Request carries its ClaimedJob back."""
 
     def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[Result]:
-        requests = (Request(body=j.body, endpoint=j.endpoint, metadata=j) async for j in jobs)
+        requests = (
+            Request(
+                body=j.body,
+                endpoint=j.endpoint,
+                metadata=j,
+                image_token_budget=j.metadata.get(BUDGET_METADATA_KEY)
+                if isinstance(j.metadata, Mapping)
+                else None,
+            )
+            async for j in jobs
+        )
         return scheduler.map(requests)
 
     return mapper

@@ -7,11 +7,12 @@ from ._image import (
     DetailChoice,
     PreparedImage,
     PrepareStats,
+    check_token_budget,
     choose_detail,
     job_token_budget,
     prepare_image,
 )
-from ._inline import PreparedUpload, PrepareHook, has_heavy_images, inline_local_images
+from ._inline import Inlined, PreparedUpload, PrepareHook, has_heavy_images, inline_local_images
 from ._preparer import ImagePreparer, prepare_bodies
 
 __all__ = [
@@ -19,10 +20,12 @@ __all__ = [
     "DecodeBudget",
     "DetailChoice",
     "ImagePreparer",
+    "Inlined",
     "PrepareHook",
     "PrepareStats",
     "PreparedImage",
     "PreparedUpload",
+    "check_token_budget",
     "choose_detail",
     "has_heavy_images",
     "inline_local_images",

@@ -42,6 +42,7 @@ __all__ = [
     "DetailChoice",
     "PrepareStats",
     "PreparedImage",
+    "check_token_budget",
     "choose_detail",
     "job_token_budget",
     "prepare_image",
@@ -187,20 +188,22 @@ class DecodeBudget:
         return self._queue[0] is ticket and (self.held == 0 or self.held + pixels <= self.limit)
 
 
-def job_token_budget(metadata: Any) -> int | None:
-    """A job's own per-image token budget (its metadata's ``image_token_budget``), if it has one.
-
-    ``metadata`` is a Request's metadata: a mapping, or (from ``vsched drain``) the queue's
-    ``Job``, whose own ``metadata`` is the one of its JSONL line.
-    """
-    if not isinstance(metadata, Mapping):
-        metadata = getattr(metadata, "metadata", None)
-    if not isinstance(metadata, Mapping) or BUDGET_METADATA_KEY not in metadata:
+def check_token_budget(value: object) -> int | None:
+    """A job's per-image token budget, checked: None (use ``images.token_budget``) or an
+    integer >= 0; anything else is an ``InputError`` that fails that job."""
+    if value is None:
         return None
-    value = metadata[BUDGET_METADATA_KEY]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"{BUDGET_METADATA_KEY}: expected an integer >= 0, got {value!r}")
     return value
+
+
+def job_token_budget(metadata: object) -> int | None:
+    """The per-image token budget a job line's metadata asks for (its ``image_token_budget``),
+    checked; None when it names none."""
+    if not isinstance(metadata, Mapping):
+        return None
+    return check_token_budget(metadata.get(BUDGET_METADATA_KEY))
 
 
 def choose_detail(

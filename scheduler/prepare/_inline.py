@@ -1,26 +1,30 @@
-"""Image uploads: local references in a request body become data URLs at dispatch time.
+"""Inlining: local image references in a request body become data URLs before admission.
 
-Finds the image parts of Chat Completions and Responses bodies, reads local files (in a worker
-thread), runs the optional ``PrepareHook`` (``scheduler.prepare.ImagePreparer``) and writes the
-result back as a data URL. Sits upstream of the HTTP client, which only sends what it is given.
+Takes the image references the body walker found (``scheduler.sources.walk_body``), reads local
+files (in a worker thread), runs the optional ``PrepareHook`` (``ImagePreparer``) and writes the
+results into a copy of the body, copying only the containers on the way to each changed image.
+Reports what changed (detail, size) so the cost model re-prices those images alone. Sits
+upstream of the HTTP client, which only sends what it is given.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import anyio
 
 from .._config import ImagesConfig
-from ..images._probe import ImageInfo, read_image_bytes, short_source
+from ..cost._model import ImageChange
+from ..images._probe import ImageInfo, probe_image, read_image_bytes, short_source
+from ..sources._body import BodyParts, Path
 
 __all__ = [
+    "Inlined",
     "PrepareHook",
     "PreparedUpload",
     "has_heavy_images",
@@ -66,41 +70,6 @@ class PrepareHook(Protocol):
     ) -> PreparedUpload: ...
 
 
-@dataclass(slots=True)
-class _ImageRef:
-    holder: MutableMapping[str, Any]
-    key: str
-    url: str
-    detail: str
-
-
-def _image_refs(body: Mapping[str, Any]) -> Iterator[_ImageRef]:
-    """Every image URL in a Chat Completions or Responses body, with where it is stored."""
-    messages = body.get("messages")
-    items = messages if isinstance(messages, list) else body.get("input")
-    if not isinstance(items, list):
-        return
-    for item in items:
-        if not isinstance(item, MutableMapping):
-            continue
-        parts = item.get("content")
-        candidates = parts if isinstance(parts, list) else [item]
-        for part in candidates:
-            if not isinstance(part, MutableMapping):
-                continue
-            kind = part.get("type")
-            if kind == "image_url":
-                inner = part.get("image_url")
-                if isinstance(inner, MutableMapping) and isinstance(inner.get("url"), str):
-                    yield _ImageRef(inner, "url", inner["url"], str(inner.get("detail", "auto")))
-                elif isinstance(inner, str):
-                    yield _ImageRef(part, "image_url", inner, str(part.get("detail", "auto")))
-            elif kind == "input_image" and isinstance(part.get("image_url"), str):
-                yield _ImageRef(
-                    part, "image_url", part["image_url"], str(part.get("detail", "auto"))
-                )
-
-
 def _is_local(url: str) -> bool:
     return url.startswith("file://") or ("://" not in url and not url.startswith("data:"))
 
@@ -109,27 +78,26 @@ def _is_small_data(url: str) -> bool:
     return url.startswith("data:") and len(url) <= _INLINE_CHARS
 
 
-def has_heavy_images(body: Mapping[str, Any]) -> bool:
+def has_heavy_images(parts: BodyParts) -> bool:
     """True when pricing or inlining the body reads a file or URL or decodes a large data URL:
     work for a worker thread, not the event loop (small data URLs take microseconds)."""
-    return any(not _is_small_data(ref.url) for ref in _image_refs(body))
+    return any(ref.url is not None and not _is_small_data(ref.url) for ref in parts.images)
 
 
-def inlined_growth(body: Mapping[str, Any]) -> int:
-    """Bytes the body grows by when its local images are inlined (base64 of each file).
+def inlined_growth(parts: BodyParts) -> int:
+    """Bytes a body grows by when its local images are inlined (the base64 of each file).
 
-    The Batch API lane sizes input files with it before reading any image.
+    The Batch API lane sizes its input files with it before reading any image.
     """
     grown = 0
-    for ref in _image_refs(body):
-        if _is_local(ref.url):
-            path = ref.url.removeprefix("file://")
+    for ref in parts.images:
+        if ref.url is not None and _is_local(ref.url):
             try:
-                size = os.path.getsize(path)
+                size = os.path.getsize(ref.url.removeprefix("file://"))
             except OSError:
                 continue
-            grown += 4 * ((size + 2) // 3) + 32 - len(ref.url)
-    return max(0, grown)
+            grown += max(0, 4 * ((size + 2) // 3) + 32 - len(ref.url))
+    return grown
 
 
 def _data_url(data: bytes, mime: str) -> str:
@@ -141,22 +109,35 @@ async def _off_loop(small: bool, func: Callable[[], _T]) -> _T:
     return func() if small else await anyio.to_thread.run_sync(func)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inlined:
+    """The body to send, and the images preparation changed (by index), to re-price."""
+
+    body: Mapping[str, Any]
+    changes: dict[int, ImageChange] = field(default_factory=dict)
+
+
 async def inline_local_images(
     body: Mapping[str, Any],
+    parts: BodyParts,
     *,
     images: ImagesConfig,
     preparer: PrepareHook | None = None,
     token_budget: int | None = None,
-) -> Mapping[str, Any]:
+) -> Inlined:
     """The body to send: local images read (in a worker thread) and inlined as data URLs.
 
-    With a ``preparer``, inline data URLs are prepared too, and the part's ``detail`` is set to
-    the one the preparer chose; a data URL the preparer leaves as it is goes out untouched. The
-    caller's body is never mutated; a body with nothing to rewrite is returned as is (no copy).
+    ``parts`` is the walk of ``body``. With a ``preparer``, inline data URLs are prepared too,
+    and the part's ``detail`` is set to the one the preparer chose; a data URL the preparer
+    leaves as it is goes out untouched. The caller's body is never mutated; a body with nothing
+    to rewrite is returned as is (no copy).
     """
-    model = str(body.get("model", ""))
-    changes: list[tuple[int, str, str | None]] = []  # (image index, new URL, new detail)
-    for index, ref in enumerate(_image_refs(body)):
+    model = parts.model or ""
+    writes: list[tuple[Path, object]] = []
+    changes: dict[int, ImageChange] = {}
+    for ref in parts.images:
+        if ref.url is None:
+            continue
         inline = ref.url.startswith("data:")
         if not (_is_local(ref.url) or (preparer is not None and inline)):
             continue
@@ -177,18 +158,36 @@ async def inline_local_images(
             unchanged = prepared.data == data and prepared.detail == ref.detail
             if inline and unchanged and ref.url.startswith(f"data:{prepared.mime};base64,"):
                 continue
+            if not unchanged:
+                sent = info if prepared.data == data else probe_image(prepared.data, config=images)
+                changes[ref.index] = ImageChange(
+                    detail=prepared.detail, width=sent.width, height=sent.height
+                )
             data, mime, detail = prepared.data, prepared.mime, prepared.detail
         url = await _off_loop(
             len(data) <= _INLINE_CHARS // 2, functools.partial(_data_url, data, mime)
         )
-        changes.append((index, url, detail if detail != ref.detail else None))
-    if not changes:
-        return body
-    rewritten = copy.deepcopy(dict(body))
-    refs = list(_image_refs(rewritten))
-    for index, url, new_detail in changes:
-        ref = refs[index]
-        ref.holder[ref.key] = url
-        if new_detail is not None:
-            ref.holder["detail"] = new_detail
-    return rewritten
+        writes.append((ref.url_path, url))
+        if detail != ref.detail:
+            writes.append(((*ref.detail_path, "detail"), detail))
+    if not writes:
+        return Inlined(body=body)
+    return Inlined(body=_rewritten(body, writes), changes=changes)
+
+
+def _rewritten(body: Mapping[str, Any], writes: list[tuple[Path, object]]) -> dict[str, Any]:
+    """A copy of ``body`` with each path set to its value; only the containers on those paths
+    are copied (the rest, such as other images' data URLs, is shared with the caller's body)."""
+    root: dict[str, Any] = dict(body)
+    copied: set[int] = {id(root)}
+    for path, value in writes:
+        node: Any = root
+        for key in path[:-1]:
+            child = node[key]
+            if id(child) not in copied:
+                child = dict(child) if isinstance(child, Mapping) else list(child)
+                copied.add(id(child))
+                node[key] = child
+            node = child
+        node[path[-1]] = value
+    return root

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -16,6 +15,8 @@ from .._config import Config
 from .._errors import ImageError, InputError, UnsupportedImage
 from ..cost._profiles import ProfileTable
 from ..images._probe import ImageInfo
+from ..sources._body import walk_body
+from ..sources._jobs import Job
 from ._image import (
     DEFAULT_DECODE_PIXELS,
     DecodeBudget,
@@ -141,28 +142,31 @@ class ImagePreparer:
 
 
 async def prepare_bodies(
-    jobs: Iterable[tuple[Mapping[str, Any], Any]],
+    jobs: Iterable[Job],
     config: Config | None = None,
     *,
     preparer: ImagePreparer | None = None,
     concurrency: int = 8,
 ) -> PrepareStats:
-    """Prepare the images of (body, metadata) pairs as dispatch would, keeping only the totals.
+    """Prepare the images of jobs as dispatch would, keeping only the totals.
 
     For ``vsched estimate --prepare``: the prepared bodies are dropped at once; a job whose
-    images cannot be prepared counts in ``failed`` and the others go on.
+    images cannot be prepared (or that cannot be sent at all) counts in ``failed`` or is left
+    to the cost estimate's report, and the others go on.
     """
     config = config or Config()
     preparer = preparer or ImagePreparer(config)
     slots = anyio.Semaphore(concurrency)
 
-    async def one(body: Mapping[str, Any], metadata: Any) -> None:
+    async def one(job: Job) -> None:
         try:
+            assert job.body is not None
             await inline_local_images(
-                body,
+                job.body,
+                walk_body(job.body, job.endpoint),
                 images=config.images,
                 preparer=preparer,
-                token_budget=job_token_budget(metadata),
+                token_budget=job_token_budget(job.metadata),
             )
         except InputError:
             pass  # counted by the preparer (or reported by the cost estimate)
@@ -170,7 +174,9 @@ async def prepare_bodies(
             slots.release()
 
     async with anyio.create_task_group() as tg:
-        for body, metadata in jobs:
+        for job in jobs:
+            if job.body is None:
+                continue
             await slots.acquire()
-            tg.start_soon(one, body, metadata)
+            tg.start_soon(one, job)
     return preparer.stats()

@@ -21,10 +21,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .app import ConnectionDropped, ResponseTimedOut, SimApp, create_app
 from .settings import SimSettings
 
-__all__ = ["RunningSim", "bind", "running", "serve"]
+__all__ = ["DropConnections", "RunningSim", "bind", "running", "serve"]
 
 
-class _DropConnections:
+class DropConnections:
     """Turns the app's in-process drop errors into a socket closed without an answer."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -45,7 +45,7 @@ class _DropConnections:
 
 def _server(app: SimApp, *, log_level: str) -> uvicorn.Server:
     config = uvicorn.Config(
-        _DropConnections(app),
+        DropConnections(app),
         http="h11",
         lifespan="off",
         log_level=log_level,

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._errors import InputError
-from ..dispatch._results import Request
 
 __all__ = [
     "ENDPOINTS",
@@ -59,13 +58,6 @@ class Job:
             raise ValueError("a Job has exactly one of body and error")
         if not self.id:
             raise ValueError("a Job needs a non-empty id")
-
-    @property
-    def request(self) -> Request | None:
-        """The job as the Scheduler's ``Request``; None for a line that cannot be sent."""
-        if self.body is None:
-            return None
-        return Request(body=self.body, endpoint=self.endpoint, metadata=self.metadata)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

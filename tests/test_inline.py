@@ -13,8 +13,15 @@ from dispatch_fakes import make_config
 from PIL import Image
 
 from scheduler.prepare import has_heavy_images, inline_local_images
+from scheduler.sources import walk_body
 
 pytestmark = pytest.mark.anyio
+
+
+async def inline_body(body: dict[str, Any], **options: Any) -> Any:
+    """The body to send, from one walk of ``body`` (as the Scheduler does)."""
+    endpoint = "/v1/responses" if "input" in body else "/v1/chat/completions"
+    return (await inline_local_images(body, walk_body(body, endpoint), **options)).body
 
 
 def png_bytes(width: int = 4, height: int = 3) -> bytes:
@@ -43,7 +50,7 @@ async def test_local_images_become_data_urls(tmp_path: Any) -> None:
             }
         ],
     }
-    sent = await inline_local_images(body, images=make_config().images)
+    sent = await inline_body(body, images=make_config().images)
     parts = sent["messages"][0]["content"]
     expected = "data:image/png;base64," + base64.b64encode(data).decode()
     assert parts[1]["image_url"] == {"url": expected, "detail": "low"}
@@ -57,6 +64,9 @@ async def test_preparer_rewrites_local_and_inline_images(tmp_path: Any) -> None:
     path = tmp_path / "cat.png"
     path.write_bytes(png_bytes())
     calls: list[tuple[int, str, str, str]] = []
+    out = io.BytesIO()
+    Image.new("RGB", (3, 3)).save(out, format="JPEG")
+    jpeg = out.getvalue()  # a real image: the prepared image is re-priced from its header
 
     @dataclass
     class Prepared:
@@ -68,7 +78,7 @@ async def test_preparer_rewrites_local_and_inline_images(tmp_path: Any) -> None:
         data: bytes, info: Any, *, detail: str, model: str, token_budget: int | None, source: str
     ) -> Prepared:
         calls.append((len(data), info.format, detail, model, token_budget))
-        return Prepared(b"prepared", "image/jpeg", "low" if detail == "high" else detail)
+        return Prepared(jpeg, "image/jpeg", "low" if detail == "high" else detail)
 
     inline = "data:image/png;base64," + base64.b64encode(png_bytes(2, 2)).decode()
     body = {
@@ -83,10 +93,8 @@ async def test_preparer_rewrites_local_and_inline_images(tmp_path: Any) -> None:
             }
         ],
     }
-    sent = await inline_local_images(
-        body, images=make_config().images, preparer=preparer, token_budget=300
-    )
-    prepared = "data:image/jpeg;base64," + base64.b64encode(b"prepared").decode()
+    sent = await inline_body(body, images=make_config().images, preparer=preparer, token_budget=300)
+    prepared = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
     parts = sent["input"][0]["content"]
     assert [p["image_url"] for p in parts] == [prepared, prepared]
     assert [p.get("detail") for p in parts] == ["low", None], "the preparer's detail is sent"
@@ -99,7 +107,7 @@ async def test_preparer_rewrites_local_and_inline_images(tmp_path: Any) -> None:
 async def test_body_without_local_images_is_returned_as_is() -> None:
     """Nothing to inline means no copy: the same object goes out."""
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    assert await inline_local_images(body, images=make_config().images) is body
+    assert await inline_body(body, images=make_config().images) is body
 
 
 @dataclass
@@ -127,14 +135,14 @@ async def test_data_urls_the_preparer_leaves_alone_are_sent_without_a_copy() -> 
     """A data URL the preparer returns unchanged goes out as it came: no re-encoding, no copy."""
     part = {"type": "image_url", "image_url": {"url": png_url(), "detail": "low"}}
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]}
-    assert await inline_local_images(body, images=make_config().images, preparer=keep) is body
+    assert await inline_body(body, images=make_config().images, preparer=keep) is body
 
 
 async def test_a_mislabelled_data_url_is_still_rewritten_with_its_real_type() -> None:
     """A PNG labelled image/jpeg is re-labelled even when the preparer keeps its bytes."""
     part = {"type": "input_image", "image_url": png_url(mime="image/jpeg")}
     body = {"model": "gpt-4o", "input": [{"role": "user", "content": [part]}]}
-    sent = await inline_local_images(body, images=make_config().images, preparer=keep)
+    sent = await inline_body(body, images=make_config().images, preparer=keep)
     assert sent["input"][0]["content"][0]["image_url"] == png_url()
     assert part["image_url"] == png_url(mime="image/jpeg"), "the caller's body is untouched"
 
@@ -156,7 +164,7 @@ def test_has_heavy_images(url: str | None, heavy: bool) -> None:
     if url is not None:
         content.append({"type": "image_url", "image_url": {"url": url}})
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
-    assert has_heavy_images(body) is heavy
+    assert has_heavy_images(walk_body(body)) is heavy
 
 
 async def test_large_data_url_is_prepared_in_a_worker_thread() -> None:
@@ -175,7 +183,7 @@ async def test_large_data_url_is_prepared_in_a_worker_thread() -> None:
 
     part = {"type": "image_url", "image_url": {"url": url}}
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]}
-    assert has_heavy_images(body), "over the on-loop size"
-    sent = await inline_local_images(body, images=make_config().images, preparer=shrink)
+    assert has_heavy_images(walk_body(body)), "over the on-loop size"
+    sent = await inline_body(body, images=make_config().images, preparer=shrink)
     assert calls == [len(out.getvalue())]
     assert sent["messages"][0]["content"][0]["image_url"] == {"url": png_url(), "detail": "low"}
