@@ -126,7 +126,7 @@ class BatchSimSettings:
     validation_seconds: float = 30.0
     lines_per_second: float = 5.0
     min_seconds: float = 60.0
-    finalizing_seconds: float = 10.0
+    finalizing_seconds: float = 2.0
     completion_window: float = 86_400.0
     cancelling_seconds: float = 5.0
     line_failure: float = 0.0
