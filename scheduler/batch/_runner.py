@@ -542,7 +542,8 @@ class BatchLane:
         ]
         if too_large:
             self._fail_too_large(too_large)
-            jobs = [j for j in jobs if j not in set(too_large)]
+            refused = {j.key for j in too_large}
+            jobs = [j for j in jobs if j.key not in refused]
         files, _ = cut_files(jobs, self._settings.limits, room)
         for planned in files:
             entry = self._ledger.assign(
@@ -712,6 +713,7 @@ class BatchLane:
         reason = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or "batch failed"
         attempts = self._ledger.attempts(jobs)
         retry = [k for k in jobs if attempts[k] + 1 < self._settings.max_attempts]
+        again = set(retry)
         outcomes = [
             Outcome(
                 key=k,
@@ -720,7 +722,7 @@ class BatchLane:
                 error=_line_error(j, "batch_failed", reason, "JobFailed"),
             )
             for k, j in jobs.items()
-            if k not in set(retry)
+            if k not in again
         ]
         self._resubmitted += len(retry)
         self._recorded += self._ledger.close(
