@@ -1,8 +1,11 @@
 """Configuration: a TOML file, the environment and flags, loaded once into frozen dataclasses.
 
 Precedence, highest first: flags (``overrides``) > environment > file > defaults.
-The environment supplies ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``, and any key as
-``VSCHED_<SECTION>_<KEY>`` (for example ``VSCHED_LIMITS_TPM=30000``).
+The environment supplies what the official SDK reads (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
+``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``; for Azure ``AZURE_OPENAI_ENDPOINT``,
+``AZURE_OPENAI_API_KEY``, ``OPENAI_API_VERSION``), and any key as ``VSCHED_<SECTION>_<KEY>``
+(for example ``VSCHED_LIMITS_TPM=30000``). ``[[endpoints]]`` lists a capacity pool (see
+``docs/pools.md``); each names the environment variable holding its key, never the key.
 Unknown keys and wrong types are errors that name the key.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -28,15 +32,19 @@ __all__ = [
     "Config",
     "CostConfig",
     "DrainConfig",
+    "EndpointConfig",
     "ImagesConfig",
     "LimitsConfig",
     "ModelLimitsConfig",
+    "PoolConfig",
     "QueueConfig",
     "RedisConfig",
     "RetryConfig",
     "Secret",
     "load_config",
     "mask_url",
+    "missing_keys",
+    "pool_tpm",
 ]
 
 
@@ -94,6 +102,13 @@ class ApiConfig:
     # Azure OpenAI: set api_version (and deployment, or the model name is used as deployment).
     azure_api_version: str = ""
     azure_deployment: str = ""
+    # True: requests go to {base_url}/chat/completions even for a bare host, as the SDK sends
+    # them (set for OPENAI_BASE_URL); False: a bare host gets /v1 (the --base-url convenience).
+    base_url_verbatim: bool = False
+    # Where the key came from, for the "no key" message (an environment variable name).
+    api_key_env: str = "OPENAI_API_KEY"
+    # None: a key is needed unless the host is a loopback address (a local simulator or vLLM).
+    key_required: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -109,6 +124,103 @@ class ModelLimitsConfig:
     rpm: int | None = None
     # The Batch API's enqueued-token limit (input tokens of all pending batches; None: learned).
     batch_queue_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConfig:
+    """One endpoint of a capacity pool (``[[endpoints]]``): where, which key, its own limits.
+
+    ``api_key_env`` names the environment variable that holds the key (the key itself never sits
+    in a file); empty means the SDK's variable for the kind (``AZURE_OPENAI_API_KEY`` for Azure,
+    else ``OPENAI_API_KEY``). ``tpm``/``rpm`` and ``models`` override ``[limits]`` for this
+    endpoint only; an Azure endpoint with a ``tpm`` and no ``rpm`` gets Azure's 6 RPM per 1,000
+    TPM. ``weight`` breaks ties between endpoints that can admit a request equally soon;
+    ``spillover`` endpoints take work only while every primary's wait exceeds
+    ``pool.spillover_after``.
+    """
+
+    name: str
+    base_url: str
+    api_key_env: str = ""
+    api_key: Secret | None = field(default=None, repr=False)
+    organization: str = ""
+    project: str = ""
+    azure_api_version: str = ""
+    azure_deployment: str = ""
+    key_required: bool | None = None
+    tpm: int | None = None
+    rpm: int | None = None
+    models: Mapping[str, ModelLimitsConfig] = field(default_factory=dict)
+    weight: float = 1.0
+    spillover: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"endpoints.{self.name}"
+        if not _ENDPOINT_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"endpoints: name {self.name!r}: expected letters, digits, '-', '_' or '.'"
+            )
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url: expected an http(s) URL, got {self.base_url!r}")
+        for key in ("tpm", "rpm"):
+            value = getattr(self, key)
+            if value is not None:
+                _positive(f"{where}.{key}", value)
+        _positive(f"{where}.weight", self.weight)
+
+    @property
+    def key_variable(self) -> str:
+        """The environment variable the key is read from."""
+        if self.api_key_env:
+            return self.api_key_env
+        return "AZURE_OPENAI_API_KEY" if self.azure_api_version else "OPENAI_API_KEY"
+
+    def api_config(self, defaults: ApiConfig) -> ApiConfig:
+        """The ``ApiConfig`` this endpoint's client uses (timeout from ``[api]``)."""
+        return ApiConfig(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            organization=self.organization,
+            project=self.project,
+            timeout=defaults.timeout,
+            azure_api_version=self.azure_api_version,
+            azure_deployment=self.azure_deployment,
+            base_url_verbatim=True,
+            api_key_env=self.key_variable,
+            key_required=self.key_required,
+        )
+
+    def limits_config(self, defaults: LimitsConfig) -> LimitsConfig:
+        """``[limits]`` with this endpoint's own tpm, rpm and per-model limits."""
+        tpm = defaults.tpm if self.tpm is None else self.tpm
+        rpm = self.rpm
+        if rpm is None:
+            rpm = max(1, tpm * 6 // 1000) if self.azure_api_version and self.tpm else defaults.rpm
+        return dataclasses.replace(
+            defaults, tpm=tpm, rpm=rpm, models={**defaults.models, **self.models}
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    """How a pool of endpoints shares the work and pauses failing endpoints (``[pool]``)."""
+
+    # A spillover endpoint is used only while every primary would make a request wait longer.
+    spillover_after: float = 2.0
+    # Consecutive failures (5xx, transport errors) that open an endpoint's circuit breaker.
+    trip_after: int = 5
+    # Seconds an open breaker waits before a half-open probe (doubled per failed probe).
+    open_seconds: float = 15.0
+    max_open_seconds: float = 300.0
+    # A 429 asking to wait at least this long opens the breaker for that long at once.
+    long_retry_after: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive("pool.spillover_after", self.spillover_after)
+        _positive("pool.trip_after", self.trip_after)
+        _positive("pool.open_seconds", self.open_seconds)
+        _positive("pool.max_open_seconds", self.max_open_seconds)
+        _positive("pool.long_retry_after", self.long_retry_after)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -324,6 +436,8 @@ class BatchConfig:
 
 
 _TABLES = ("models", "prices")
+_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_LOOPBACK = re.compile(r"^(localhost|127(\.\d{1,3}){3}|\[::1\])$", re.I)
 # Keys that were renamed, with what to write instead.
 _MOVED = {
     "queue.redis_url": (
@@ -347,6 +461,9 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    # The capacity pool; empty: one endpoint, [api] with [limits].
+    endpoints: tuple[EndpointConfig, ...] = ()
     # Free-form tables validated by their owners: model profiles and prices per model.
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -356,6 +473,12 @@ class Config:
         if uses_redis and not self.redis.url:
             what = 'queue.backend = "redis"' if self.queue.backend == "redis" else "limits.shared"
             raise ConfigError(f"{what} needs the Redis server: set [redis] url (or --redis URL)")
+        names = [e.name for e in self.endpoints]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"endpoints: two endpoints are named {name!r}")
+        if self.endpoints and all(e.spillover for e in self.endpoints):
+            raise ConfigError("endpoints: every endpoint is spillover; mark one as primary")
 
 
 def _positive(key: str, value: float) -> None:
@@ -370,7 +493,48 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def _sections() -> dict[str, type[Any]]:
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name not in _TABLES}
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(Config)
+        if f.name not in _TABLES and f.name != "endpoints"
+    }
+
+
+def needs_key(api: ApiConfig) -> bool:
+    """Whether requests to ``api`` need a key: ``key_required``, else unless the host is a
+    loopback address (a local simulator or self-hosted server that takes none)."""
+    if api.key_required is not None:
+        return api.key_required
+    host = url_host(api.base_url)
+    return not _LOOPBACK.match(host)
+
+
+def url_host(url: str) -> str:
+    """The host of an http(s) URL, without user info or port (``[::1]`` keeps its brackets)."""
+    authority = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    if authority.startswith("["):
+        return authority.partition("]")[0] + "]"
+    return authority.partition(":")[0]
+
+
+def pool_tpm(config: Config) -> int:
+    """The TPM limit a run is measured against: ``limits.tpm``, or with ``[[endpoints]]`` the
+    sum of every endpoint's own (spillover included)."""
+    if not config.endpoints:
+        return config.limits.tpm
+    return sum(e.limits_config(config.limits).tpm for e in config.endpoints)
+
+
+def missing_keys(config: Config) -> list[str]:
+    """One message per endpoint that needs a key and has none (empty: all set); called before a
+    run sends anything, so a missing key fails early and clearly."""
+    from_pool = [(e.name, e.api_config(config.api)) for e in config.endpoints]
+    apis = from_pool or [("default", config.api)]
+    return [
+        f"endpoint {name} ({mask_url(api.base_url)}) needs a key: set {api.api_key_env}"
+        for name, api in apis
+        if needs_key(api) and not api.api_key
+    ]
 
 
 def _coerce(key: str, value: Any, annotation: Any, *, from_text: bool) -> Any:
@@ -428,21 +592,23 @@ def _coerce(key: str, value: Any, annotation: Any, *, from_text: bool) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
 
 
-def _model_limits(value: Any) -> dict[str, ModelLimitsConfig]:
+def _model_limits(value: Any, prefix: str = "limits") -> dict[str, ModelLimitsConfig]:
     """Validate ``[limits.models."<model>"]`` tables; errors name the full key."""
     if not isinstance(value, Mapping):
-        raise ConfigError('limits.models: expected a table of tables ([limits.models."<model>"])')
+        raise ConfigError(
+            f'{prefix}.models: expected a table of tables ([{prefix}.models."<model>"])'
+        )
     known = {f.name for f in dataclasses.fields(ModelLimitsConfig)}
     built: dict[str, ModelLimitsConfig] = {}
     for model, values in value.items():
         if isinstance(values, ModelLimitsConfig):
             built[model] = values
             continue
-        where = f"limits.models.{model}"
+        where = f"{prefix}.models.{model}"
         if not isinstance(model, str) or not model:
             raise ConfigError(f"{where}: expected a model name")
         if not isinstance(values, Mapping):
-            raise ConfigError(f'{where}: expected a table ([limits.models."{model}"])')
+            raise ConfigError(f'{where}: expected a table ([{prefix}.models."{model}"])')
         kwargs: dict[str, int] = {}
         for key, item in values.items():
             if key not in known:
@@ -462,6 +628,105 @@ def _build_section(name: str, cls: type[Any], values: Mapping[str, Any], *, text
             raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
         kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], from_text=key in text)
     return cls(**kwargs)
+
+
+def _endpoint(values: Any, index: int, env: Mapping[str, str]) -> EndpointConfig:
+    """One ``[[endpoints]]`` table, its key read from the variable it names."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"endpoints[{index}]: expected a table ([[endpoints]])")
+    name = values.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"endpoints[{index}]: expected a name")
+    where = f"endpoints.{name}"
+    if "api_key" in values:
+        raise ConfigError(
+            f"{where}.api_key: keep the key out of files; name its environment variable in "
+            "api_key_env"
+        )
+    if "base_url" not in values:
+        raise ConfigError(f"{where}.base_url: expected the endpoint's base URL")
+    hints = typing.get_type_hints(EndpointConfig)
+    known = {f.name for f in dataclasses.fields(EndpointConfig)} - {"api_key"}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        if key == "models":
+            kwargs[key] = _model_limits(value, prefix=where)
+        else:
+            kwargs[key] = _coerce(f"{where}.{key}", value, hints[key], from_text=False)
+    endpoint = EndpointConfig(**kwargs)
+    key_value = env.get(endpoint.key_variable)
+    if key_value:
+        endpoint = dataclasses.replace(endpoint, api_key=Secret(key_value))
+    return endpoint
+
+
+def _endpoints(tables: Any, flags: Any, env: Mapping[str, str]) -> tuple[EndpointConfig, ...]:
+    """``[[endpoints]]`` from the file, then ``--endpoint NAME=URL`` flags (a flag naming a
+    file's endpoint replaces its URL; a new name adds an endpoint with the default limits)."""
+    if tables is None:
+        tables = []
+    if not isinstance(tables, list):
+        raise ConfigError("endpoints: expected an array of tables ([[endpoints]])")
+    built = [_endpoint(values, i, env) for i, values in enumerate(tables)]
+    for flag in flags or ():
+        if isinstance(flag, EndpointConfig):
+            built = [e for e in built if e.name != flag.name] + [flag]
+            continue
+        name, sep, url = str(flag).partition("=")
+        if not sep or not name or not url:
+            raise ConfigError(f"--endpoint {flag!r}: expected NAME=URL")
+        known = [e for e in built if e.name == name]
+        if known:
+            built[built.index(known[0])] = dataclasses.replace(known[0], base_url=url)
+        else:
+            built.append(_endpoint({"name": name, "base_url": url}, len(built), env))
+    return tuple(built)
+
+
+def _api_from_env(merged: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The SDK's variables for ``[api]``: ``OPENAI_BASE_URL`` (used as the SDK does) or
+    ``AZURE_OPENAI_ENDPOINT`` with ``OPENAI_API_VERSION`` (as ``AzureOpenAI()`` reads them), and
+    ``OPENAI_ORG_ID``/``OPENAI_PROJECT_ID``; the key is read later, once Azure or not is known."""
+    base_url = env.get("OPENAI_BASE_URL")
+    azure = env.get("AZURE_OPENAI_ENDPOINT")
+    if base_url and azure:
+        raise ConfigError(
+            "OPENAI_BASE_URL and AZURE_OPENAI_ENDPOINT are both set; unset one "
+            "(the SDK, too, takes one or the other)"
+        )
+    if base_url:
+        merged["base_url"] = base_url
+    if azure:
+        merged["base_url"] = azure
+        version = env.get("OPENAI_API_VERSION") or merged.get("azure_api_version")
+        if not version:
+            raise ConfigError(
+                "AZURE_OPENAI_ENDPOINT needs OPENAI_API_VERSION (or api.azure_api_version), "
+                "as AzureOpenAI() does"
+            )
+        merged["azure_api_version"] = version
+    elif merged.get("azure_api_version") and env.get("OPENAI_API_VERSION"):
+        merged["azure_api_version"] = env["OPENAI_API_VERSION"]
+    if env.get("OPENAI_ORG_ID"):
+        merged["organization"] = env["OPENAI_ORG_ID"]
+    if env.get("OPENAI_PROJECT_ID"):
+        merged["project"] = env["OPENAI_PROJECT_ID"]
+
+
+def _api_key(merged: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The key for ``[api]``: Azure reads ``AZURE_OPENAI_API_KEY`` first (then
+    ``OPENAI_API_KEY``, as before), OpenAI reads ``OPENAI_API_KEY``."""
+    variables = ["OPENAI_API_KEY"]
+    if merged.get("azure_api_version"):
+        variables.insert(0, "AZURE_OPENAI_API_KEY")
+    merged["api_key_env"] = variables[0]
+    for variable in variables:
+        if env.get(variable):
+            merged["api_key"] = Secret(env[variable])
+            merged["api_key_env"] = variable
+            return
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -493,7 +758,10 @@ def load_config(
     text_keys: dict[str, set[str]] = {name: set() for name in sections}
     tables: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
 
+    endpoint_tables = data.get("endpoints")
     for name, value in data.items():
+        if name == "endpoints":
+            continue
         if name in _TABLES:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ConfigError(f"{name}: expected a table of tables ([{name}.<model>])")
@@ -503,11 +771,10 @@ def load_config(
                 raise ConfigError(f"{name}: expected a table ([{name}])")
             merged[name].update(value)
         else:
-            known = ", ".join(sorted([*sections, *_TABLES]))
+            known = ", ".join(sorted([*sections, *_TABLES, "endpoints"]))
             raise ConfigError(f"{name}: unknown section (known: {known})")
 
-    if env.get("OPENAI_BASE_URL"):
-        merged["api"]["base_url"] = env["OPENAI_BASE_URL"]
+    _api_from_env(merged["api"], env)
     for name in sections:
         prefix = f"VSCHED_{name.upper()}_"
         for var, value in env.items():
@@ -523,11 +790,13 @@ def load_config(
             raise ConfigError(f"{moved}: moved; {where}")
     if "api_key" in merged["api"]:
         raise ConfigError("api.api_key: keep the key out of files; set OPENAI_API_KEY instead")
-    if env.get("OPENAI_API_KEY"):
-        merged["api"]["api_key"] = Secret(env["OPENAI_API_KEY"])
 
+    endpoint_flags = None
     for dotted, value in (overrides or {}).items():
         if value is None:
+            continue
+        if dotted == "endpoints":
+            endpoint_flags = value
             continue
         name, _, key = dotted.partition(".")
         if name not in sections or not key:
@@ -541,8 +810,14 @@ def load_config(
                 'limits.models: set per-model limits in the config file ([limits.models."<model>"])'
             )
         merged["limits"]["models"] = _model_limits(merged["limits"]["models"])
+    api = merged["api"]
+    # OPENAI_BASE_URL is used as the SDK uses it, unless something later replaced it.
+    if "base_url_verbatim" not in api and env.get("OPENAI_BASE_URL"):
+        api["base_url_verbatim"] = api.get("base_url") == env["OPENAI_BASE_URL"]
+    _api_key(api, env)
+    endpoints = _endpoints(endpoint_tables, endpoint_flags, env)
     built = {
         name: _build_section(name, cls, merged[name], text=text_keys[name])
         for name, cls in sections.items()
     }
-    return Config(**built, **tables)  # type: ignore[arg-type]
+    return Config(**built, **tables, endpoints=endpoints)  # type: ignore[arg-type]

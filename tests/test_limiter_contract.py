@@ -8,6 +8,7 @@ milliseconds; :class:`Backend` says how closely each one's clock can be held to 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -389,3 +390,21 @@ async def test_aclose_fails_waiters_and_later_calls(backend: Backend) -> None:
     assert len(errors) == 1
     with pytest.raises(anyio.ClosedResourceError):
         await limiter.acquire(tokens=1)
+
+
+async def test_expected_wait_estimates_admission_without_taking(backend: Backend) -> None:
+    """expected_wait answers 0 with room, the refill time behind the queue and a cooldown, and
+    infinity for a request over the limit; it takes nothing."""
+    async with backend.make() as limiter:
+        await limiter.acquire(tokens=1)  # the Redis limiter answers from the levels last seen
+        assert limiter.expected_wait(tokens=400) == 0.0
+        await limiter.acquire(tokens=999)
+        assert limiter.expected_wait(tokens=500) == backend.seconds(0.05)
+        assert limiter.stats().admitted_tokens == 1_000, "asking takes nothing"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(limiter.acquire, tokens=1_000))
+            await backend.until_waiting(limiter, 1)
+            assert limiter.expected_wait(tokens=500) == backend.seconds(0.15)
+        assert limiter.expected_wait(tokens=TPM + 1) == float("inf")
+        await limiter.cooldown(0.3)
+        assert limiter.expected_wait(tokens=1) == backend.seconds(0.3)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .._config import Config
+from .._config import Config, missing_keys
 from .._errors import UsageError
 from ..batch._auto import AutoReport, run_auto_drain
 from ..batch._drain import run_batch_drain
@@ -123,6 +123,13 @@ def register(subparsers: Any) -> None:
         help="with --redis: seconds of the shared limit per round trip [limits.lease_seconds]",
     )
     parser.add_argument("--base-url", help="OpenAI-compatible base URL [api.base_url]")
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="NAME=URL",
+        help="an endpoint of the capacity pool (repeat; a config file's NAME gets this URL) "
+        "[[[endpoints]]]",
+    )
     parser.add_argument("--prompt", help="text sent with each image of a folder [drain.prompt]")
     parser.add_argument("--model", help="model for a folder of images [drain.model]")
     parser.add_argument(
@@ -246,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         "limits.lease_seconds": args.lease,
         "drain.lane": args.lane,
         "drain.deadline": args.deadline,
+        "endpoints": args.endpoint,
     }
     config = config_from_args(args, overrides)
     shared = config.queue.backend == "redis"
@@ -254,6 +262,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give the INPUT to drain (or --redis URL to work on a shared queue)")
     if source is not None and not source.exists():
         raise UsageError(f"{source}: no such file or folder")
+    missing = missing_keys(config)  # before anything is loaded or sent
+    if missing:
+        raise UsageError("; ".join(missing))
     output: Path | None
     if shared:
         output = Path(config.drain.output) if config.drain.output else None

@@ -207,7 +207,10 @@ def api_url(
     if path.startswith("/v1/"):
         path = path[3:]
     if not api.azure_api_version:
-        if not base.endswith("/v1") and endpoint.startswith("/v1/"):
+        # As the SDK: {base}/chat/completions, no /v1 added to a base with a path; only a
+        # bare host from the config or --base-url gets /v1 (unless it came verbatim).
+        bare = "/" not in base.partition("://")[2]
+        if bare and not api.base_url_verbatim and endpoint.startswith("/v1/"):
             path = endpoint
         return f"{base}{path}", {}
     base = base.removesuffix("/openai")
@@ -250,7 +253,11 @@ class OpenAIClient:
         return self._secret
 
     def url(self, endpoint: str, body: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-        """The URL and query parameters an endpoint (``/v1/chat/completions``) maps to."""
+        """The URL and query parameters an endpoint (``/v1/chat/completions``) maps to.
+
+        ``{base_url}/chat/completions`` as the SDK builds it (``http://h/openai`` posts to
+        ``/openai/chat/completions``); a bare host from ``[api] base_url`` gets ``/v1``.
+        """
         return api_url(self._api, endpoint, body)
 
     async def post(self, endpoint: str, body: Mapping[str, Any]) -> Reply:

@@ -79,7 +79,8 @@ class Result:
     and retries included; ``attempts`` counts the tries (0 when the job failed before sending);
     ``cost`` is the estimate the limiter was charged, that of the body as sent (images
     prepared), and ``usage`` what the server reported;
-    ``request_id`` is the ``x-request-id`` of the last answer (None when there was none).
+    ``request_id`` is the ``x-request-id`` of the last answer (None when there was none);
+    ``endpoint_name`` the ``[[endpoints]]`` entry that gave it (None without named endpoints).
     """
 
     status: Literal["ok", "failed"]
@@ -93,6 +94,7 @@ class Result:
     metadata: Any
     request: Request
     request_id: str | None = None
+    endpoint_name: str | None = None
 
     @property
     def ok(self) -> bool:

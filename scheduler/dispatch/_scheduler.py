@@ -28,8 +28,15 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from .._config import Config, load_config
-from .._errors import APIError, FatalError, InputError, RateLimited, RetryableError
+from .._config import Config, load_config, missing_keys
+from .._errors import (
+    APIError,
+    ConfigError,
+    FatalError,
+    InputError,
+    RateLimited,
+    RetryableError,
+)
 from ..cost._model import CostModel, RequestCost
 from ..images._probe import ImageProber
 from ..limits._base import LimiterStats, RateLimiter
@@ -38,7 +45,8 @@ from ..prepare._image import check_token_budget
 from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
 from ..prepare._preparer import ImagePreparer
 from ..sources._body import walk_body
-from ._client import OpenAIClient, Reply, classify, request_was_sent
+from ._client import Reply, classify, request_was_sent
+from ._pool import Endpoint, EndpointPool
 from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from ._retry import retrying
 from ._stream import ResultStream
@@ -68,6 +76,9 @@ class _Attempts:
     first_sent: float | None = None
     status_code: int | None = None
     request_id: str | None = None
+    # The endpoint of the last attempt, and the one the next must use (None: any).
+    endpoint: Endpoint | None = None
+    pinned: Endpoint | None = None
 
 
 def _usage_total(usage: Mapping[str, Any] | None) -> int | None:
@@ -93,7 +104,8 @@ class Scheduler:
     (a request's model resolved to its family, see :meth:`limit_group`) gets its own, made on
     first use from ``config.limits`` and its ``[limits.models]`` override: an in-memory
     ``Limiter``, or the shared ``RedisLimiter`` at ``vsched:limiter:<group>`` when
-    ``limits.shared`` is true;
+    ``limits.shared`` is true; with ``[[endpoints]]`` each endpoint has its own limiters and
+    each request goes to the endpoint that can admit it soonest (``dispatch/_pool.py``);
     ``preparer`` rewrites local and inline images once per job, before its admission (the
     limiter is charged for the prepared body); ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
@@ -123,7 +135,7 @@ class Scheduler:
             preparer if preparer is not None else ImagePreparer(self._config)
         )
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
-        self._client: OpenAIClient | None = None
+        self._pool: EndpointPool | None = None
         self._tg: TaskGroup | None = None
         # Made on entry: anyio primitives bind to the event loop that first uses them.
         self._slots: anyio.Semaphore
@@ -165,9 +177,12 @@ class Scheduler:
 
     @property
     def limiters(self) -> dict[str, RateLimiter]:
-        """The limiters made so far, by limit group (the given ``limiter`` under ``"*"``)."""
+        """The limiters made so far, by limit group (the given ``limiter`` under ``"*"``; with
+        ``[[endpoints]]`` as ``<endpoint>:<group>``)."""
         if self._user_limiter is not None:
             return {"*": self._user_limiter}
+        if self._config.endpoints:
+            return dict(self._pool.limiters) if self._pool is not None else {}
         return self._limit_groups().limiters
 
     def limiter_stats(self) -> dict[str, LimiterStats]:
@@ -183,16 +198,22 @@ class Scheduler:
             raise RuntimeError("a Scheduler can be entered only once")
         if self._user_limiter is None:
             self._limit_groups()  # a ConfigError surfaces here, not mid-run
+        elif self._config.endpoints:
+            raise ConfigError("limiter= paces one endpoint; each of [[endpoints]] has its own")
+        if self._transport is None and (missing := missing_keys(self._config)):
+            raise ConfigError("; ".join(missing))
         if self._cost_model is None:
             # Probing images (header bytes only) prices them exactly instead of at the maximum.
             self._prober = ImageProber(self._config.images)
             self._cost_model = CostModel(self._config, probe=self._prober)
         self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
         self._drained = anyio.Event()
-        self._client = OpenAIClient(
-            self._config.api,
-            max_connections=self._config.concurrency.max_in_flight,
+        self._pool = EndpointPool(
+            self._config,
+            groups=self._limit_groups(),
             transport=self._transport,
+            limiter=self._user_limiter,
+            max_connections=self._config.concurrency.max_in_flight,
         )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -204,7 +225,7 @@ class Scheduler:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._tg is not None and self._client is not None
+        assert self._tg is not None and self._pool is not None
         self._closing = True
         for stream in list(self._streams):
             stream.cancel()
@@ -217,7 +238,7 @@ class Scheduler:
             for stream in list(self._streams):
                 stream._finish()
             with anyio.CancelScope(shield=True):
-                await self._client.aclose()
+                await self._pool.aclose()
                 if self._groups is not None:
                     await self._groups.aclose()
                 if self._prober is not None:
@@ -332,14 +353,9 @@ class Scheduler:
             self._groups = LimitGroups(self._config)
         return self._groups
 
-    def _limiter_for(self, request: Request) -> RateLimiter:
-        if self._user_limiter is not None:
-            return self._user_limiter
+    def _model_of(self, request: Request) -> str:
         model = request.body.get("model") or self._config.cost.default_model
-        if not isinstance(model, str):
-            model = self._config.cost.default_model
-        groups = self._limit_groups()
-        return groups.limiter(groups.group(model))
+        return model if isinstance(model, str) else self._config.cost.default_model
 
     async def _price(self, request: Request) -> tuple[Mapping[str, Any], RequestCost]:
         """The body to send (images read and prepared) and its cost, before any admission.
@@ -399,6 +415,7 @@ class Scheduler:
                 metadata=request.metadata,
                 request=request,
                 request_id=state.request_id,
+                endpoint_name=self._endpoint_name(state),
             )
         self._count_attempts(state)
         self._counts["succeeded"] += 1
@@ -418,7 +435,14 @@ class Scheduler:
             metadata=request.metadata,
             request=request,
             request_id=state.request_id,
+            endpoint_name=self._endpoint_name(state),
         )
+
+    def _endpoint_name(self, state: _Attempts) -> str | None:
+        """The endpoint that gave the last answer, when the config names endpoints."""
+        if state.endpoint is None or not self._config.endpoints:
+            return None
+        return state.endpoint.name
 
     def _count_attempts(self, state: _Attempts) -> None:
         self._counts["attempts"] += state.count
@@ -433,11 +457,12 @@ class Scheduler:
         state: _Attempts,
     ) -> Reply:
         """One attempt: admission by the limiter, the request (already prepared), bookkeeping."""
-        assert self._client is not None
+        assert self._pool is not None
         if self._fatal is not None:
             raise _Stopped
-        limiter = self._limiter_for(request)
-        reservation = await limiter.acquire(tokens=cost.total)
+        model = self._model_of(request)
+        endpoint, reservation = await self._pool.admit(model, cost.total, pinned=state.pinned)
+        limiter, client = endpoint.limiter(model), endpoint.client
         posted = False
         try:
             if self._fatal is not None:
@@ -447,19 +472,26 @@ class Scheduler:
             if state.first_sent is None:
                 state.first_sent = anyio.current_time()
             try:
-                reply = await self._client.post(request.endpoint, body)
+                reply = await client.post(request.endpoint, body)
             finally:
                 job.on_wire = False
         except BaseException as exc:
+            sent = posted and request_was_sent(exc)
             with anyio.CancelScope(shield=True):
-                if posted and request_was_sent(exc):
+                if sent:
                     await reservation.settle(reservation.tokens)
                 else:
                     await reservation.release()
+            if posted and isinstance(exc, RetryableError):
+                state.endpoint = endpoint
+                state.pinned = self._pool.outcome(endpoint, exc, sent=sent)
+            else:
+                self._pool.release(endpoint)
             raise
+        state.endpoint = endpoint
         state.status_code = reply.status_code
         state.request_id = reply.request_id
-        error = classify(reply, secret=self._client.secret)
+        error = classify(reply, secret=client.secret)
         with anyio.CancelScope(shield=True):
             await limiter.observe(reply.headers)
             if error is None:
@@ -468,14 +500,15 @@ class Scheduler:
             else:
                 # Failed requests count against the limit: keep the estimate charged.
                 await reservation.settle(reservation.tokens)
-        if error is None:
-            return reply
         if isinstance(error, RateLimited):
             self._counts["rate_limited"] += 1
             pause = error.retry_after
             if pause is None:
                 pause = self._config.retry.initial_backoff
             await limiter.cooldown(min(pause, self._config.retry.max_server_wait))
+        state.pinned = self._pool.outcome(endpoint, error, sent=True)
+        if error is None:
+            return reply
         if isinstance(error, RetryableError) and self._fatal is not None:
             raise _Stopped
         raise error

@@ -151,6 +151,7 @@ def outcome_of(result: Result, job: ClaimedJob) -> Outcome:
         error=error,
         tokens=prompt + completion,
         request_id=result.request_id,
+        endpoint_name=_endpoint_name(result),
     )
 
 
@@ -271,7 +272,14 @@ def _record(queue: JobQueue, progress: DrainProgress, result: Result) -> None:
         prompt_tokens=prompt,
         completion_tokens=completion,
         charged_tokens=_charged(result),
+        endpoint=_endpoint_name(result),
     )
+
+
+def _endpoint_name(result: Result) -> str | None:
+    """The endpoint that answered; None also for a mapper's results made before pools."""
+    name = getattr(result, "endpoint_name", None)
+    return name if isinstance(name, str) else None
 
 
 def _charged(result: Result) -> int:
@@ -315,6 +323,7 @@ def _summarise(
         retries=progress.retries,
         failures=failures,
         failures_total=counts["failed"],
+        endpoints=dict(progress.by_endpoint),
         stopped=stopped,
         output=str(output) if output is not None else None,
     )

@@ -55,6 +55,12 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def endpoint_shares(jobs: dict[str, int]) -> str:
+    """Each endpoint's share of the jobs it answered: ``east 67% (600), west 33% (300)``."""
+    total = sum(jobs.values()) or 1
+    return ", ".join(f"{name} {n / total:.0%} ({n})" for name, n in sorted(jobs.items()))
+
+
 def _clip(text: str, width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -78,6 +84,8 @@ class ProgressSnapshot:
     retries: int
     elapsed: float
     eta: float | None
+    # Jobs answered per named endpoint this run (empty without [[endpoints]]).
+    endpoints: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -92,6 +100,7 @@ class ProgressSnapshot:
             f" {self.remaining} left | {_short(self.tpm)}/{_short(self.tpm_limit)} TPM{share}"
             f" | 429s {self.rate_limited} | retries {self.retries}"
             f" | elapsed {format_seconds(self.elapsed)} | ETA {format_seconds(self.eta)}"
+            + (f" | {endpoint_shares(self.endpoints)}" if self.endpoints else "")
         )
 
 
@@ -135,6 +144,8 @@ class DrainProgress:
         self.rate_limited = 0
         self.finished_this_run = 0
         self.by_model: dict[str, list[int]] = {}
+        # Jobs answered per named endpoint (empty without [[endpoints]]).
+        self.by_endpoint: dict[str, int] = {}
         self._tokens = _Window()
         self._jobs = _Window()
 
@@ -148,8 +159,12 @@ class DrainProgress:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         charged_tokens: int = 0,
+        endpoint: str | None = None,
     ) -> None:
-        """Count one finished job, the tokens it used and those the limit charged for it."""
+        """Count one finished job, the tokens it used and those the limit charged for it, and
+        the endpoint that answered it."""
+        if endpoint is not None:
+            self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
         if ok:
             self.done += 1
         else:
@@ -186,6 +201,7 @@ class DrainProgress:
             retries=self.retries,
             elapsed=elapsed,
             eta=eta,
+            endpoints=dict(self.by_endpoint),
         )
 
 
@@ -272,6 +288,7 @@ class LiveRenderer:
             f"TPM {_short(snapshot.tpm)}/{_short(snapshot.tpm_limit)} ({share:.0%})"
             f"  429s {snapshot.rate_limited}  retries {snapshot.retries}"
             f"  ETA {format_seconds(snapshot.eta)}  ({format_seconds(snapshot.elapsed)})"
+            + (f"\n{endpoint_shares(snapshot.endpoints)}" if snapshot.endpoints else "")
         )
         return Group(head, bar, figures)
 

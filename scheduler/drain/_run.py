@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from .._config import Config
+from .._config import Config, pool_tpm
 from ..cost._prices import PriceTable
 from ..dispatch._results import Request, Result
 from ..dispatch._scheduler import Scheduler
@@ -132,7 +132,7 @@ async def _drain_with_scheduler(
     handle_signals: bool,
 ) -> DrainReport:
     settings = DrainSettings(
-        tpm_limit=config.limits.tpm,
+        tpm_limit=pool_tpm(config),
         window=config.concurrency.max_in_flight,
         grace=config.drain.grace,
         handle_signals=handle_signals,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._progress import _clip, format_seconds
+from ._progress import _clip, endpoint_shares, format_seconds
 
 __all__ = ["DrainSummary", "Failure", "failure_line"]
 
@@ -36,6 +36,8 @@ class DrainSummary:
     stopped: str | None = None
     output: str | None = None
     charged: int = 0
+    # Jobs answered per named endpoint (empty without [[endpoints]]).
+    endpoints: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def limit_tokens(self) -> int:
@@ -69,6 +71,7 @@ class DrainSummary:
             "failures_total": self.failures_total,
             "stopped": self.stopped,
             "output": self.output,
+            **({"endpoints": dict(self.endpoints)} if self.endpoints else {}),
         }
 
     def render(self) -> str:
@@ -81,6 +84,7 @@ class DrainSummary:
             f"Tokens: {self.tokens:,} used (billed){charged}, estimated price {price}",
             f"Limit: {self.tpm_limit:,} TPM, mean utilisation {self.utilisation:.0%}",
             f"429s: {self.rate_limited}, retries: {self.retries}",
+            *([f"Endpoints: {endpoint_shares(dict(self.endpoints))}"] if self.endpoints else []),
             f"Wall time: {format_seconds(self.wall_time)}"
             f" (ideal at the limit: {format_seconds(self.ideal_time)})",
         ]

@@ -95,6 +95,11 @@ class RateLimiter(Protocol):
         """Wait in FIFO order until the charge fits; raise ``RequestTooLarge`` if it never can."""
         ...
 
+    def expected_wait(self, *, tokens: int, requests: int = 1) -> float:
+        """Seconds an acquire of this size asked now would wait, behind everyone queued (0.0: at
+        once); an estimate that takes nothing, for choosing among limiters."""
+        ...
+
     async def observe(self, headers: RateLimitHeaders) -> None:
         """Learn from a response's ``x-ratelimit-*`` headers."""
 

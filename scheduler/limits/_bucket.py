@@ -155,6 +155,14 @@ class TokenBucket:
         wait = short / self.rate
         return 0.0 if wait < WAIT_TOLERANCE else wait
 
+    def wait_behind(self, queued: float, amount: float, now: float) -> float:
+        """Seconds from ``now`` until ``amount`` may be taken after ``queued`` units ahead of it
+        are (an estimate: ``wait_time`` when nothing is queued); takes nothing."""
+        if queued <= 0.0:
+            return self.wait_time(amount, now)
+        short = queued + self.need(amount) - self.refill(now)
+        return short / self.rate if short > 0.0 else 0.0
+
     def take(self, amount: float) -> None:
         """Remove ``amount`` now; the caller has checked ``wait_time(...) == 0``.
 

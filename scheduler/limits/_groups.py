@@ -34,8 +34,9 @@ def limiter_from_config(config: Config, *, key: str = "vsched:limiter") -> RateL
 class LimitGroups:
     """The limiters of one Scheduler, by limit group, made on first use."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, key_prefix: str = "vsched:limiter") -> None:
         self._config = config
+        self._key_prefix = key_prefix
         self._profiles = ProfileTable.from_config(config)
         self._groups: dict[str, str] = {}
         self._limiters: dict[str, RateLimiter] = {}
@@ -61,12 +62,12 @@ class LimitGroups:
 
     def limiter(self, group: str) -> RateLimiter:
         """The limiter of ``group``, made on first use (shared on Redis at
-        ``vsched:limiter:<group>`` when ``limits.shared``)."""
+        ``<key_prefix>:<group>`` when ``limits.shared``; a pool's prefix names the endpoint)."""
         limiter = self._limiters.get(group)
         if limiter is None:
             limits = dataclasses.replace(self._config.limits, models=self._overrides)
             config = dataclasses.replace(self._config, limits=limits.for_model(group))
-            limiter = limiter_from_config(config, key=f"vsched:limiter:{group}")
+            limiter = limiter_from_config(config, key=f"{self._key_prefix}:{group}")
             self._limiters[group] = limiter
         return limiter
 

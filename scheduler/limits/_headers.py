@@ -3,6 +3,10 @@
 ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` on every response; ``retry-after``
 (seconds), ``retry-after-ms`` and ``x-should-retry`` on errors. Durations are Go-style strings
 such as ``1s``, ``6m0s``, ``12ms`` or ``1h2m3.5s``.
+
+Gateway variants are read as limits too: LiteLLM's per-key headers
+(``x-ratelimit-api_key-{limit,remaining}-{requests,tokens}``; where both these and the standard
+ones come, the stricter value wins) and Azure's ``x-ms-retry-after-ms``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,16 @@ def _int(headers: Mapping[str, str], name: str) -> int | None:
     return number if number >= 0 else None
 
 
+def _strictest(headers: Mapping[str, str], kind: str, unit: str) -> int | None:
+    """The lowest of ``x-ratelimit-<kind>-<unit>`` and LiteLLM's per-key variant."""
+    values = [
+        value
+        for name in (f"x-ratelimit-{kind}-{unit}", f"x-ratelimit-api_key-{kind}-{unit}")
+        if (value := _int(headers, name)) is not None
+    ]
+    return min(values) if values else None
+
+
 def _duration(headers: Mapping[str, str], name: str) -> float | None:
     value = headers.get(name)
     return None if value is None else parse_duration(value)
@@ -92,10 +106,13 @@ class RateLimitHeaders:
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
         """Parse a response's headers (an ``httpx.Headers`` or any case-insensitive mapping).
 
-        ``retry-after-ms`` wins over ``retry-after``; an HTTP-date ``retry-after`` is ignored.
+        ``retry-after-ms`` (or Azure's ``x-ms-retry-after-ms``) wins over ``retry-after``; an
+        HTTP-date ``retry-after`` is ignored.
         """
         retry_after: float | None = None
         ms = headers.get("retry-after-ms")
+        if ms is None:
+            ms = headers.get("x-ms-retry-after-ms")
         if ms is not None:
             try:
                 retry_after = max(0.0, float(ms) / 1000.0)
@@ -111,10 +128,10 @@ class RateLimitHeaders:
         flag = headers.get("x-should-retry")
         should_retry = None if flag is None else flag.strip().lower() == "true"
         return cls(
-            limit_requests=_int(headers, "x-ratelimit-limit-requests"),
-            limit_tokens=_int(headers, "x-ratelimit-limit-tokens"),
-            remaining_requests=_int(headers, "x-ratelimit-remaining-requests"),
-            remaining_tokens=_int(headers, "x-ratelimit-remaining-tokens"),
+            limit_requests=_strictest(headers, "limit", "requests"),
+            limit_tokens=_strictest(headers, "limit", "tokens"),
+            remaining_requests=_strictest(headers, "remaining", "requests"),
+            remaining_tokens=_strictest(headers, "remaining", "tokens"),
             reset_requests=_duration(headers, "x-ratelimit-reset-requests"),
             reset_tokens=_duration(headers, "x-ratelimit-reset-tokens"),
             retry_after=retry_after,

@@ -236,6 +236,27 @@ class Limiter:
                 return self._admit(tokens, requests, now, now)
         return await self._wait_in_line(_Waiter(tokens, requests, now))
 
+    def expected_wait(self, *, tokens: int, requests: int = 1) -> float:
+        """Seconds an acquire of this size asked now would wait behind the queue (0.0: at once).
+
+        Queued waiters are counted at their full charge, so it is an estimate (exact with an
+        empty queue); a closed limiter or a request over the limit waits forever.
+        """
+        if self._closed or tokens > self._pair.tokens.limit or requests > self._pair.requests.limit:
+            return math.inf
+        now = anyio.current_time()
+        queued_tokens = queued_requests = 0
+        if self._waiting:
+            for waiter in self._queue:
+                if not waiter.gone:
+                    queued_tokens += waiter.tokens
+                    queued_requests += waiter.requests
+        wait = max(
+            self._pair.tokens.wait_behind(queued_tokens, tokens, now),
+            self._pair.requests.wait_behind(queued_requests, requests, now),
+        )
+        return max(wait, self._paused_until - now)
+
     async def _wait_in_line(self, waiter: _Waiter) -> LimiterReservation:
         self._queue.append(waiter)
         self._waiting += 1

@@ -30,6 +30,7 @@ projected to now; counters are this process's. ``round_trips`` and ``leases`` co
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -385,6 +386,30 @@ class RedisLimiter:
         self._lease.expires = min(self._lease.expires, anyio.current_time())
 
     # -- inspection and shutdown ---------------------------------------------------------------
+
+    def expected_wait(self, *, tokens: int, requests: int = 1) -> float:
+        """Seconds an acquire of this size would wait, from the shared levels last seen (projected
+        to now, no round trip) and this process's own waiters; an estimate."""
+        if self._closed:
+            return math.inf
+        stats = self.stats()
+        shape = BucketPair.per_minute(
+            tpm=stats.tpm, rpm=stats.rpm, burst_seconds=self._burst_seconds, margin=self._margin
+        )
+        if tokens > shape.tokens.limit or requests > shape.requests.limit:
+            return math.inf
+        # This process's queue: the asks not yet answered, at their full charge.
+        queued_tokens = sum(ask.tokens for ask in self._asks)
+        queued_requests = sum(ask.requests for ask in self._asks)
+        wait = 0.0
+        for bucket, level, queued, amount in (
+            (shape.tokens, stats.token_level, queued_tokens, tokens),
+            (shape.requests, stats.request_level, queued_requests, requests),
+        ):
+            short = queued + bucket.need(amount) - level
+            if short > 0.0:
+                wait = max(wait, short / bucket.rate)
+        return max(wait, stats.cooldown_remaining)
 
     def stats(self) -> LimiterStats:
         """This process's counters, with the shared levels last seen projected to now."""

@@ -66,6 +66,8 @@ class Outcome:
     error: Mapping[str, Any] | None = None
     tokens: int = 0
     request_id: str | None = None
+    # The [[endpoints]] entry that answered (None without named endpoints).
+    endpoint_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 0:
@@ -89,6 +91,7 @@ class JobRecord:
     error: Mapping[str, Any] | None
     tokens: int
     request_id: str | None
+    endpoint_name: str | None = None
 
 
 class JobQueue(Protocol):

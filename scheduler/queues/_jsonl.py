@@ -3,7 +3,8 @@
 One line per job::
 
     {"id": "batch_req_...", "custom_id": "...",
-     "response": {"status_code": 200, "request_id": "...", "body": {...}} | null,
+     "response": {"status_code": 200, "request_id": "...", "body": {...},
+                  "endpoint_name": "..." (with [[endpoints]] only)} | null,
      "error": {"code": "...", "message": "...", "line": 7} | null,
      "attempts": 1, "metadata": ...}
 
@@ -51,6 +52,8 @@ def result_line(record: JobRecord) -> dict[str, Any]:
             "request_id": record.request_id,
             "body": record.body,
         }
+        if record.endpoint_name is not None:
+            response["endpoint_name"] = record.endpoint_name
     return {
         "id": f"batch_req_{digest}",
         "custom_id": record.custom_id,

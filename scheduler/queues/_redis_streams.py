@@ -395,6 +395,7 @@ class RedisStreamsQueue:
                 "error": outcome.error,
                 "tokens": outcome.tokens,
                 "request_id": outcome.request_id,
+                "endpoint_name": outcome.endpoint_name,
             }
             args += [outcome.key, entry, state, outcome.attempts, _dumps(result)]
         keys = [self._keys[n] for n in ("result", "counts", "attempts", "jobs")]
@@ -479,6 +480,7 @@ class RedisStreamsQueue:
                     error=result.get("error"),
                     tokens=int(result.get("tokens") or 0),
                     request_id=result.get("request_id"),
+                    endpoint_name=result.get("endpoint_name"),
                 )
 
     def _in_flight_keys(self) -> set[str]:

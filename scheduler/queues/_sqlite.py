@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,
     tokens      INTEGER NOT NULL DEFAULT 0,
     request_id  TEXT,
-    updated     REAL
+    updated     REAL,
+    endpoint_name TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,6 +92,9 @@ class SqliteQueue:
             if version == 0:
                 self._db.executescript(_SCHEMA)
                 self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "endpoint_name" not in columns:  # a queue made before capacity pools
+                self._db.execute("ALTER TABLE jobs ADD COLUMN endpoint_name TEXT")
         except sqlite3.DatabaseError as exc:
             self.close()
             raise QueueError(f"queue {self.path}: not a vsched queue ({exc})") from None
@@ -266,6 +270,7 @@ class SqliteQueue:
                 _dumps(o.error),
                 o.tokens,
                 o.request_id,
+                o.endpoint_name,
                 now,
                 o.key,
             )
@@ -277,7 +282,8 @@ class SqliteQueue:
             for row in rows:
                 recorded += self._db.execute(
                     "UPDATE jobs SET state = ?, attempts = attempts + ?, status_code = ?,"
-                    " response = ?, error = ?, tokens = ?, request_id = ?, updated = ?"
+                    " response = ?, error = ?, tokens = ?, request_id = ?, endpoint_name = ?,"
+                    " updated = ?"
                     " WHERE key = ? AND state = 'in_flight'",
                     row,
                 ).rowcount
@@ -326,7 +332,8 @@ class SqliteQueue:
         wanted = [s for s in STATES if s in set(states)]
         marks = ",".join("?" * len(wanted))
         cursor = self._db.execute(
-            f"SELECT {_COLUMNS}, request_id FROM jobs WHERE state IN ({marks}) ORDER BY seq",
+            f"SELECT {_COLUMNS}, request_id, endpoint_name FROM jobs"
+            f" WHERE state IN ({marks}) ORDER BY seq",
             wanted,
         )
         for row in cursor:
@@ -342,6 +349,7 @@ class SqliteQueue:
                 error=_loads(row[8]),
                 tokens=row[9],
                 request_id=row[10],
+                endpoint_name=row[11],
             )
 
     def total_claims(self) -> int:
