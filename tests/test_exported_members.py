@@ -22,6 +22,7 @@ PUBLIC = (
     "scheduler.observe",
     "scheduler.cli",
     "scheduler.sim",
+    "scheduler.batch",
 )
 
 

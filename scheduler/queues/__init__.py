@@ -2,6 +2,7 @@
 results JSONL they export. One ``JobQueue`` protocol, two backends."""
 
 from ._base import STATES, ClaimedJob, JobQueue, JobRecord, LoadReport, Outcome, State
+from ._batch_ledger import BatchEntry, BatchLedger, SqliteBatchLedger
 from ._jsonl import ExportReport, result_line, write_results
 from ._open import open_queue
 from ._redis_streams import RedisStreamsQueue
@@ -9,6 +10,8 @@ from ._sqlite import SqliteQueue
 
 __all__ = [
     "STATES",
+    "BatchEntry",
+    "BatchLedger",
     "ClaimedJob",
     "ExportReport",
     "JobQueue",
@@ -16,6 +19,7 @@ __all__ = [
     "LoadReport",
     "Outcome",
     "RedisStreamsQueue",
+    "SqliteBatchLedger",
     "SqliteQueue",
     "State",
     "open_queue",
