@@ -1,7 +1,8 @@
 """The clients under test, each driven the way its users would drive it, against one target.
 
 - ``vsched``: ``Scheduler.map`` with its default configuration and the limits it is told, except
-  image preparation (off: the peers send images as they are; ``vsched-prepare`` has it on).
+  image preparation (off: the peers send images as they are; ``vsched-prepare`` has it on);
+  ``vsched-metrics`` is the same with its Prometheus metrics on (the cost of ``observer=``).
 - ``vsched-settle-actual`` / ``vsched-settle-none``: the same with ``limits.settle`` forced, to
   compare the two settle policies (correct each charge to real usage, or keep the estimate).
 - ``sdk-semaphore``: the do-it-yourself baseline: the official ``openai`` SDK (its own retries:
@@ -89,9 +90,11 @@ async def _run_vsched(
     *,
     settle: Literal["none", "actual"] | None = None,
     prepare: bool = False,
+    metrics: bool = False,
 ) -> list[JobOutcome]:
     from scheduler import Secret, load_config
     from scheduler.dispatch import Scheduler
+    from scheduler.observe import SchedulerMetrics
 
     # Like the CLI, VSCHED_<SECTION>_<KEY> variables apply (try a setting without editing code).
     config = load_config(
@@ -111,10 +114,13 @@ async def _run_vsched(
         },
     )
     transport = None if target.app is None else httpx.ASGITransport(app=target.app)
+    observer = SchedulerMetrics() if metrics else None
     async with (
-        Scheduler(config, transport=transport) as scheduler,
+        Scheduler(config, transport=transport, observer=observer) as scheduler,
         scheduler.map(bodies) as results,
     ):
+        if observer is not None:
+            observer.watch(scheduler)
         return [
             JobOutcome(ok=result.status == "ok", latency=result.latency, attempts=result.attempts)
             async for result in results
@@ -129,6 +135,11 @@ async def run_vsched(bodies: Sequence[dict[str, Any]], target: Target) -> list[J
 async def run_vsched_prepare(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
     """vsched with its image preparation on, as it is by default (costs CPU, saves upload)."""
     return await _run_vsched(bodies, target, prepare=True)
+
+
+async def run_vsched_metrics(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:
+    """vsched with its Prometheus metrics on (``observer=SchedulerMetrics()``): their cost."""
+    return await _run_vsched(bodies, target, metrics=True)
 
 
 async def run_vsched_settle_actual(
@@ -445,6 +456,7 @@ async def run_cookbook(bodies: Sequence[dict[str, Any]], target: Target) -> list
 CONTENDERS: dict[str, Contender] = {
     "vsched": run_vsched,
     "vsched-prepare": run_vsched_prepare,
+    "vsched-metrics": run_vsched_metrics,
     "vsched-settle-actual": run_vsched_settle_actual,
     "vsched-settle-none": run_vsched_settle_none,
     "sdk-semaphore": run_sdk_semaphore,

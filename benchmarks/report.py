@@ -38,6 +38,7 @@ COLUMNS = (
 _COLOURS = {
     "vsched": "tab:blue",
     "vsched-prepare": "tab:brown",
+    "vsched-metrics": "tab:gray",
     "vsched-settle-actual": "tab:cyan",
     "vsched-settle-none": "tab:green",
     "sdk-semaphore": "tab:red",

@@ -267,7 +267,12 @@ SCENARIOS: dict[str, Scenario] = {
             description="a limit so high that the client's own CPU is the bottleneck",
             virtual=_UNLIMITED_VIRTUAL,
             loopback=_UNLIMITED_LOOPBACK,
-            contenders=(*ALL_CONTENDERS[:1], "vsched-prepare", *ALL_CONTENDERS[1:]),
+            contenders=(
+                *ALL_CONTENDERS[:1],
+                "vsched-prepare",
+                "vsched-metrics",
+                *ALL_CONTENDERS[1:],
+            ),
             quick_loopback=True,
             limited=False,
             clocks=("loopback",),  # virtual time makes CPU free: nothing to measure there

@@ -29,6 +29,7 @@ from ._errors import ConfigError
 
 __all__ = [
     "ApiConfig",
+    "BatchConfig",
     "ConcurrencyConfig",
     "Config",
     "CostConfig",
@@ -166,6 +167,8 @@ class ModelLimitsConfig:
 
     tpm: int | None = None
     rpm: int | None = None
+    # The Batch API's enqueued-token limit (input tokens of all pending batches; None: learned).
+    batch_queue_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -294,7 +297,7 @@ class LimitsConfig:
         _positive("limits.tpm", self.tpm)
         _positive("limits.rpm", self.rpm)
         for model, override in self.models.items():
-            for key in ("tpm", "rpm"):
+            for key in ("tpm", "rpm", "batch_queue_tokens"):
                 value = getattr(override, key)
                 if value is not None:
                     _positive(f"limits.models.{model}.{key}", value)
@@ -457,14 +460,56 @@ class DrainConfig:
     model: str = ""
     detail: Literal["low", "high", "auto"] = "auto"
     max_tokens: int = 300
+    # Prometheus /metrics on this port while draining; 0: not served.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    # Which lane sends the jobs: realtime (at the TPM limit), batch (Batch API, half price), or
+    # auto (the cheapest mix that finishes within ``deadline`` seconds).
+    lane: Literal["realtime", "batch", "auto"] = "realtime"
+    deadline: float = 0.0
 
     def __post_init__(self) -> None:
+        _one_of("drain.lane", self.lane, ("realtime", "batch", "auto"))
+        if self.deadline < 0:
+            raise ConfigError(f"drain.deadline: expected >= 0 seconds, got {self.deadline!r}")
         if self.grace < 0:
             raise ConfigError(f"drain.grace: expected >= 0, got {self.grace!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"drain.metrics_port: expected a port 1-65535 (0: off), got {self.metrics_port!r}"
+            )
+        if not self.metrics_host:
+            raise ConfigError("drain.metrics_host: expected a host name or address")
         _positive("drain.log_interval", self.log_interval)
         _positive("drain.max_tokens", self.max_tokens)
         _one_of("drain.progress", self.progress, ("auto", "bar", "log", "json", "quiet"))
         _one_of("drain.detail", self.detail, ("low", "high", "auto"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchConfig:
+    """The Batch API lane: file limits, attempts, polling, price and expected turnaround."""
+
+    max_requests: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024
+    # Batches a job may be sent in before its failed or expired line is final.
+    max_attempts: int = 3
+    # Seconds between polls of one batch: from poll_min, growing to poll_max.
+    poll_min: float = 10.0
+    poll_max: float = 300.0
+    # Batch price as a share of the realtime price.
+    discount: float = 0.5
+    # Seconds a batch is expected to take (the auto lane plans with the larger of this and what
+    # finished batches took).
+    turnaround: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for key in ("max_requests", "max_bytes", "max_attempts", "poll_min", "turnaround"):
+            _positive(f"batch.{key}", getattr(self, key))
+        if self.poll_max < self.poll_min:
+            raise ConfigError("batch.poll_max: expected >= batch.poll_min")
+        if not 0 < self.discount <= 1:
+            raise ConfigError(f"batch.discount: expected 0 < share <= 1, got {self.discount!r}")
 
 
 _TABLES = ("models", "prices")
@@ -492,6 +537,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     # The capacity pool; empty: one endpoint, [api] with [limits].
     endpoints: tuple[EndpointConfig, ...] = ()

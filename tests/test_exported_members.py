@@ -19,8 +19,10 @@ PUBLIC = (
     "scheduler.dispatch",
     "scheduler.queues",
     "scheduler.drain",
+    "scheduler.observe",
     "scheduler.cli",
     "scheduler.sim",
+    "scheduler.batch",
 )
 
 

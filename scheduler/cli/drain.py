@@ -15,20 +15,26 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from .._config import Config, missing_keys
 from .._errors import EndpointUnreachable, UsageError
+from ..batch._auto import AutoReport, run_auto_drain
+from ..batch._drain import run_batch_drain
+from ..batch._runner import BatchReport
 from ..drain._engine import DrainReport
 from ..drain._progress import make_renderer
 from ..drain._run import run_drain
+from ..limits._headers import parse_duration
 from ..queues._base import LoadReport
 from ..sources._jobs import FolderPrompt
 from ._exit import EXIT_FAILED, EXIT_FATAL, EXIT_OK, EXIT_STOPPED, EXIT_UNAVAILABLE
 from .flags import add_config_flag, add_redis_flags, config_from_args, redis_overrides
 from .queue_paths import check_writable, default_output, default_queue, same_file
+
+_R = TypeVar("_R")
 
 __all__ = [
     "add_drain_flags",
@@ -55,6 +61,15 @@ def add_drain_flags(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "bar", "log", "json", "quiet"),
         help="progress display [drain.progress]",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port while draining [drain.metrics_port]",
+    )
+    parser.add_argument(
+        "--metrics-host", metavar="HOST", help="address of /metrics [drain.metrics_host]"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--json-log", action="store_true", help="progress as JSON lines")
     add_config_flag(parser)
@@ -73,10 +88,12 @@ def drain_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency.max_in_flight": args.max_in_flight,
         "drain.grace": args.grace,
         "drain.progress": progress,
+        "drain.metrics_port": args.metrics_port,
+        "drain.metrics_host": args.metrics_host,
     }
 
 
-def run_report(args: argparse.Namespace, main: Callable[[], Awaitable[DrainReport]]) -> DrainReport:
+def run_report(args: argparse.Namespace, main: Callable[[], Awaitable[_R]]) -> _R:
     """Run a drain, with the per-attempt retry warnings silenced unless ``-v``.
 
     The progress display counts 429s and retries; a flood of log lines would tear the live bar.
@@ -139,8 +156,27 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not read http(s) images to size them: charge the detail's maximum [images.fetch]",
     )
+    parser.add_argument(
+        "--lane",
+        choices=("realtime", "batch", "auto"),
+        help="realtime at the TPM limit, the Batch API at half price, or auto: the cheapest mix"
+        " that meets --deadline [drain.lane]",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=_duration,
+        metavar="DURATION",
+        help="with --lane auto: when every job must be done, e.g. 6h or 90m [drain.deadline]",
+    )
     add_drain_flags(parser)
     parser.set_defaults(run=run)
+
+
+def _duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 6h or 90m, got {text!r}")
+    return seconds
 
 
 def folder_prompt(config: Config) -> FolderPrompt | None:
@@ -156,7 +192,44 @@ def folder_prompt(config: Config) -> FolderPrompt | None:
     )
 
 
-def exit_code(report: DrainReport) -> int:
+def _run_lane(
+    config: Config,
+    args: argparse.Namespace,
+    source: Path | None,
+    output: Path | None,
+    queue: Path | None,
+    where: str,
+    quiet: bool,
+) -> int:
+    """``--lane batch`` or ``--lane auto``: the same queue and output, through the Batch API."""
+    mode = config.drain.progress
+    log = None if quiet else sys.stderr
+
+    async def main() -> BatchReport | AutoReport:
+        common: dict[str, Any] = {
+            "output": output,
+            "queue_path": queue,
+            "folder": folder_prompt(config),
+            "handle_signals": True,
+            "on_load": lambda report: _announce(report, where, quiet),
+        }
+        if config.drain.lane == "batch":
+            return await run_batch_drain(config, source, log=log, json_log=mode == "json", **common)
+        if not config.drain.deadline:
+            raise UsageError("--lane auto needs --deadline (or drain.deadline)")
+        renderer = make_renderer(mode, interval=config.drain.log_interval)
+        return await run_auto_drain(
+            config, source, deadline=config.drain.deadline, renderer=renderer, log=log, **common
+        )
+
+    report = run_report(args, main)
+    print(report.summary.render())
+    if report.summary.counts.get("pending") or report.summary.counts.get("in_flight"):
+        print("Run the same command again to resume (open batches are picked up, not re-sent).")
+    return exit_code(report)
+
+
+def exit_code(report: DrainReport | BatchReport | AutoReport) -> int:
     """3 on a fatal stop (4 when the endpoint is unreachable), 130 when stopped by a signal,
     1 if any job is not done, else 0."""
     counts = report.summary.counts
@@ -214,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
         "drain.max_tokens": args.max_tokens,
         "limits.lease_seconds": args.lease,
         "images.fetch": False if args.no_fetch else None,
+        "drain.lane": args.lane,
+        "drain.deadline": args.deadline,
         "endpoints": args.endpoint,
     }
     config = config_from_args(args, overrides)
@@ -249,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
         check_writable(queue, "queue")
     quiet = config.drain.progress == "quiet"
     renderer = make_renderer(config.drain.progress, interval=config.drain.log_interval)
+
+    if config.drain.lane != "realtime":
+        return _run_lane(config, args, source, output, queue, where, quiet)
 
     async def main() -> DrainReport:
         return await run_drain(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
 import anyio
 
+from ..batch._auto import lane_jobs, plan_for, plan_text
 from ..cost._estimate import EstimateReport, estimate_jobs
 from ..cost._model import CostModel
 from ..cost._prices import PriceTable
 from ..drain._progress import format_seconds
 from ..images._probe import ImageProber
+from ..limits._headers import parse_duration
 from ..prepare._image import PrepareStats
 from ..prepare._preparer import prepare_bodies
 from ..sources._jobs import iter_jobs
@@ -38,6 +41,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rpm", type=int, help="requests per minute (default: limits.rpm)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
+        "--deadline",
+        type=_duration,
+        metavar="DURATION",
+        help="also plan the cheapest realtime + Batch API mix that is done within it (6h, 90m)",
+    )
+    parser.add_argument(
         "--no-fetch",
         action="store_true",
         help="do not read http(s) image headers; charge such images their detail's maximum",
@@ -59,17 +68,41 @@ def run(args: argparse.Namespace) -> int:
     with ImageProber(config.images, fetch=not args.no_fetch) as probe:
         model = CostModel(config, probe=probe, check_base64=True)
         report = estimate_jobs(iter_jobs(args.file), model, PriceTable.from_config(config), tpm=tpm)
+    plans = None
+    if args.deadline:
+        bodies = ((j.body, j.endpoint) for j in iter_jobs(args.file) if j.body is not None)
+        with ImageProber(config.images, fetch=not args.no_fetch) as probe:
+            priced = lane_jobs(
+                bodies, CostModel(config, probe=probe), PriceTable.from_config(config)
+            )
+            plans = plan_for(priced, config, deadline=args.deadline)
     prepared = None
     if args.prepare:
         prepared = anyio.run(prepare_bodies, iter_jobs(args.file), config)
     if args.json:
-        extra = {"preparation": prepared.to_dict()} if prepared is not None else {}
+        extra: dict[str, Any] = {}
+        if prepared is not None:
+            extra["preparation"] = prepared.to_dict()
+        if plans is not None:
+            extra["plan"] = {
+                model: {**dataclasses.asdict(plan), "price": plan.price, "saving": plan.saving}
+                for model, plan in plans.items()
+            }
         print(json.dumps({"file": args.file, **report.to_dict(tpm=tpm, rpm=rpm), **extra}))
     else:
         print(_text(args.file, report, tpm=tpm, rpm=rpm, counter=model.counter.name))
         if prepared is not None:
             print(_preparation_text(prepared))
+        if plans is not None:
+            print(plan_text(plans))
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 6h or 90m, got {text!r}")
+    return seconds
 
 
 def _preparation_text(stats: PrepareStats) -> str:

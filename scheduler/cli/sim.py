@@ -93,6 +93,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="F",
         help="billed image tokens = formula times F (admission unchanged)",
     )
+    parser.add_argument(
+        "--batch-queue-tokens",
+        type=int,
+        metavar="N",
+        help="Batch API: enqueued input tokens per model (default: unlimited)",
+    )
+    parser.add_argument(
+        "--batch-speed",
+        type=float,
+        default=5.0,
+        metavar="LINES/S",
+        help="Batch API: lines a second",
+    )
+    parser.add_argument(
+        "--batch-min-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="Batch API: shortest run of a batch, after its validation",
+    )
+    parser.add_argument(
+        "--batch-validation",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="Batch API: seconds a batch validates (then the enqueued-token check)",
+    )
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=86_400.0,
+        metavar="S",
+        help="Batch API: seconds until a batch expires (the 24h window)",
+    )
+    parser.add_argument(
+        "--batch-line-failure",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="Batch API: share of lines answered with a 500 in the error file",
+    )
     parser.add_argument("--api-key", help="the only key accepted (default: any Bearer key)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     parser.set_defaults(run=run)
@@ -100,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
     """Turn the flags (and the config's limits and cost profiles) into SimSettings."""
-    from ..sim.settings import FaultRates, LatencyModel, ModelLimits, SimSettings
+    from ..sim.settings import BatchSimSettings, FaultRates, LatencyModel, ModelLimits, SimSettings
 
     model_limits: dict[str, ModelLimits] = {}
     for item in args.model_limit:
@@ -146,6 +187,14 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
         bill_factor=args.bill_factor,
         api_key=args.api_key,
         config=config,
+        batch=BatchSimSettings(
+            queue_tokens=args.batch_queue_tokens,
+            lines_per_second=args.batch_speed,
+            min_seconds=args.batch_min_seconds,
+            validation_seconds=args.batch_validation,
+            completion_window=args.batch_window,
+            line_failure=args.batch_line_failure,
+        ),
     )
 
 

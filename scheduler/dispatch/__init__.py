@@ -3,6 +3,7 @@ answer and retries with tenacity; results come back as ``Result`` values."""
 
 from ._batch import run_batch
 from ._client import OpenAIClient, Reply, classify, request_was_sent, server_hint
+from ._observer import NO_OBSERVER, JobWatch, Observer, Observers
 from ._results import (
     CHAT_COMPLETIONS,
     ERROR_CODES,
@@ -19,7 +20,11 @@ from ._stream import ResultStream
 __all__ = [
     "CHAT_COMPLETIONS",
     "ERROR_CODES",
+    "NO_OBSERVER",
     "ErrorInfo",
+    "JobWatch",
+    "Observer",
+    "Observers",
     "OpenAIClient",
     "Reply",
     "Request",

@@ -35,6 +35,8 @@ __all__ = [
     "BILLING_CODES",
     "OpenAIClient",
     "Reply",
+    "api_headers",
+    "api_url",
     "classify",
     "request_was_sent",
     "server_hint",
@@ -207,6 +209,45 @@ def _clip(text: str, secret: str | None) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
 
 
+def api_headers(api: ApiConfig) -> dict[str, str]:
+    """The headers every request to ``api`` carries: key (Bearer or Azure), organization."""
+    secret = api.api_key.reveal() if api.api_key else None
+    headers = {"user-agent": "vsched"}
+    if secret:
+        if api.azure_api_version:
+            headers["api-key"] = secret
+        else:
+            headers["authorization"] = f"Bearer {secret}"
+    if api.organization:
+        headers["openai-organization"] = api.organization
+    if api.project:
+        headers["openai-project"] = api.project
+    return headers
+
+
+def api_url(
+    api: ApiConfig, endpoint: str, body: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, str]]:
+    """The URL and query parameters an endpoint (``/v1/chat/completions``) maps to on ``api``."""
+    base = api.base_url.rstrip("/")
+    path = endpoint if endpoint.startswith("/") else f"/{endpoint}"
+    if path.startswith("/v1/"):
+        path = path[3:]
+    if not api.azure_api_version:
+        # As the SDK: {base}/chat/completions, no /v1 added to a base with a path; only a
+        # bare host from the config or --base-url gets /v1 (unless it came verbatim).
+        bare = "/" not in base.partition("://")[2]
+        if bare and not api.base_url_verbatim and endpoint.startswith("/v1/"):
+            path = endpoint
+        return f"{base}{path}", {}
+    base = base.removesuffix("/openai")
+    params = {"api-version": api.azure_api_version}
+    if path == "/chat/completions":
+        deployment = api.azure_deployment or str((body or {}).get("model", ""))
+        return f"{base}/openai/deployments/{deployment}{path}", params
+    return f"{base}/openai{path}", params
+
+
 class OpenAIClient:
     """Sends bodies to an OpenAI-compatible (or Azure OpenAI) server over one connection pool."""
 
@@ -220,18 +261,8 @@ class OpenAIClient:
         self._api = api
         self._azure = bool(api.azure_api_version)
         self._secret = api.api_key.reveal() if api.api_key else None
-        headers = {"user-agent": "vsched"}
-        if self._secret:
-            if self._azure:
-                headers["api-key"] = self._secret
-            else:
-                headers["authorization"] = f"Bearer {self._secret}"
-        if api.organization:
-            headers["openai-organization"] = api.organization
-        if api.project:
-            headers["openai-project"] = api.project
         self._http = httpx.AsyncClient(
-            headers=headers,
+            headers=api_headers(api),
             timeout=httpx.Timeout(api.timeout),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -254,23 +285,7 @@ class OpenAIClient:
         ``{base_url}/chat/completions`` as the SDK builds it (``http://h/openai`` posts to
         ``/openai/chat/completions``); a bare host from ``[api] base_url`` gets ``/v1``.
         """
-        base = self._api.base_url.rstrip("/")
-        path = endpoint if endpoint.startswith("/") else f"/{endpoint}"
-        if path.startswith("/v1/"):
-            path = path[3:]
-        if not self._azure:
-            # As the SDK: {base}/chat/completions, no /v1 added to a base with a path; only a
-            # bare host from the config or --base-url gets /v1 (unless it came verbatim).
-            bare = "/" not in base.partition("://")[2]
-            if bare and not self._api.base_url_verbatim and endpoint.startswith("/v1/"):
-                path = endpoint
-            return f"{base}{path}", {}
-        base = base.removesuffix("/openai")
-        params = {"api-version": self._api.azure_api_version}
-        if path == "/chat/completions":
-            deployment = self._api.azure_deployment or str(body.get("model", ""))
-            return f"{base}/openai/deployments/{deployment}{path}", params
-        return f"{base}/openai{path}", params
+        return api_url(self._api, endpoint, body)
 
     async def post(self, endpoint: str, body: Mapping[str, Any]) -> Reply:
         """Send one attempt; any status comes back as a Reply, transport failures raise."""

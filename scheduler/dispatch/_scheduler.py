@@ -52,6 +52,7 @@ from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
 from ..prepare._preparer import ImagePreparer
 from ..sources._body import walk_body
 from ._client import Reply, classify, request_was_sent
+from ._observer import NO_OBSERVER, JobWatch, Observer
 from ._pool import Endpoint, EndpointPool
 from ._results import CHAT_COMPLETIONS, ErrorInfo, Request, Result, SchedulerStats
 from ._retry import retrying
@@ -82,6 +83,7 @@ class _Job:
 
 @dataclass(slots=True)
 class _Attempts:
+    watch: JobWatch
     count: int = 0
     first_sent: float | None = None
     status_code: int | None = None
@@ -119,7 +121,8 @@ class Scheduler:
     ``preparer`` rewrites local and inline images once per job, before its admission (the
     limiter is charged for the prepared body); ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
-    a fatal error.
+    a fatal error; ``observer`` watches each job and attempt (metrics, tracing: see
+    ``scheduler.observe``).
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class Scheduler:
         cost_model: CostModel | None = None,
         preparer: PrepareHook | None = None,
         grace: float | None = None,
+        observer: Observer | None = None,
         redis: RedisClient | None = None,
     ) -> None:
         # Only plain objects here: the connection pool and the rest are made on entry.
@@ -148,6 +152,7 @@ class Scheduler:
             preparer if preparer is not None else ImagePreparer(self._config)
         )
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
+        self._observer = observer if observer is not None else NO_OBSERVER
         self._pool: EndpointPool | None = None
         self._tg: TaskGroup | None = None
         # Made on entry: anyio primitives bind to the event loop that first uses them.
@@ -412,11 +417,24 @@ class Scheduler:
         return inlined.body, self._cost_model.reprice(cost, inlined.changes)
 
     async def _process(self, request: Request, job: _Job) -> Result | None:
-        """Run one job to its Result, or None when the run was stopped before it completed."""
+        """Run one job to its Result, or None when the run was stopped; the observer watches."""
+        state = _Attempts(
+            watch=self._observer.job_started(
+                request, limit_group=self.limit_group(self._model_of(request))
+            )
+        )
+        result: Result | None = None
+        try:
+            result = await self._run_job(request, job, state)
+        finally:
+            state.watch.finished(result)
+        return result
+
+    async def _run_job(self, request: Request, job: _Job, state: _Attempts) -> Result | None:
+        """Price, admit, send and retry one job; its watch is told of each attempt."""
         started = anyio.current_time()
         self._counts["started"] += 1
         label = f"job #{next(self._ids)}"
-        state = _Attempts()
         cost: RequestCost | None = None
         try:
             # Priced, read and prepared once, before admission: what is sent and charged.
@@ -557,7 +575,9 @@ class Scheduler:
         if self._fatal is not None:
             raise _Stopped
         model = self._model_of(request)
+        asked = anyio.current_time()
         endpoint, reservation = await self._pool.admit(model, cost.total, pinned=state.pinned)
+        state.watch.admitted(wait=anyio.current_time() - asked, tokens=reservation.tokens)
         limiter, client = endpoint.limiter(model), endpoint.client
         posted = False
         try:
@@ -565,6 +585,7 @@ class Scheduler:
                 raise _Stopped
             job.on_wire = posted = True
             state.count += 1
+            state.watch.sending(state.count)
             if state.first_sent is None:
                 state.first_sent = anyio.current_time()
             try:
@@ -572,6 +593,8 @@ class Scheduler:
             finally:
                 job.on_wire = False
         except BaseException as exc:
+            if posted:
+                state.watch.answered(status_code=None, error=exc)
             sent = posted and request_was_sent(exc)
             with anyio.CancelScope(shield=True):
                 if sent:
@@ -588,6 +611,7 @@ class Scheduler:
         state.status_code = reply.status_code
         state.request_id = reply.request_id
         error = classify(reply, secret=client.secret)
+        state.watch.answered(status_code=reply.status_code, error=error)
         with anyio.CancelScope(shield=True):
             if isinstance(error, RateLimited):
                 # First: the refused request was perhaps never charged, and the headers of its

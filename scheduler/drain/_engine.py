@@ -24,7 +24,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,8 +194,12 @@ async def drain_queue(
     output: Path | None = None,
     pricer: Pricer | None = None,
     counters: Counters | None = None,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> DrainReport:
-    """Send every pending job of ``queue`` through ``mapper``, record each result, export."""
+    """Send every pending job of ``queue`` through ``mapper``, record each result, export.
+
+    ``background`` tasks (the metrics endpoint) run alongside and are cancelled at the end.
+    """
     renderer = renderer or QuietRenderer()
     control = control or StopControl()
     started_wall = time.time()
@@ -245,6 +249,8 @@ async def drain_queue(
         async with anyio.create_task_group() as group:
             group.start_soon(redraw)
             group.start_soon(queue.keep_alive)
+            for task in background:
+                group.start_soon(task)
             if settings.handle_signals:
                 group.start_soon(_watch_signals, control)
             with anyio.CancelScope() as work:

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import httpx
+from anyio.abc import SocketStream
+from anyio.streams.stapled import MultiListener
 
 from .._config import Config, pool_tpm
+from .._errors import UsageError
 from ..cost._prices import PriceTable
+from ..dispatch._observer import Observer, Observers
 from ..dispatch._results import Request, Result
 from ..dispatch._scheduler import Scheduler
+from ..observe._metrics import SchedulerMetrics, require_prometheus
+from ..observe._server import bind_metrics, bound_port, serve_metrics
+from ..observe._tracing import JobTracer
 from ..prepare._image import BUDGET_METADATA_KEY
-from ..queues._async import AsyncJobQueue, as_async_queue
+from ..queues._async import AsyncJobQueue, InlineQueue, as_async_queue
 from ..queues._base import ClaimedJob, JobQueue, LoadReport
 from ..queues._open import open_async_queue
 from ..queues._redis_streams import AsyncRedisStreamsQueue
@@ -32,6 +41,8 @@ from ._progress import ProgressRenderer
 
 __all__ = ["load_source", "price_of", "run_drain", "scheduler_mapper"]
 logger = logging.getLogger("scheduler.drain")
+
+log = logging.getLogger("scheduler.drain")
 
 
 def scheduler_mapper(scheduler: Scheduler) -> Mapper:
@@ -175,15 +186,26 @@ async def _drain_with_scheduler(
         handle_signals=handle_signals,
     )
     control = control if control is not None else StopControl()
+    observers = _observers(config)
+    metrics = next((o for o in observers if isinstance(o, SchedulerMetrics)), None)
+    # Bound before the run, so a port in use stops the drain before any job is claimed.
+    listener = await _bind_metrics(config) if metrics is not None else None
+    observer = Observers(*observers) if observers else None
     # One Redis connection for the queue and the shared limit.
     redis = queue.client if isinstance(queue, AsyncRedisStreamsQueue) else None
-    async with Scheduler(config, transport=transport, redis=redis) as scheduler:
+    async with Scheduler(config, transport=transport, observer=observer, redis=redis) as scheduler:
         control.on_stop(scheduler.stop_sending)
 
         def counters() -> tuple[int, int]:
             stats = scheduler.stats()
             return stats.rate_limited, stats.retries
 
+        background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        if metrics is not None and listener is not None:
+            # The depth gauge reads counts() at scrape time, synchronously: an SQLite queue's.
+            local = queue.queue if isinstance(queue, InlineQueue) else None
+            metrics.watch(scheduler, queue=local)
+            background.append(functools.partial(serve_metrics, metrics, listener))
         return await drain_queue(
             queue,
             scheduler_mapper(scheduler),
@@ -193,4 +215,30 @@ async def _drain_with_scheduler(
             output=output,
             pricer=price_of(config),
             counters=counters,
+            background=background,
         )
+
+
+def _observers(config: Config) -> list[Observer]:
+    """Metrics when ``drain.metrics_port`` asks; spans whenever opentelemetry-api is installed
+    (no-op unless a tracer provider is configured, as ``opentelemetry-instrument`` does)."""
+    observers: list[Observer] = []
+    if config.drain.metrics_port:
+        try:
+            require_prometheus()
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"drain.metrics_port (--metrics-port): {exc}") from None
+        observers.append(SchedulerMetrics())
+    if importlib.util.find_spec("opentelemetry") is not None:
+        observers.append(JobTracer())
+    return observers
+
+
+async def _bind_metrics(config: Config) -> MultiListener[SocketStream]:
+    host, port = config.drain.metrics_host, config.drain.metrics_port
+    try:
+        listener = await bind_metrics(host=host, port=port)
+    except OSError as exc:
+        raise UsageError(f"drain.metrics_port (--metrics-port): {exc.strerror}") from None
+    log.info("serving metrics on http://%s:%d/metrics", host, bound_port(listener))
+    return listener

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -22,7 +23,14 @@ from ..cost._model import ImageChange
 from ..images._probe import ImageInfo, probe_image, read_image_bytes, short_source
 from ..sources._body import BodyParts, Path
 
-__all__ = ["Inlined", "PrepareHook", "PreparedUpload", "has_heavy_images", "inline_local_images"]
+__all__ = [
+    "Inlined",
+    "PrepareHook",
+    "PreparedUpload",
+    "has_heavy_images",
+    "inline_local_images",
+    "inlined_growth",
+]
 
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 # Data URLs up to this many characters are decoded (and images up to half as many bytes encoded)
@@ -74,6 +82,22 @@ def has_heavy_images(parts: BodyParts) -> bool:
     """True when pricing or inlining the body reads a file or URL or decodes a large data URL:
     work for a worker thread, not the event loop (small data URLs take microseconds)."""
     return any(ref.url is not None and not _is_small_data(ref.url) for ref in parts.images)
+
+
+def inlined_growth(parts: BodyParts) -> int:
+    """Bytes a body grows by when its local images are inlined (the base64 of each file).
+
+    The Batch API lane sizes its input files with it before reading any image.
+    """
+    grown = 0
+    for ref in parts.images:
+        if ref.url is not None and _is_local(ref.url):
+            try:
+                size = os.path.getsize(ref.url.removeprefix("file://"))
+            except OSError:
+                continue
+            grown += max(0, 4 * ((size + 2) // 3) + 32 - len(ref.url))
+    return grown
 
 
 def _data_url(data: bytes, mime: str) -> str:

@@ -3,6 +3,7 @@ results JSONL they export. One ``JobQueue`` protocol, two backends."""
 
 from ._async import AsyncJobQueue, InlineQueue, as_async_queue
 from ._base import STATES, ClaimedJob, JobQueue, JobRecord, LoadReport, Outcome, State
+from ._batch_ledger import BatchEntry, BatchLedger, SqliteBatchLedger
 from ._jsonl import ExportReport, result_line, write_results
 from ._open import open_async_queue, open_queue
 from ._redis_streams import AsyncRedisStreamsQueue, RedisStreamsQueue
@@ -12,6 +13,8 @@ __all__ = [
     "STATES",
     "AsyncJobQueue",
     "AsyncRedisStreamsQueue",
+    "BatchEntry",
+    "BatchLedger",
     "ClaimedJob",
     "ExportReport",
     "InlineQueue",
@@ -20,6 +23,7 @@ __all__ = [
     "LoadReport",
     "Outcome",
     "RedisStreamsQueue",
+    "SqliteBatchLedger",
     "SqliteQueue",
     "State",
     "as_async_queue",

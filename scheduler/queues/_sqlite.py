@@ -33,11 +33,14 @@ from typing import IO, Any, TypeVar, cast
 from .._errors import QueueBusy, QueueError, StorageError, UsageError
 from ..sources._jobs import Job
 from ._base import STATES, ClaimedJob, JobRecord, LoadReport, Outcome, State
+from ._batch_ledger import SqliteBatchLedger
 
 __all__ = ["SqliteQueue"]
 
 _SCHEMA_VERSION = 2
 _TABLES = frozenset({"jobs", "meta", "runs"})
+# Tables the Batch lane's ledger adds to a queue once it is used (queues/_batch_ledger.py).
+_LEDGER_TABLES = frozenset({"batches", "batch_jobs"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq         INTEGER PRIMARY KEY,
@@ -169,7 +172,7 @@ class SqliteQueue:
         if version not in (0, 1, _SCHEMA_VERSION):
             raise QueueError(f"queue {self.path}: unknown schema version {version}")
         if (version == 0 and not self._interrupted_creation(tables)) or (
-            version and tables != _TABLES
+            version and not _TABLES <= tables <= _TABLES | _LEDGER_TABLES
         ):
             found = ", ".join(sorted(tables)) or "no tables"
             raise QueueError(
@@ -536,6 +539,10 @@ class SqliteQueue:
     def total_claims(self) -> int:
         """How many times jobs were claimed for sending, over every run (at-least-once)."""
         return int(self._db.execute("SELECT COALESCE(SUM(claims), 0) FROM jobs").fetchone()[0])
+
+    def batch_ledger(self) -> SqliteBatchLedger:
+        """The Batch API lane's record of batches and their jobs, in this file."""
+        return SqliteBatchLedger(self._db)
 
     # -- runs ----------------------------------------------------------------------------------
 

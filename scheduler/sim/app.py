@@ -30,8 +30,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import bodies
+from .batches import BatchBook
 from .charge import BadRequest, Charge, ModelNotFound, Pricer
 from .faults import RequestDraw, header_lag, request_rng
+from .files import FileStore
 from .limits import ModelMeters, Refusal
 from .settings import SimSettings
 from .stats import SimStats
@@ -76,11 +78,15 @@ class SimApp:
         self._pricer = Pricer(settings)
         self._meters: dict[str, ModelMeters] = {}
         self._numbers = 0
+        self.files = FileStore(settings, self._clock)
+        self.batches = BatchBook(settings, self.files, self._clock)
         self._routes = Starlette(
             routes=[
                 Route(CHAT, self._chat, methods=["POST"]),
                 Route(RESPONSES, self._responses, methods=["POST"]),
                 Route("/sim/stats", self._stats, methods=["GET"]),
+                *self.files.routes(),
+                *self.batches.routes(),
             ],
             exception_handlers={HTTPException: _http_error},
         )
@@ -131,6 +137,8 @@ class SimApp:
                     "remaining_requests": meters.requests.remaining(now),
                 }
             )
+        self.batches.advance(now)
+        snapshot["batches"] = self.batches.stats.snapshot()
         return JSONResponse(snapshot)
 
     async def _serve(self, request: Request, endpoint: str) -> Response:

@@ -18,7 +18,7 @@ from .._config import Config
 from .._errors import ConfigError
 from .pricing import ImageCharge
 
-__all__ = ["FaultRates", "LatencyModel", "ModelLimits", "SimSettings"]
+__all__ = ["BatchSimSettings", "FaultRates", "LatencyModel", "ModelLimits", "SimSettings"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +111,49 @@ class FaultRates:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BatchSimSettings:
+    """How the simulated Batch API works through batches (``scheduler.sim.batches``).
+
+    A batch validates for ``validation_seconds`` (then fails with ``token_limit_exceeded`` if
+    the model's pending batches would hold more than ``queue_tokens`` input tokens), then runs
+    its lines at ``lines_per_second``, taking at least ``min_seconds``; lines not run before
+    ``completion_window`` seconds have passed since creation expire. ``line_failure`` is the
+    seeded share of lines answered with a 500 in the error file.
+    """
+
+    queue_tokens: int | None = None
+    model_queue_tokens: Mapping[str, int] = field(default_factory=dict)
+    validation_seconds: float = 30.0
+    lines_per_second: float = 5.0
+    min_seconds: float = 60.0
+    finalizing_seconds: float = 2.0
+    completion_window: float = 86_400.0
+    cancelling_seconds: float = 5.0
+    line_failure: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("validation_seconds", "min_seconds", "finalizing_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"batch.{name}: expected >= 0, got {getattr(self, name)!r}")
+        if self.cancelling_seconds < 0:
+            raise ConfigError("batch.cancelling_seconds: expected >= 0")
+        _positive("batch.lines_per_second", self.lines_per_second)
+        _positive("batch.completion_window", self.completion_window)
+        if self.queue_tokens is not None:
+            _positive("batch.queue_tokens", self.queue_tokens)
+        for model, tokens in self.model_queue_tokens.items():
+            _positive(f"batch.model_queue_tokens.{model}", tokens)
+        if not 0.0 <= self.line_failure <= 1.0:
+            raise ConfigError(
+                f"batch.line_failure: expected a probability, got {self.line_failure!r}"
+            )
+
+    def queue_tokens_for(self, model: str) -> int | None:
+        """The enqueued-token limit of ``model`` (None: unlimited)."""
+        return self.model_queue_tokens.get(model, self.queue_tokens)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SimSettings:
     """Everything the simulator does differently from one run to the next.
 
@@ -154,6 +197,8 @@ class SimSettings:
     api_key: str | None = field(default=None, repr=False)
     organization: str = "org-sim"
     config: Config = field(default_factory=Config)
+    # The Batch API: enqueued-token limits, processing speed, expiry, line failures.
+    batch: BatchSimSettings = field(default_factory=BatchSimSettings)
 
     def __post_init__(self) -> None:
         _positive("tpm", self.tpm)
