@@ -47,6 +47,7 @@ __all__ = [
     "mask_secret",
     "mask_url",
     "missing_keys",
+    "pool_rpm",
     "pool_tpm",
     "secret_forms",
 ]
@@ -614,6 +615,13 @@ def pool_tpm(config: Config) -> int:
     if not config.endpoints:
         return config.limits.tpm
     return sum(e.limits_config(config.limits).tpm for e in config.endpoints)
+
+
+def pool_rpm(config: Config) -> int:
+    """The RPM limit a run is measured against, as :func:`pool_tpm` for requests."""
+    if not config.endpoints:
+        return config.limits.rpm
+    return sum(e.limits_config(config.limits).rpm for e in config.endpoints)
 
 
 def missing_keys(config: Config) -> list[str]:

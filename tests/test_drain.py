@@ -45,6 +45,7 @@ class FakeResult:
     metadata: Any
     cost: FakeCost | None = None
     request_id: str | None = None
+    charged_tokens: int = 0
 
 
 def fake_mapper(

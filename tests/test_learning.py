@@ -67,6 +67,43 @@ def test_requested_n_teaches_the_exact_charge() -> None:
     assert learner.factor == pytest.approx(843 / 255, rel=0.02)
 
 
+def sparse(learner: ChargeLearner, *, ratio: float, answers: int, others: float = 0.0) -> None:
+    """One request of 1,165 estimated every 1.2 s, answered 0.5 s later by a server charging
+    ``ratio`` x: the meter empties between answers (the drain outruns the traffic);
+    ``others`` tokens of another client's arrive with every request (the meter is not ours)."""
+    estimates = 0.0
+    for answer in range(answers):
+        admitted_at = 1.2 * answer
+        estimates += 1_165
+        used = max(0.0, 1_165 * ratio + others - RATE * 0.5)
+        learner.read_remaining(
+            remaining=LIMIT - used,
+            limit=LIMIT,
+            estimates=estimates,
+            now=admitted_at + 0.5,
+            alone=(admitted_at, 1_165.0),
+        )
+
+
+@pytest.mark.parametrize(
+    ("ratio", "others", "learnt"),
+    [
+        (0.7, 0.0, 0.7),  # charged less: learnt from each request alone on an empty meter
+        (0.72, 0.0, 0.72),  # flat 843 for a 1,165-token estimate
+        (1.0, 0.0, 1.0),  # the formula: kept
+        (0.7, 1_000.0, 1.0),  # another client keeps the meter busy: never alone on it
+    ],
+)
+def test_a_request_alone_on_an_empty_meter_teaches_its_charge(
+    ratio: float, others: float, learnt: float
+) -> None:
+    """Sparse traffic, where no pair of readings counts, still learns the charge from answers
+    to requests that found the meter empty, and only from those."""
+    learner = ChargeLearner()
+    sparse(learner, ratio=ratio, answers=20, others=others)
+    assert learner.factor == pytest.approx(learnt, rel=0.02)
+
+
 def test_an_idle_meter_teaches_nothing() -> None:
     """A reading of an empty meter (it may not have drained) breaks the chain: no sample."""
     learner = ChargeLearner()

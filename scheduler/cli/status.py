@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..drain._progress import format_seconds
-from ..drain._summary import failure_line
+from ..drain._summary import failure_line, limit_line
 from ..queues._redis_streams import RedisStreamsQueue
 from .flags import add_config_flag, add_redis_flags
 from .queue_paths import add_queue_flags, open_queue
@@ -67,9 +67,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _last_run_line(last: dict[str, Any]) -> str:
     when = datetime.fromtimestamp(last["finished"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if "token_utilisation" in last:
+        limits = limit_line(
+            tpm_limit=int(last.get("tpm_limit", 0)),
+            token_utilisation=float(last["token_utilisation"]),
+            rpm_limit=int(last.get("rpm_limit", 0)),
+            request_utilisation=float(last.get("request_utilisation", 0.0)),
+        )
+    else:  # a run stored before requests were counted
+        limits = f"mean utilisation {last.get('utilisation', 0):.0%}"
     text = (
-        f"Last run: ended {when}, {last.get('tokens', 0):,} tokens,"
-        f" mean utilisation {last.get('utilisation', 0):.0%}, 429s {last.get('rate_limited', 0)},"
+        f"Last run: ended {when}, {last.get('tokens', 0):,} tokens, {limits},"
+        f" 429s {last.get('rate_limited', 0)},"
         f" wall time {format_seconds(last.get('wall_time'))}"
         f" (ideal {format_seconds(last.get('ideal_time'))})"
     )

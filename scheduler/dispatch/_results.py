@@ -188,7 +188,9 @@ class Result:
     ``cost`` is the estimate the limiter was charged, that of the body as sent (images
     prepared), and ``usage`` what the server reported;
     ``request_id`` is the ``x-request-id`` of the last answer (None when there was none);
-    ``endpoint_name`` the ``[[endpoints]]`` entry that gave it (None without named endpoints).
+    ``endpoint_name`` the ``[[endpoints]]`` entry that gave it (None without named endpoints);
+    ``charged_tokens`` what the limiter charged the last attempt sent, the server's view (the
+    estimate times the charge learnt from the server; 0 when nothing was sent).
     """
 
     status: Literal["ok", "failed"]
@@ -203,6 +205,7 @@ class Result:
     request: Request
     request_id: str | None = None
     endpoint_name: str | None = None
+    charged_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -212,7 +215,13 @@ class Result:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerStats:
-    """Counters since the scheduler started; tokens are the estimate charged vs. reported usage."""
+    """Counters since the scheduler started.
+
+    ``attempts`` are the requests the server saw; ``charged_tokens`` what the limiter charged
+    for the last attempt of every finished job (the server's view: our estimate times the charge
+    learnt from its answers), ``estimated_tokens`` our own estimate and ``usage_tokens`` the
+    billed usage of the succeeded ones.
+    """
 
     started: int
     succeeded: int
@@ -223,3 +232,4 @@ class SchedulerStats:
     rate_limited: int
     estimated_tokens: int
     usage_tokens: int
+    charged_tokens: int = 0

@@ -88,6 +88,8 @@ class _Attempts:
     first_sent: float | None = None
     status_code: int | None = None
     request_id: str | None = None
+    # What the limiter charged the last attempt sent (our estimate times the learnt charge).
+    charged: int = 0
     # The endpoint of the last attempt, and the one the next must use (None: any).
     endpoint: Endpoint | None = None
     pinned: Endpoint | None = None
@@ -179,6 +181,7 @@ class Scheduler:
                 "retries",
                 "rate_limited",
                 "estimated_tokens",
+                "charged_tokens",
                 "usage_tokens",
             ),
             0,
@@ -483,6 +486,7 @@ class Scheduler:
                 request=request,
                 request_id=state.request_id,
                 endpoint_name=self._endpoint_name(state),
+                charged_tokens=state.charged,
             )
         self._count_attempts(state)
         self._counts["succeeded"] += 1
@@ -503,6 +507,7 @@ class Scheduler:
             request=request,
             request_id=state.request_id,
             endpoint_name=self._endpoint_name(state),
+            charged_tokens=state.charged,
         )
 
     def _mask(self, text: str) -> str:
@@ -560,6 +565,7 @@ class Scheduler:
 
     def _count_attempts(self, state: _Attempts) -> None:
         self._counts["attempts"] += state.count
+        self._counts["charged_tokens"] += state.charged
         self._counts["retries"] += max(0, state.count - 1)
 
     async def _attempt(
@@ -585,6 +591,7 @@ class Scheduler:
                 raise _Stopped
             job.on_wire = posted = True
             state.count += 1
+            state.charged = reservation.tokens
             state.watch.sending(state.count)
             if state.first_sent is None:
                 state.first_sent = anyio.current_time()

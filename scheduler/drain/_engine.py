@@ -63,6 +63,8 @@ class DrainSettings:
     """How a drain claims, stops and reports."""
 
     tpm_limit: int
+    # The requests-per-minute limit (0: unknown, only tokens are reported).
+    rpm_limit: int = 0
     # Jobs handed to the scheduler and not yet answered, at most: the scheduler's in-flight
     # limit, so that a stop leaves nothing queued inside the scheduler's read-ahead.
     window: int = 64
@@ -75,6 +77,8 @@ class DrainSettings:
     def __post_init__(self) -> None:
         if min(self.tpm_limit, self.window, self.claim_batch, self.refresh) <= 0:
             raise ValueError("tpm_limit, window, claim_batch and refresh must be positive")
+        if self.rpm_limit < 0:
+            raise ValueError("rpm_limit must be >= 0")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
 
@@ -203,6 +207,8 @@ async def drain_queue(
     renderer = renderer or QuietRenderer()
     control = control or StopControl()
     started_wall = time.time()
+    # Durations on the loop's clock, as the progress rates (virtual under a mock clock).
+    started = anyio.current_time()
     queue = as_async_queue(queue)
     await queue.recover()
     counts = await queue.counts()
@@ -211,6 +217,7 @@ async def drain_queue(
         failed=counts["failed"],
         remaining=counts["pending"],
         tpm_limit=settings.tpm_limit,
+        rpm_limit=settings.rpm_limit,
         started=anyio.current_time(),
     )
 
@@ -287,7 +294,7 @@ async def drain_queue(
         queue,
         progress,
         settings,
-        wall_time=time.time() - started_wall,
+        wall_time=anyio.current_time() - started,
         price=pricer(progress.by_model) if pricer else None,
         stopped=f"{fatal}" if fatal else control.reason,
         output=output,
@@ -358,14 +365,16 @@ def _endpoint_name(result: Result) -> str | None:
 
 
 def _charged(result: Result) -> int:
-    """What the limit was charged for the request (the Scheduler's estimate), 0 if unknown.
+    """What the limit was charged for the request, 0 if unknown: the limiter's charge (our
+    estimate times the charge learnt from the server), else the estimate.
 
     A job that was never sent (bad input, a request over the limit) charged nothing, even though
     its estimate is known.
     """
     if result.attempts < 1 or result.cost is None:
         return 0
-    return result.cost.total
+    # A limiter that reports no charge (a custom one) leaves the estimate as the best figure.
+    return result.charged_tokens or result.cost.total
 
 
 async def _summarise(
@@ -392,6 +401,8 @@ async def _summarise(
         charged=progress.charged,
         price=price if price is None or math.isfinite(price) else None,
         tpm_limit=settings.tpm_limit,
+        rpm_limit=settings.rpm_limit,
+        requests=progress.requests,
         wall_time=wall_time,
         rate_limited=progress.rate_limited,
         retries=progress.retries,

@@ -6,10 +6,13 @@ a terminal, a plain line every few seconds otherwise (or a JSON object per line)
 quiet. :class:`DrainSummary` is the final account: jobs by state, tokens, estimated price, mean
 use of the limit, 429s, and the wall time against the ideal ``total tokens / TPM``.
 
-Two views of tokens are kept, as the service does: *charged* is what the limit counts (the
-estimate a request is admitted with: prompt plus completion reserve), *used* is the billed usage
-the server reports. Tokens per minute, utilisation and the ideal time are about the limit, so
-they use the charged tokens whenever the results carry them, the used tokens otherwise.
+Two views of tokens are kept, as the service does: *charged* is what the limit counts (what the
+limiter admitted the request with: the estimate of prompt plus completion reserve times the
+charge learnt from the server's answers), *used* is the billed usage the server reports. Tokens
+per minute, utilisation and the ideal time are about the limit, so they use the charged tokens
+whenever the results carry them, the used tokens otherwise. Requests per minute (every attempt
+sent) stand beside them, and the *binding* limit, the one at the larger share, comes first: a
+drain bound by RPM is reported by its RPM.
 """
 
 from __future__ import annotations
@@ -69,6 +72,24 @@ def _short(n: float) -> str:
     return f"{n / 1000:.1f}k" if abs(n) >= 10_000 else f"{n:.0f}"
 
 
+def _share(rate: float, limit: int) -> float | None:
+    return rate / limit if limit > 0 else None
+
+
+def limit_figures(*, tpm: float, tpm_limit: int, rpm: float, rpm_limit: int) -> str:
+    """``120/500 RPM (24%), 80.1k/600k TPM (13%)``: the binding limit (larger share) first."""
+    tokens_share, requests_share = _share(tpm, tpm_limit), _share(rpm, rpm_limit)
+    tokens = f"{_short(tpm)}/{_short(tpm_limit)} TPM" + (
+        f" ({tokens_share:.0%})" if tokens_share is not None else ""
+    )
+    if requests_share is None:
+        return tokens
+    requests = f"{_short(rpm)}/{_short(rpm_limit)} RPM ({requests_share:.0%})"
+    if tokens_share is not None and tokens_share >= requests_share:
+        return f"{tokens}, {requests}"
+    return f"{requests}, {tokens}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProgressSnapshot:
     """The drain's figures at one moment."""
@@ -84,6 +105,9 @@ class ProgressSnapshot:
     retries: int
     elapsed: float
     eta: float | None
+    # Requests per minute sent (attempts) over the last minute, and the RPM limit (0: unknown).
+    rpm: float = 0.0
+    rpm_limit: int = 0
     # Jobs answered per named endpoint this run (empty without [[endpoints]]).
     endpoints: dict[str, int] = field(default_factory=dict)
 
@@ -92,12 +116,18 @@ class ProgressSnapshot:
         """Every job in the queue."""
         return self.done + self.failed + self.remaining
 
+    @property
+    def limits(self) -> str:
+        """Tokens and requests per minute against their limits, the binding one first."""
+        return limit_figures(
+            tpm=self.tpm, tpm_limit=self.tpm_limit, rpm=self.rpm, rpm_limit=self.rpm_limit
+        )
+
     def line(self) -> str:
         """One human-readable status line."""
-        share = f" ({self.tpm / self.tpm_limit:.0%})" if self.tpm_limit else ""
         return (
             f"{self.done + self.failed}/{self.total} jobs: {self.done} done, {self.failed} failed,"
-            f" {self.remaining} left | {_short(self.tpm)}/{_short(self.tpm_limit)} TPM{share}"
+            f" {self.remaining} left | {self.limits}"
             f" | 429s {self.rate_limited} | retries {self.retries}"
             f" | elapsed {format_seconds(self.elapsed)} | ETA {format_seconds(self.eta)}"
             + (f" | {endpoint_shares(self.endpoints)}" if self.endpoints else "")
@@ -131,15 +161,25 @@ class DrainProgress:
     """Counts a drain's results as they arrive; the time is always passed in."""
 
     def __init__(
-        self, *, done: int, failed: int, remaining: int, tpm_limit: int, started: float
+        self,
+        *,
+        done: int,
+        failed: int,
+        remaining: int,
+        tpm_limit: int,
+        started: float,
+        rpm_limit: int = 0,
     ) -> None:
         self.done = done
         self.failed = failed
         self.remaining = remaining
         self.tpm_limit = tpm_limit
+        self.rpm_limit = rpm_limit
         self.started = started
         self.tokens = 0
         self.charged = 0
+        # Requests sent (every attempt) this run.
+        self.requests = 0
         # Prompt tokens estimated and billed over the answers that carry both (billing_line).
         self.estimated_prompt = 0
         self.billed_prompt = 0
@@ -150,6 +190,7 @@ class DrainProgress:
         # Jobs answered per named endpoint (empty without [[endpoints]]).
         self.by_endpoint: dict[str, int] = {}
         self._tokens = _Window()
+        self._requests = _Window()
         self._jobs = _Window()
 
     def add(
@@ -182,7 +223,9 @@ class DrainProgress:
             split[0] += prompt_tokens
             split[1] += completion_tokens
         self.charged += charged_tokens
+        self.requests += max(0, attempts)
         self._tokens.add(now, charged_tokens or used)
+        self._requests.add(now, max(0, attempts))
         self._jobs.add(now, 1)
 
     def snapshot(self, now: float) -> ProgressSnapshot:
@@ -190,6 +233,7 @@ class DrainProgress:
         elapsed = max(0.0, now - self.started)
         span = min(float(_WINDOW), elapsed)
         tpm = self._tokens.total(now) * 60.0 / span if span >= 1.0 else 0.0
+        rpm = self._requests.total(now) * 60.0 / span if span >= 1.0 else 0.0
         jobs_rate = self._jobs.total(now) / span if span >= 1.0 else 0.0
         eta = self.remaining / jobs_rate if jobs_rate > 0 else (0.0 if not self.remaining else None)
         return ProgressSnapshot(
@@ -200,6 +244,8 @@ class DrainProgress:
             charged=self.charged,
             tpm=tpm,
             tpm_limit=self.tpm_limit,
+            rpm=rpm,
+            rpm_limit=self.rpm_limit,
             rate_limited=self.rate_limited,
             retries=self.retries,
             elapsed=elapsed,
@@ -271,7 +317,8 @@ class JsonLogRenderer(LogRenderer):
 
 
 class LiveRenderer:
-    """A rich live bar: jobs, tokens per minute against the limit, 429s, retries and ETA."""
+    """A rich live bar: jobs, requests and tokens per minute against the limits (the binding one
+    first), 429s, retries and ETA."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -280,7 +327,6 @@ class LiveRenderer:
     def _render(self, snapshot: ProgressSnapshot) -> Group:
         finished = snapshot.done + snapshot.failed
         bar = ProgressBar(total=max(snapshot.total, 1), completed=finished, width=40)
-        share = snapshot.tpm / snapshot.tpm_limit if snapshot.tpm_limit else 0.0
         head = Text.assemble(
             (f"{finished}/{snapshot.total} ", "bold"),
             (f"done {snapshot.done} ", "green"),
@@ -288,8 +334,7 @@ class LiveRenderer:
             (f"left {snapshot.remaining}", "cyan"),
         )
         figures = Text(
-            f"TPM {_short(snapshot.tpm)}/{_short(snapshot.tpm_limit)} ({share:.0%})"
-            f"  429s {snapshot.rate_limited}  retries {snapshot.retries}"
+            f"{snapshot.limits}  429s {snapshot.rate_limited}  retries {snapshot.retries}"
             f"  ETA {format_seconds(snapshot.eta)}  ({format_seconds(snapshot.elapsed)})"
             + (f"\n{endpoint_shares(snapshot.endpoints)}" if snapshot.endpoints else "")
         )

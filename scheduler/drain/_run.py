@@ -14,7 +14,7 @@ import httpx
 from anyio.abc import SocketStream
 from anyio.streams.stapled import MultiListener
 
-from .._config import Config, pool_tpm
+from .._config import Config, pool_rpm, pool_tpm
 from .._errors import UsageError
 from ..cost._prices import PriceTable
 from ..dispatch._observer import Observer, Observers
@@ -181,6 +181,7 @@ async def _drain_with_scheduler(
 ) -> DrainReport:
     settings = DrainSettings(
         tpm_limit=pool_tpm(config),
+        rpm_limit=pool_rpm(config),
         window=config.concurrency.max_in_flight,
         grace=config.drain.grace,
         handle_signals=handle_signals,

@@ -8,7 +8,14 @@ from typing import Any
 
 from ._progress import _clip, endpoint_shares, format_seconds
 
-__all__ = ["BILLING_TOLERANCE", "DrainSummary", "Failure", "billing_line", "failure_line"]
+__all__ = [
+    "BILLING_TOLERANCE",
+    "DrainSummary",
+    "Failure",
+    "billing_line",
+    "failure_line",
+    "limit_line",
+]
 
 #: Billed prompt tokens further than this share from the estimate get a line in the summary.
 BILLING_TOLERANCE = 0.10
@@ -43,6 +50,9 @@ class DrainSummary:
     endpoints: Mapping[str, int] = field(default_factory=dict)
     estimated_prompt: int = 0
     billed_prompt: int = 0
+    # Requests sent (every attempt) and the RPM limit (0: unknown).
+    requests: int = 0
+    rpm_limit: int = 0
 
     @property
     def limit_tokens(self) -> int:
@@ -55,9 +65,26 @@ class DrainSummary:
         return self.limit_tokens * 60.0 / self.tpm_limit if self.tpm_limit else 0.0
 
     @property
-    def utilisation(self) -> float:
-        """Mean share of the limit used over the wall time."""
+    def token_utilisation(self) -> float:
+        """Mean share of the TPM limit charged over the wall time."""
         return self.ideal_time / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def request_utilisation(self) -> float:
+        """Mean share of the RPM limit sent over the wall time (0 when the limit is unknown)."""
+        if self.wall_time <= 0 or self.rpm_limit <= 0:
+            return 0.0
+        return self.requests * 60.0 / self.rpm_limit / self.wall_time
+
+    @property
+    def binding(self) -> str:
+        """The limit the run was bound by: ``"requests"`` or ``"tokens"`` (the larger share)."""
+        return "requests" if self.request_utilisation > self.token_utilisation else "tokens"
+
+    @property
+    def utilisation(self) -> float:
+        """Mean share of the binding limit used over the wall time, as the server counts."""
+        return max(self.token_utilisation, self.request_utilisation)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data (also stored as the run's figures)."""
@@ -70,6 +97,11 @@ class DrainSummary:
             "wall_time": round(self.wall_time, 3),
             "ideal_time": round(self.ideal_time, 3),
             "utilisation": round(self.utilisation, 4),
+            "binding": self.binding,
+            "token_utilisation": round(self.token_utilisation, 4),
+            "requests": self.requests,
+            "rpm_limit": self.rpm_limit,
+            "request_utilisation": round(self.request_utilisation, 4),
             "rate_limited": self.rate_limited,
             "retries": self.retries,
             "failures": [asdict(f) for f in self.failures],
@@ -81,6 +113,15 @@ class DrainSummary:
             "billed_prompt": self.billed_prompt,
         }
 
+    def limit_line(self) -> str:
+        """Mean use of each limit, the binding one first: ``500 RPM 97%, 600,000 TPM 13%``."""
+        return limit_line(
+            tpm_limit=self.tpm_limit,
+            token_utilisation=self.token_utilisation,
+            rpm_limit=self.rpm_limit,
+            request_utilisation=self.request_utilisation,
+        )
+
     def render(self) -> str:
         """The summary as text for the terminal."""
         counts = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in self.counts.items())
@@ -89,7 +130,7 @@ class DrainSummary:
         lines = [
             f"Jobs: {counts}",
             f"Tokens: {self.tokens:,} used (billed){charged}, estimated price {price}",
-            f"Limit: {self.tpm_limit:,} TPM, mean utilisation {self.utilisation:.0%}",
+            f"Limit: {self.limit_line()}",
             f"429s: {self.rate_limited}, retries: {self.retries}",
             *([f"Endpoints: {endpoint_shares(dict(self.endpoints))}"] if self.endpoints else []),
             f"Wall time: {format_seconds(self.wall_time)}"
@@ -108,6 +149,21 @@ class DrainSummary:
             if self.failures_total > len(self.failures):
                 lines.append(f"  ... and {self.failures_total - len(self.failures)} more")
         return "\n".join(lines)
+
+
+def limit_line(
+    *, tpm_limit: int, token_utilisation: float, rpm_limit: int, request_utilisation: float
+) -> str:
+    """``500 RPM, mean utilisation 97%; 600,000 TPM, 13%``: the binding limit first (also for
+    ``vsched status``, from a stored summary)."""
+    tokens = f"{tpm_limit:,} TPM"
+    if rpm_limit <= 0:
+        return f"{tokens}, mean utilisation {token_utilisation:.0%}"
+    requests = f"{rpm_limit:,} RPM"
+    first, second = (tokens, token_utilisation), (requests, request_utilisation)
+    if request_utilisation > token_utilisation:
+        first, second = second, first
+    return f"{first[0]}, mean utilisation {first[1]:.0%}; {second[0]}, {second[1]:.0%}"
 
 
 def failure_line(custom_id: str, line: int, reason: str) -> str:

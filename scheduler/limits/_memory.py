@@ -513,6 +513,9 @@ class Limiter:
                     limit=float(self._limits[0]),
                     estimates=float(self._estimated_tokens),
                     now=now,
+                    alone=(linked.admitted_at, float(linked.estimate))
+                    if linked is not None and self._admitted_tokens == linked._mark_tokens
+                    else None,
                 )
             ):
                 changed = True
