@@ -328,19 +328,48 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConcurrencyConfig:
-    """How many requests may be in flight and how far ahead the input is read."""
+    """How many requests may be on the wire, how many prepared bodies held, how far ahead read.
+
+    ``max_prepared`` (default twice ``max_in_flight``) bounds the jobs priced and prepared at
+    once (waiting for admission, on the wire, or between retries), ``max_prepared_per_group``
+    (default ``max_in_flight``, at most ``max_prepared``) the share of one limit group, so a
+    group waiting for its limit never holds every place.
+    """
 
     max_in_flight: int = 64
     read_ahead: int = 256
+    max_prepared: int | None = None
+    max_prepared_per_group: int | None = None
     shutdown_grace: float = 10.0
 
     def __post_init__(self) -> None:
         _positive("concurrency.max_in_flight", self.max_in_flight)
         _positive("concurrency.read_ahead", self.read_ahead)
+        if self.max_prepared is not None:
+            _positive("concurrency.max_prepared", self.max_prepared)
+        if self.max_prepared_per_group is not None:
+            _positive("concurrency.max_prepared_per_group", self.max_prepared_per_group)
+            if self.max_prepared_per_group > self.prepared:
+                raise ConfigError(
+                    "concurrency.max_prepared_per_group: expected at most max_prepared"
+                    f" ({self.prepared}), got {self.max_prepared_per_group!r}"
+                )
         if self.shutdown_grace < 0:
             raise ConfigError(
                 f"concurrency.shutdown_grace: expected >= 0, got {self.shutdown_grace!r}"
             )
+
+    @property
+    def prepared(self) -> int:
+        """Jobs priced and prepared at once, in total."""
+        return self.max_prepared if self.max_prepared is not None else 2 * self.max_in_flight
+
+    @property
+    def prepared_per_group(self) -> int:
+        """Jobs priced and prepared at once for one limit group."""
+        if self.max_prepared_per_group is not None:
+            return self.max_prepared_per_group
+        return min(self.max_in_flight, self.prepared)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,12 +6,15 @@ when that reads images), then its local and inline images are read and prepared 
 again, so the limiter is charged for what the server will see; only then is each attempt
 admitted by the limiter, sent by the client, classified, and retried by the tenacity policy.
 Preparing before admission keeps the time from admission to the wire short and steady (the
-limiter's margin counts on it). The prepared body is held while the job waits for admission and
-across its retries: at most ``concurrency.max_in_flight`` of them at once, since every job holds
-an in-flight slot from start to end. A job that fails for its own reason becomes a failed
-``Result``; a ``FatalError`` (quota, auth) stops the whole run: intake stops, requests not yet
-on the wire are cancelled, requests on the wire get ``grace`` seconds to finish, then the error
-is raised from ``submit``, ``map`` or ``__aexit__``.
+limiter's margin counts on it). A job takes one of ``concurrency.max_in_flight`` slots only once
+its limiter admitted it, for the time on the wire, so jobs waiting for a slow model's limit never
+starve a fast model of slots. The prepared body is held while the job waits for admission and
+across its retries: at most ``concurrency.max_prepared`` of them at once, and at most
+``concurrency.max_prepared_per_group`` for one limit group, so no group holds every place.
+A job that fails for its own reason becomes a failed ``Result``; a ``FatalError`` (quota, auth)
+stops the whole run: intake stops, requests not yet on the wire are cancelled, requests on the
+wire get ``grace`` seconds to finish, then the error is raised from ``submit``, ``map`` or
+``__aexit__``.
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ class Scheduler:
         self._tg: TaskGroup | None = None
         # Made on entry: anyio primitives bind to the event loop that first uses them.
         self._slots: anyio.Semaphore
+        self._prepared: anyio.Semaphore
+        self._group_places: dict[str, anyio.Semaphore] = {}
         self._drained: anyio.Event
         self._closing = False
         self._jobs: set[_Job] = set()
@@ -225,6 +230,7 @@ class Scheduler:
             self._prober = ImageProber(self._config.images, fetch=self._config.images.fetch)
             self._cost_model = CostModel(self._config, probe=self._prober)
         self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
+        self._prepared = anyio.Semaphore(self._config.concurrency.prepared)
         self._drained = anyio.Event()
         self._pool = EndpointPool(
             self._config,
@@ -280,7 +286,7 @@ class Scheduler:
         endpoint: str = CHAT_COMPLETIONS,
         metadata: Any = None,
     ) -> Result:
-        """Send one request (waiting for an in-flight slot and the limiter) and return its Result.
+        """Send one request (waiting for a place, the limiter and a slot) and return its Result.
 
         Raises the run's ``FatalError`` when the run was stopped before this job completed.
         """
@@ -294,8 +300,7 @@ class Scheduler:
         result: Result | None = None
         try:
             with job.scope:
-                async with self._slots:
-                    result = await self._process(request, job)
+                result = await self._process_placed(request, job)
         finally:
             self._unregister(job)
         if result is None:
@@ -380,6 +385,21 @@ class Scheduler:
         if self._groups is None:
             self._groups = LimitGroups(self._config)
         return self._groups
+
+    async def _process_placed(self, request: Request, job: _Job) -> Result | None:
+        """``_process`` holding a place of the job's limit group and one of the total.
+
+        The group's place is taken first: a job waiting for its group's place holds nothing
+        another group needs.
+        """
+        group = self.limit_group(self._model_of(request))
+        place = self._group_places.get(group)
+        if place is None:
+            place = self._group_places[group] = anyio.Semaphore(
+                self._config.concurrency.prepared_per_group
+            )
+        async with place, self._prepared:
+            return await self._process(request, job)
 
     def _model_of(self, request: Request) -> str:
         model = request.body.get("model") or self._config.cost.default_model
@@ -571,7 +591,11 @@ class Scheduler:
         state.watch.admitted(wait=anyio.current_time() - asked, tokens=reservation.tokens)
         limiter, client = endpoint.limiter(model), endpoint.client
         posted = False
+        slot = False
         try:
+            # The slot only once admitted: a job waiting for its limit holds none.
+            await self._slots.acquire()
+            slot = True
             if self._fatal is not None:
                 raise _Stopped
             job.on_wire = posted = True
@@ -583,7 +607,11 @@ class Scheduler:
                 reply = await client.post(request.endpoint, body)
             finally:
                 job.on_wire = False
+                self._slots.release()
+                slot = False
         except BaseException as exc:
+            if slot:
+                self._slots.release()
             if posted:
                 state.watch.answered(status_code=None, error=exc)
             sent = posted and request_was_sent(exc)
