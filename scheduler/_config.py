@@ -285,10 +285,18 @@ class LimitsConfig:
     lease_seconds: float = 0.0
     # Per-model overrides of tpm/rpm, keyed by model family (or raw name for unknown models).
     models: Mapping[str, ModelLimitsConfig] = field(default_factory=dict)
+    # Priority classes, highest first, each with its weight: its share of the admissions while
+    # several classes wait (0: only when no weighted class waits). Empty: one FIFO class.
+    priorities: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("limits.tpm", self.tpm)
         _positive("limits.rpm", self.rpm)
+        for name, weight in self.priorities.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                raise ConfigError(
+                    f"limits.priorities.{name}: expected a weight >= 0, got {weight!r}"
+                )
         for model, override in self.models.items():
             for key in ("tpm", "rpm", "batch_queue_tokens"):
                 value = getattr(override, key)
@@ -484,6 +492,9 @@ class DrainConfig:
     # auto (the cheapest mix that finishes within ``deadline`` seconds).
     lane: Literal["realtime", "batch", "auto"] = "realtime"
     deadline: float = 0.0
+    # The job metadata keys naming a job's priority class and its deadline (seconds).
+    priority_field: str = "priority"
+    deadline_field: str = "deadline"
 
     def __post_init__(self) -> None:
         _one_of("drain.lane", self.lane, ("realtime", "batch", "auto"))

@@ -36,6 +36,7 @@ from .._config import Config, load_config, mask_secret, mask_url, missing_keys
 from .._errors import (
     APIError,
     ConfigError,
+    DeadlineExceeded,
     EndpointUnreachable,
     FatalError,
     InputError,
@@ -46,7 +47,7 @@ from .._errors import (
 )
 from ..cost._model import CostModel, RequestCost
 from ..images._probe import ImageProber
-from ..limits._base import LimiterStats, RateLimiter
+from ..limits._base import LimiterStats, RateLimiter, Reservation
 from ..limits._groups import LimitGroups
 from ..prepare._image import check_token_budget
 from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
@@ -92,6 +93,15 @@ class _Attempts:
     # The endpoint of the last attempt, and the one the next must use (None: any).
     endpoint: Endpoint | None = None
     pinned: Endpoint | None = None
+    # When the job must be admitted by (its deadline), on the event loop's clock.
+    due: float | None = None
+
+
+def _deadline(value: Any) -> float:
+    """A job's deadline in seconds, checked: a positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InputError(f"deadline: expected a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _usage_total(usage: Mapping[str, Any] | None) -> int | None:
@@ -285,17 +295,34 @@ class Scheduler:
         *,
         endpoint: str = CHAT_COMPLETIONS,
         metadata: Any = None,
+        priority: str | None = None,
+        deadline: float | None = None,
     ) -> Result:
         """Send one request (waiting for a place, the limiter and a slot) and return its Result.
 
-        Raises the run's ``FatalError`` when the run was stopped before this job completed.
+        ``priority`` names the limit's priority class to wait in (``[limits.priorities]``;
+        None: the lowest); with ``deadline`` (seconds) a request that would wait longer for its
+        limit fails at once with ``DeadlineExceeded`` (a failed Result, never sent). Both
+        replace a given Request's own. Raises the run's ``FatalError`` when the run was stopped
+        before this job completed.
         """
         self._check_open()
-        request = (
-            body
-            if isinstance(body, Request)
-            else Request(body=body, endpoint=endpoint, metadata=metadata)
-        )
+        if isinstance(body, Request):
+            request = body
+            if priority is not None or deadline is not None:
+                request = dataclasses.replace(
+                    body,
+                    priority=body.priority if priority is None else priority,
+                    deadline=body.deadline if deadline is None else deadline,
+                )
+        else:
+            request = Request(
+                body=body,
+                endpoint=endpoint,
+                metadata=metadata,
+                priority=priority,
+                deadline=deadline,
+            )
         job = self._register()
         result: Result | None = None
         try:
@@ -452,6 +479,8 @@ class Scheduler:
         label = f"job #{next(self._ids)}"
         cost: RequestCost | None = None
         try:
+            if request.deadline is not None:
+                state.due = started + _deadline(request.deadline)
             # Priced, read and prepared once, before admission: what is sent and charged.
             sent, cost = await self._price(request)
             policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
@@ -471,7 +500,7 @@ class Scheduler:
                 return None
             self._count_attempts(state)
             self._counts["failed"] += 1
-            known = isinstance(exc, InputError | APIError)
+            known = isinstance(exc, InputError | APIError | DeadlineExceeded)
             log.log(
                 logging.INFO if known else logging.ERROR,
                 "%s failed: %s: %s",
@@ -573,6 +602,34 @@ class Scheduler:
         self._counts["attempts"] += state.count
         self._counts["retries"] += max(0, state.count - 1)
 
+    async def _admit_by(
+        self, request: Request, model: str, cost: RequestCost, state: _Attempts, now: float
+    ) -> tuple[Endpoint, Reservation]:
+        """Admission before the job's deadline, or ``DeadlineExceeded`` as soon as the expected
+        wait (or the wait itself) shows it would come too late."""
+        assert self._pool is not None and state.due is not None
+        left = state.due - now
+        wait = self._pool.expected_wait(
+            model, cost.total, pinned=state.pinned, priority=request.priority
+        )
+        if wait > left:
+            raise DeadlineExceeded(
+                f"deadline exceeded: the limit would admit it in {wait:.3g} s, {max(left, 0):.3g} s"
+                " left of its deadline",
+                wait=wait,
+                deadline=left,
+            )
+        with anyio.move_on_after(left):
+            return await self._pool.admit(
+                model, cost.total, pinned=state.pinned, priority=request.priority
+            )
+        waited = anyio.current_time() - now
+        raise DeadlineExceeded(
+            f"deadline exceeded: not admitted within its deadline ({waited:.3g} s waited)",
+            wait=waited,
+            deadline=left,
+        )
+
     async def _attempt(
         self,
         request: Request,
@@ -587,7 +644,12 @@ class Scheduler:
             raise _Stopped
         model = self._model_of(request)
         asked = anyio.current_time()
-        endpoint, reservation = await self._pool.admit(model, cost.total, pinned=state.pinned)
+        if state.due is None:
+            endpoint, reservation = await self._pool.admit(
+                model, cost.total, pinned=state.pinned, priority=request.priority
+            )
+        else:
+            endpoint, reservation = await self._admit_by(request, model, cost, state, asked)
         state.watch.admitted(wait=anyio.current_time() - asked, tokens=reservation.tokens)
         limiter, client = endpoint.limiter(model), endpoint.client
         posted = False
