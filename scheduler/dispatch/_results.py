@@ -192,8 +192,9 @@ class ErrorInfo:
 class Result:
     """The outcome of one job.
 
-    ``latency`` runs from dispatch (the job got an in-flight slot) to the outcome, limiter waits
-    and retries included; ``attempts`` counts the tries (0 when the job failed before sending);
+    ``latency`` runs from dispatch (the job got its place among the prepared jobs) to the
+    outcome, limiter waits and retries included; ``attempts`` counts the tries (0 when the job
+    failed before sending);
     ``cost`` is the estimate the limiter was charged, that of the body as sent (images
     prepared), and ``usage`` what the server reported;
     ``request_id`` is the ``x-request-id`` of the last answer (None when there was none);
