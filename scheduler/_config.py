@@ -293,10 +293,18 @@ class LimitsConfig:
     lease_seconds: float = 0.0
     # Per-model overrides of tpm/rpm, keyed by model family (or raw name for unknown models).
     models: Mapping[str, ModelLimitsConfig] = field(default_factory=dict)
+    # Priority classes, highest first, each with its weight: its share of the admissions while
+    # several classes wait (0: only when no weighted class waits). Empty: one FIFO class.
+    priorities: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("limits.tpm", self.tpm)
         _positive("limits.rpm", self.rpm)
+        for name, weight in self.priorities.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                raise ConfigError(
+                    f"limits.priorities.{name}: expected a weight >= 0, got {weight!r}"
+                )
         for model, override in self.models.items():
             for key in ("tpm", "rpm", "batch_queue_tokens"):
                 value = getattr(override, key)
@@ -336,19 +344,48 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConcurrencyConfig:
-    """How many requests may be in flight and how far ahead the input is read."""
+    """How many requests may be on the wire, how many prepared bodies held, how far ahead read.
+
+    ``max_prepared`` (default twice ``max_in_flight``) bounds the jobs priced and prepared at
+    once (waiting for admission, on the wire, or between retries), ``max_prepared_per_group``
+    (default ``max_in_flight``, at most ``max_prepared``) the share of one limit group, so a
+    group waiting for its limit never holds every place.
+    """
 
     max_in_flight: int = 64
     read_ahead: int = 256
+    max_prepared: int | None = None
+    max_prepared_per_group: int | None = None
     shutdown_grace: float = 10.0
 
     def __post_init__(self) -> None:
         _positive("concurrency.max_in_flight", self.max_in_flight)
         _positive("concurrency.read_ahead", self.read_ahead)
+        if self.max_prepared is not None:
+            _positive("concurrency.max_prepared", self.max_prepared)
+        if self.max_prepared_per_group is not None:
+            _positive("concurrency.max_prepared_per_group", self.max_prepared_per_group)
+            if self.max_prepared_per_group > self.prepared:
+                raise ConfigError(
+                    "concurrency.max_prepared_per_group: expected at most max_prepared"
+                    f" ({self.prepared}), got {self.max_prepared_per_group!r}"
+                )
         if self.shutdown_grace < 0:
             raise ConfigError(
                 f"concurrency.shutdown_grace: expected >= 0, got {self.shutdown_grace!r}"
             )
+
+    @property
+    def prepared(self) -> int:
+        """Jobs priced and prepared at once, in total."""
+        return self.max_prepared if self.max_prepared is not None else 2 * self.max_in_flight
+
+    @property
+    def prepared_per_group(self) -> int:
+        """Jobs priced and prepared at once for one limit group."""
+        if self.max_prepared_per_group is not None:
+            return self.max_prepared_per_group
+        return min(self.max_in_flight, self.prepared)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -468,6 +505,9 @@ class DrainConfig:
     # auto (the cheapest mix that finishes within ``deadline`` seconds).
     lane: Literal["realtime", "batch", "auto"] = "realtime"
     deadline: float = 0.0
+    # The job metadata keys naming a job's priority class and its deadline (seconds).
+    priority_field: str = "priority"
+    deadline_field: str = "deadline"
 
     def __post_init__(self) -> None:
         _one_of("drain.lane", self.lane, ("realtime", "batch", "auto"))

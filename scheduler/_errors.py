@@ -10,6 +10,7 @@
     │   └── QueueLost                a shared queue's state vanished (Redis restarted empty)
     ├── RedisUnavailable             Redis did not answer for ``redis.give_up_after`` seconds
     ├── StorageError                 the disk refused a write (full, I/O error): nothing lost
+    ├── DeadlineExceeded             a job's deadline its limit's wait would miss: never sent
     ├── InputError                   a job that can never be sent as written
     │   ├── ImageError               an image that cannot be read or is not accepted
     │   │   ├── ImageNotFound        missing path or unreachable URL
@@ -47,6 +48,7 @@ __all__ = [
     "AuthenticationFailed",
     "ConfigError",
     "CorruptImage",
+    "DeadlineExceeded",
     "EndpointUnreachable",
     "FatalError",
     "ImageError",
@@ -108,6 +110,19 @@ class StorageError(VschedError):
 
     Nothing recorded is lost: re-run the same command once the disk has room.
     """
+
+
+class DeadlineExceeded(VschedError):
+    """A job whose deadline cannot be met at the current admission rate: failed, not sent.
+
+    ``wait`` is the admission wait it would have had (seconds), ``deadline`` what was left of
+    its deadline when that was known.
+    """
+
+    def __init__(self, message: str, *, wait: float, deadline: float) -> None:
+        self.wait = wait
+        self.deadline = deadline
+        super().__init__(message)
 
 
 class InputError(VschedError):

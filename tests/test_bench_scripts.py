@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,3 +102,11 @@ def test_python_m_benchmarks_smoke(tmp_path: Path) -> None:
     assert "| steady | loopback | vsched |" in out
     assert "| steady | virtual | cookbook | n/a: cookbook cannot send images |" in out
     assert (tmp_path / "results.json").exists()
+
+
+def test_bench_priorities_smoke() -> None:
+    """bench_priorities: interactive waits stay short beside a bulk drain, with no 429s."""
+    out = _run("benchmarks/bench_priorities.py", "--minutes", "0.3", "--json")
+    figures = json.loads(out)
+    assert figures["interactive_wait_p95"] < 1.0 and figures["429_per_1k"] == 0
+    assert figures["bulk_share_of_remaining"] >= 0.95

@@ -11,7 +11,7 @@ import pytest
 from dispatch_fakes import API_KEY, make_config
 
 from scheduler import ConfigError
-from scheduler._config import LimitsConfig, ModelLimitsConfig, load_config
+from scheduler._config import ConcurrencyConfig, LimitsConfig, ModelLimitsConfig, load_config
 from scheduler.dispatch import Scheduler
 from scheduler.limits import Limiter
 from scheduler.sim.app import create_app
@@ -68,7 +68,7 @@ async def test_two_models_are_paced_under_their_own_limits_without_429s() -> Non
             "limits.tpm": 6_000,
             "limits.rpm": 500,
             "limits.models": {"gpt-4o-mini": {"tpm": 60_000}},
-            "concurrency.max_in_flight": 128,  # jobs waiting for gpt-4o hold a slot
+            "concurrency.max_in_flight": 128,
         }
     )
     async with Scheduler(config, transport=transport) as s:
@@ -231,3 +231,81 @@ def test_per_model_limits_are_not_read_from_the_environment() -> None:
         load_config(env={"VSCHED_LIMITS_MODELS": "gpt-4o=1"})
     with pytest.raises(ConfigError, match=r"limits\.models\.x\.rpm: expected a positive"):
         LimitsConfig(models={"x": ModelLimitsConfig(rpm=-1)})
+
+
+# --- no head-of-line blocking across models ------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_a_saturated_model_does_not_slow_a_fast_one_at_16_slots() -> None:
+    """Jobs waiting for gpt-4o's limit hold no slot: gpt-4o-mini finishes as fast as alone."""
+    limits = {
+        "gpt-4o": ModelLimits(tpm=6_000, rpm=500),
+        "gpt-4o-mini": ModelLimits(tpm=60_000, rpm=500),
+    }
+    overrides = {
+        "api.base_url": SIM,
+        "limits.tpm": 6_000,
+        "limits.rpm": 500,
+        "limits.models": {"gpt-4o-mini": {"tpm": 60_000}},
+        "concurrency.max_in_flight": 16,
+        # The default: jobs waiting for a place of gpt-4o's group are read ahead.
+        "concurrency.read_ahead": 256,
+    }
+    _, transport = sim(tpm=6_000, rpm=500, model_limits=limits)
+    async with Scheduler(make_config(**overrides), transport=transport) as s:
+        alone = (await drain(s, [body("gpt-4o-mini", i) for i in range(60)]))["gpt-4o-mini"]
+    app, transport = sim(tpm=6_000, rpm=500, model_limits=limits)
+    async with Scheduler(make_config(**overrides), transport=transport) as s:
+        mixed = await drain(s, interleaved(60, "gpt-4o", "gpt-4o-mini"))
+        stats = s.stats()
+    assert stats.succeeded == 120 and stats.rate_limited == 0
+    assert not app.stats.snapshot()["rejected"]
+    assert mixed["gpt-4o-mini"] <= 1.1 * alone, (alone, mixed)
+    assert mixed["gpt-4o"] > 50, mixed
+
+
+@pytest.mark.parametrize(
+    ("settings", "prepared", "per_group"),
+    [
+        ({"max_in_flight": 16}, 32, 16),  # defaults: twice the slots, a group at most the slots
+        ({"max_in_flight": 16, "max_prepared": 8}, 8, 8),  # a group's share is capped by the total
+        ({"max_in_flight": 4, "max_prepared": 40, "max_prepared_per_group": 10}, 40, 10),
+    ],
+)
+def test_prepared_bodies_are_bounded_in_total_and_per_group(
+    settings: dict[str, int], prepared: int, per_group: int
+) -> None:
+    """concurrency.max_prepared and max_prepared_per_group bound the prepared bodies held."""
+    concurrency = ConcurrencyConfig(**settings)
+    assert (concurrency.prepared, concurrency.prepared_per_group) == (prepared, per_group)
+
+
+def test_a_group_share_above_the_total_is_refused() -> None:
+    """max_prepared_per_group above max_prepared is a ConfigError naming the key."""
+    with pytest.raises(ConfigError, match=r"concurrency\.max_prepared_per_group: expected at most"):
+        ConcurrencyConfig(max_prepared=4, max_prepared_per_group=5)
+
+
+@pytest.mark.anyio
+async def test_a_job_waiting_for_its_limit_holds_no_slot() -> None:
+    """One slot: a job refused by its own model's limit lets another model's job go first."""
+    limits = {"gpt-4o": ModelLimits(tpm=30_000, rpm=500)}
+    _, transport = sim(tpm=1_000_000, rpm=10_000, model_limits=limits)
+    config = make_config(
+        **{
+            "api.base_url": SIM,
+            "limits.tpm": 1_000_000,
+            "limits.rpm": 10_000,
+            "limits.models": {"gpt-4o": {"tpm": 30_000}},
+            "concurrency.max_in_flight": 1,
+        }
+    )
+    async with Scheduler(config, transport=transport) as s:
+        # Two gpt-4o jobs exceed its burst (500 tokens): the second waits for its limit.
+        bodies = [body("gpt-4o", 0), body("gpt-4o", 1), body("gpt-4o-mini", 2)]
+        bodies[0]["max_tokens"] = bodies[1]["max_tokens"] = 400
+        async with s.map(bodies) as results:
+            order = [r.request.body["messages"][0]["content"] async for r in results]
+    assert order.index("caption number 2") < order.index("caption number 1"), order

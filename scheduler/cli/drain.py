@@ -70,6 +70,11 @@ def add_drain_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-host", metavar="HOST", help="address of /metrics [drain.metrics_host]"
     )
+    parser.add_argument(
+        "--priority-field",
+        metavar="KEY",
+        help="job metadata key naming its priority class [drain.priority_field]",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--json-log", action="store_true", help="progress as JSON lines")
     add_config_flag(parser)
@@ -90,6 +95,7 @@ def drain_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "drain.progress": progress,
         "drain.metrics_port": args.metrics_port,
         "drain.metrics_host": args.metrics_host,
+        "drain.priority_field": args.priority_field,
     }
 
 

@@ -36,7 +36,8 @@ class Observer(Protocol):
     """Watches the jobs of a Scheduler (``Scheduler(observer=...)``)."""
 
     def job_started(self, request: Request, *, limit_group: str) -> JobWatch:
-        """A job got its in-flight slot; the watch receives the rest of its events."""
+        """A job got its place (before pricing; its slot comes once admitted); the watch receives
+        the rest of its events."""
         ...
 
 

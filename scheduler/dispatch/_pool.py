@@ -205,7 +205,12 @@ class EndpointPool:
         }
 
     async def admit(
-        self, model: str, tokens: int, *, pinned: Endpoint | None = None
+        self,
+        model: str,
+        tokens: int,
+        *,
+        pinned: Endpoint | None = None,
+        priority: str | None = None,
     ) -> tuple[Endpoint, Reservation]:
         """Wait for admission on the endpoint that can take the request soonest.
 
@@ -214,15 +219,15 @@ class EndpointPool:
         """
         if not self.named:
             endpoint = self.endpoints[0]
-            return endpoint, await endpoint.limiter(model).acquire(tokens=tokens)
+            return endpoint, await _acquire(endpoint.limiter(model), tokens, priority)
         while True:
-            endpoint = pinned if pinned is not None else await self._choose(model, tokens)
+            endpoint = pinned if pinned is not None else await self._choose(model, tokens, priority)
             scope = anyio.CancelScope()
             if pinned is None:
                 endpoint._queued.add(scope)
             try:
                 with scope:
-                    reservation = await endpoint.limiter(model).acquire(tokens=tokens)
+                    reservation = await _acquire(endpoint.limiter(model), tokens, priority)
                     if endpoint.breaker is not None:
                         endpoint.breaker.begin(anyio.current_time())
                     endpoint.in_flight += 1
@@ -230,7 +235,19 @@ class EndpointPool:
             finally:
                 endpoint._queued.discard(scope)
 
-    async def _choose(self, model: str, tokens: int) -> Endpoint:
+    def expected_wait(
+        self,
+        model: str,
+        tokens: int,
+        *,
+        pinned: Endpoint | None = None,
+        priority: str | None = None,
+    ) -> float:
+        """Seconds ``admit`` would wait at best, by the limiters' estimates (no breaker wait)."""
+        endpoints = [pinned] if pinned is not None else list(self.endpoints)
+        return min(_expected_wait(e.limiter(model), tokens, priority) for e in endpoints)
+
+    async def _choose(self, model: str, tokens: int, priority: str | None) -> Endpoint:
         while True:
             now = anyio.current_time()
             usable = [e for e in self.endpoints if e.breaker is None or e.breaker.available(now)]
@@ -238,7 +255,7 @@ class EndpointPool:
                 reopens = min(e.breaker.reopens_at for e in self.endpoints if e.breaker)
                 await anyio.sleep(max(0.0, reopens - now))
                 continue
-            waits = {e.name: e.limiter(model).expected_wait(tokens=tokens) for e in usable}
+            waits = {e.name: _expected_wait(e.limiter(model), tokens, priority) for e in usable}
             rank = functools.partial(_rank, waits)
 
             primary = min((e for e in usable if not e.spillover), key=rank, default=None)
@@ -293,3 +310,18 @@ class EndpointPool:
                 await endpoint.client.aclose()
                 if self.named:
                     await endpoint.groups.aclose()
+
+
+async def _acquire(limiter: RateLimiter, tokens: int, priority: str | None) -> Reservation:
+    """``limiter.acquire``, naming the class only when there is one (a given limiter may not
+    know classes)."""
+    if priority is None:
+        return await limiter.acquire(tokens=tokens)
+    return await limiter.acquire(tokens=tokens, priority=priority)
+
+
+def _expected_wait(limiter: RateLimiter, tokens: int, priority: str | None) -> float:
+    """``limiter.expected_wait``, naming the class only when there is one."""
+    if priority is None:
+        return limiter.expected_wait(tokens=tokens)
+    return limiter.expected_wait(tokens=tokens, priority=priority)

@@ -14,6 +14,7 @@ from .._errors import (
     APIError,
     AuthenticationFailed,
     CorruptImage,
+    DeadlineExceeded,
     EndpointUnreachable,
     ImageError,
     ImageFetchError,
@@ -56,13 +57,17 @@ class Request:
     ``image_token_budget`` caps the tokens of each of its images (preparation lowers the detail
     or shrinks to fit; None: ``images.token_budget``); a value that is not an integer >= 0
     fails this job when it runs. A ``metadata`` mapping's ``"image_token_budget"`` is used when
-    the field is not set.
+    the field is not set. ``priority`` names its limit's priority class (None: the lowest);
+    ``deadline`` is the seconds from submission within which it must be admitted, else it fails
+    with ``DeadlineExceeded`` as soon as its expected wait shows it would miss it.
     """
 
     body: Mapping[str, Any]
     endpoint: str = CHAT_COMPLETIONS
     metadata: Any = None
     image_token_budget: Any = None
+    priority: str | None = None
+    deadline: float | None = None
 
     @property
     def token_budget(self) -> Any:
@@ -76,6 +81,8 @@ class Request:
             raise TypeError(f"Request.body: expected a mapping, got {type(self.body).__name__}")
         if not self.endpoint.startswith("/"):
             raise ValueError(f"Request.endpoint: expected a path such as {CHAT_COMPLETIONS}")
+        if self.priority is not None and not isinstance(self.priority, str):
+            raise TypeError(f"Request.priority: expected a class name, got {self.priority!r}")
 
 
 #: The stable ``error.code`` of a failed job (results file, queue), one meaning each; the
@@ -92,6 +99,7 @@ ERROR_CODES: dict[str, str] = {
     "corrupt_image": "truncated or undecodable image bytes, bad base64, absurd size",
     "image_unreadable": "an image that cannot be read (permissions, URL scheme)",
     "invalid_input": "another input the job can never be sent with",
+    "deadline_exceeded": "the job's deadline was shorter than its wait for the limit (not sent)",
     "bad_request": "the server answered 400",
     "not_found": "the server answered 404 (a wrong model or endpoint)",
     "unprocessable": "the server answered 422",
@@ -125,6 +133,7 @@ _CODE_OF: tuple[tuple[type[BaseException], str], ...] = (
     (UnknownModel, "unknown_model"),
     (RequestTooLarge, "request_too_large"),
     (InputError, "invalid_input"),
+    (DeadlineExceeded, "deadline_exceeded"),
     (RateLimited, "rate_limited"),
     (ServerError, "server_error"),
     (MalformedResponse, "malformed_response"),
@@ -183,8 +192,9 @@ class ErrorInfo:
 class Result:
     """The outcome of one job.
 
-    ``latency`` runs from dispatch (the job got an in-flight slot) to the outcome, limiter waits
-    and retries included; ``attempts`` counts the tries (0 when the job failed before sending);
+    ``latency`` runs from dispatch (the job got its place among the prepared jobs) to the
+    outcome, limiter waits and retries included; ``attempts`` counts the tries (0 when the job
+    failed before sending);
     ``cost`` is the estimate the limiter was charged, that of the body as sent (images
     prepared), and ``usage`` what the server reported;
     ``request_id`` is the ``x-request-id`` of the last answer (None when there was none);

@@ -6,12 +6,15 @@ when that reads images), then its local and inline images are read and prepared 
 again, so the limiter is charged for what the server will see; only then is each attempt
 admitted by the limiter, sent by the client, classified, and retried by the tenacity policy.
 Preparing before admission keeps the time from admission to the wire short and steady (the
-limiter's margin counts on it). The prepared body is held while the job waits for admission and
-across its retries: at most ``concurrency.max_in_flight`` of them at once, since every job holds
-an in-flight slot from start to end. A job that fails for its own reason becomes a failed
-``Result``; a ``FatalError`` (quota, auth) stops the whole run: intake stops, requests not yet
-on the wire are cancelled, requests on the wire get ``grace`` seconds to finish, then the error
-is raised from ``submit``, ``map`` or ``__aexit__``.
+limiter's margin counts on it). A job takes one of ``concurrency.max_in_flight`` slots only once
+its limiter admitted it, for the time on the wire, so jobs waiting for a slow model's limit never
+starve a fast model of slots. The prepared body is held while the job waits for admission and
+across its retries: at most ``concurrency.max_prepared`` of them at once, and at most
+``concurrency.max_prepared_per_group`` for one limit group, so no group holds every place.
+A job that fails for its own reason becomes a failed ``Result``; a ``FatalError`` (quota, auth)
+stops the whole run: intake stops, requests not yet on the wire are cancelled, requests on the
+wire get ``grace`` seconds to finish, then the error is raised from ``submit``, ``map`` or
+``__aexit__``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .._config import Config, load_config, mask_secret, mask_url, missing_keys
 from .._errors import (
     APIError,
     ConfigError,
+    DeadlineExceeded,
     EndpointUnreachable,
     FatalError,
     InputError,
@@ -45,7 +49,7 @@ from .._errors import (
 from .._redis import RedisClient
 from ..cost._model import CostModel, RequestCost
 from ..images._probe import ImageProber
-from ..limits._base import LimiterStats, RateLimiter
+from ..limits._base import LimiterStats, RateLimiter, Reservation
 from ..limits._groups import LimitGroups
 from ..prepare._image import check_token_budget
 from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
@@ -93,6 +97,15 @@ class _Attempts:
     # The endpoint of the last attempt, and the one the next must use (None: any).
     endpoint: Endpoint | None = None
     pinned: Endpoint | None = None
+    # When the job must be admitted by (its deadline), on the event loop's clock.
+    due: float | None = None
+
+
+def _deadline(value: Any) -> float:
+    """A job's deadline in seconds, checked: a positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InputError(f"deadline: expected a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _usage_total(usage: Mapping[str, Any] | None) -> int | None:
@@ -159,6 +172,8 @@ class Scheduler:
         self._tg: TaskGroup | None = None
         # Made on entry: anyio primitives bind to the event loop that first uses them.
         self._slots: anyio.Semaphore
+        self._prepared: anyio.Semaphore
+        self._group_places: dict[str, anyio.Semaphore] = {}
         self._drained: anyio.Event
         self._closing = False
         self._jobs: set[_Job] = set()
@@ -233,6 +248,7 @@ class Scheduler:
             self._prober = ImageProber(self._config.images, fetch=self._config.images.fetch)
             self._cost_model = CostModel(self._config, probe=self._prober)
         self._slots = anyio.Semaphore(self._config.concurrency.max_in_flight)
+        self._prepared = anyio.Semaphore(self._config.concurrency.prepared)
         self._drained = anyio.Event()
         self._pool = EndpointPool(
             self._config,
@@ -287,23 +303,39 @@ class Scheduler:
         *,
         endpoint: str = CHAT_COMPLETIONS,
         metadata: Any = None,
+        priority: str | None = None,
+        deadline: float | None = None,
     ) -> Result:
-        """Send one request (waiting for an in-flight slot and the limiter) and return its Result.
+        """Send one request (waiting for a place, the limiter and a slot) and return its Result.
 
-        Raises the run's ``FatalError`` when the run was stopped before this job completed.
+        ``priority`` names the limit's priority class to wait in (``[limits.priorities]``;
+        None: the lowest); with ``deadline`` (seconds) a request that would wait longer for its
+        limit fails at once with ``DeadlineExceeded`` (a failed Result, never sent). Both
+        replace a given Request's own. Raises the run's ``FatalError`` when the run was stopped
+        before this job completed.
         """
         self._check_open()
-        request = (
-            body
-            if isinstance(body, Request)
-            else Request(body=body, endpoint=endpoint, metadata=metadata)
-        )
+        if isinstance(body, Request):
+            request = body
+            if priority is not None or deadline is not None:
+                request = dataclasses.replace(
+                    body,
+                    priority=body.priority if priority is None else priority,
+                    deadline=body.deadline if deadline is None else deadline,
+                )
+        else:
+            request = Request(
+                body=body,
+                endpoint=endpoint,
+                metadata=metadata,
+                priority=priority,
+                deadline=deadline,
+            )
         job = self._register()
         result: Result | None = None
         try:
             with job.scope:
-                async with self._slots:
-                    result = await self._process(request, job)
+                result = await self._process_placed(request, job)
         finally:
             self._unregister(job)
         if result is None:
@@ -389,6 +421,21 @@ class Scheduler:
             self._groups = LimitGroups(self._config, redis=self._redis)
         return self._groups
 
+    async def _process_placed(self, request: Request, job: _Job) -> Result | None:
+        """``_process`` holding a place of the job's limit group and one of the total.
+
+        The group's place is taken first: a job waiting for its group's place holds nothing
+        another group needs.
+        """
+        group = self.limit_group(self._model_of(request))
+        place = self._group_places.get(group)
+        if place is None:
+            place = self._group_places[group] = anyio.Semaphore(
+                self._config.concurrency.prepared_per_group
+            )
+        async with place, self._prepared:
+            return await self._process(request, job)
+
     def _model_of(self, request: Request) -> str:
         model = request.body.get("model") or self._config.cost.default_model
         return model if isinstance(model, str) else self._config.cost.default_model
@@ -440,6 +487,8 @@ class Scheduler:
         label = f"job #{next(self._ids)}"
         cost: RequestCost | None = None
         try:
+            if request.deadline is not None:
+                state.due = started + _deadline(request.deadline)
             # Priced, read and prepared once, before admission: what is sent and charged.
             sent, cost = await self._price(request)
             policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
@@ -463,7 +512,7 @@ class Scheduler:
                 return None
             self._count_attempts(state)
             self._counts["failed"] += 1
-            known = isinstance(exc, InputError | APIError)
+            known = isinstance(exc, InputError | APIError | DeadlineExceeded)
             log.log(
                 logging.INFO if known else logging.ERROR,
                 "%s failed: %s: %s",
@@ -568,6 +617,34 @@ class Scheduler:
         self._counts["charged_tokens"] += state.charged
         self._counts["retries"] += max(0, state.count - 1)
 
+    async def _admit_by(
+        self, request: Request, model: str, cost: RequestCost, state: _Attempts, now: float
+    ) -> tuple[Endpoint, Reservation]:
+        """Admission before the job's deadline, or ``DeadlineExceeded`` as soon as the expected
+        wait (or the wait itself) shows it would come too late."""
+        assert self._pool is not None and state.due is not None
+        left = state.due - now
+        wait = self._pool.expected_wait(
+            model, cost.total, pinned=state.pinned, priority=request.priority
+        )
+        if wait > left:
+            raise DeadlineExceeded(
+                f"deadline exceeded: the limit would admit it in {wait:.3g} s, {max(left, 0):.3g} s"
+                " left of its deadline",
+                wait=wait,
+                deadline=left,
+            )
+        with anyio.move_on_after(left):
+            return await self._pool.admit(
+                model, cost.total, pinned=state.pinned, priority=request.priority
+            )
+        waited = anyio.current_time() - now
+        raise DeadlineExceeded(
+            f"deadline exceeded: not admitted within its deadline ({waited:.3g} s waited)",
+            wait=waited,
+            deadline=left,
+        )
+
     async def _attempt(
         self,
         request: Request,
@@ -582,11 +659,20 @@ class Scheduler:
             raise _Stopped
         model = self._model_of(request)
         asked = anyio.current_time()
-        endpoint, reservation = await self._pool.admit(model, cost.total, pinned=state.pinned)
+        if state.due is None:
+            endpoint, reservation = await self._pool.admit(
+                model, cost.total, pinned=state.pinned, priority=request.priority
+            )
+        else:
+            endpoint, reservation = await self._admit_by(request, model, cost, state, asked)
         state.watch.admitted(wait=anyio.current_time() - asked, tokens=reservation.tokens)
         limiter, client = endpoint.limiter(model), endpoint.client
         posted = False
+        slot = False
         try:
+            # The slot only once admitted: a job waiting for its limit holds none.
+            await self._slots.acquire()
+            slot = True
             if self._fatal is not None:
                 raise _Stopped
             job.on_wire = posted = True
@@ -599,7 +685,11 @@ class Scheduler:
                 reply = await client.post(request.endpoint, body)
             finally:
                 job.on_wire = False
+                self._slots.release()
+                slot = False
         except BaseException as exc:
+            if slot:
+                self._slots.release()
             if posted:
                 state.watch.answered(status_code=None, error=exc)
             sent = posted and request_was_sent(exc)

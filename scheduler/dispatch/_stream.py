@@ -113,8 +113,12 @@ class ResultStream(AsyncIterator[Result]):
 
     async def _feed(self, jobs: TaskGroup) -> None:
         scheduler = self._scheduler
-        read_ahead = scheduler._config.concurrency.read_ahead
-        buffer_send, buffer_receive = anyio.create_memory_object_stream[Request](read_ahead)
+        concurrency = scheduler._config.concurrency
+        # Jobs are started as they are read, up to max_in_flight + read_ahead of them: a job
+        # waiting for a place of its limit group is read ahead, so the input is read past a
+        # group waiting for its limit while another group has room.
+        started = anyio.Semaphore(concurrency.max_in_flight + concurrency.read_ahead)
+        buffer_send, buffer_receive = anyio.create_memory_object_stream[Request](0)
         async with anyio.create_task_group() as reader:
             reader.start_soon(self._read, buffer_send)
             async with buffer_receive:
@@ -122,8 +126,8 @@ class ResultStream(AsyncIterator[Result]):
                     if scheduler._fatal is not None or scheduler._halted:
                         self._incomplete = True
                         return
-                    await scheduler._slots.acquire()
-                    jobs.start_soon(self._job, request)
+                    await started.acquire()
+                    jobs.start_soon(self._job, request, started)
 
     async def _read(self, buffer: ObjectSendStream[Request]) -> None:
         async with buffer:
@@ -137,14 +141,14 @@ class ResultStream(AsyncIterator[Result]):
             except Exception as exc:
                 self._error = exc
 
-    async def _job(self, request: Request) -> None:
+    async def _job(self, request: Request, started: anyio.Semaphore) -> None:
         scheduler = self._scheduler
         try:
             job = scheduler._register()
             result: Result | None = None
             try:
                 with job.scope:
-                    result = await scheduler._process(request, job)
+                    result = await scheduler._process_placed(request, job)
             finally:
                 scheduler._unregister(job)
             if result is None:
@@ -152,7 +156,7 @@ class ResultStream(AsyncIterator[Result]):
             else:
                 await self._send.send(result)
         finally:
-            scheduler._slots.release()
+            started.release()
 
 
 def _as_request(item: Any) -> Request:

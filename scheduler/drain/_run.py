@@ -45,22 +45,29 @@ logger = logging.getLogger("scheduler.drain")
 log = logging.getLogger("scheduler.drain")
 
 
-def scheduler_mapper(scheduler: Scheduler) -> Mapper:
-    """Send claimed jobs through ``scheduler.map``; each Request carries its ClaimedJob back."""
+def scheduler_mapper(
+    scheduler: Scheduler, *, priority_field: str = "priority", deadline_field: str = "deadline"
+) -> Mapper:
+    """Send claimed jobs through ``scheduler.map``; each Request carries its ClaimedJob back.
+
+    A job's metadata may name its priority class and its deadline (seconds), under
+    ``drain.priority_field`` and ``drain.deadline_field``.
+    """
+
+    def request(job: ClaimedJob) -> Request:
+        meta = job.metadata if isinstance(job.metadata, Mapping) else {}
+        priority = meta.get(priority_field)
+        return Request(
+            body=job.body,
+            endpoint=job.endpoint,
+            metadata=job,
+            image_token_budget=meta.get(BUDGET_METADATA_KEY),
+            priority=None if priority is None else str(priority),
+            deadline=meta.get(deadline_field),
+        )
 
     def mapper(jobs: AsyncIterator[ClaimedJob]) -> AsyncIterator[Result]:
-        requests = (
-            Request(
-                body=j.body,
-                endpoint=j.endpoint,
-                metadata=j,
-                image_token_budget=j.metadata.get(BUDGET_METADATA_KEY)
-                if isinstance(j.metadata, Mapping)
-                else None,
-            )
-            async for j in jobs
-        )
-        return scheduler.map(requests)
+        return scheduler.map(request(j) async for j in jobs)
 
     return mapper
 
@@ -209,7 +216,11 @@ async def _drain_with_scheduler(
             background.append(functools.partial(serve_metrics, metrics, listener))
         return await drain_queue(
             queue,
-            scheduler_mapper(scheduler),
+            scheduler_mapper(
+                scheduler,
+                priority_field=config.drain.priority_field,
+                deadline_field=config.drain.deadline_field,
+            ),
             settings,
             renderer=renderer,
             control=control,

@@ -99,13 +99,18 @@ class LimiterStats:
 class RateLimiter(Protocol):
     """What dispatch needs from a limiter; the in-memory and the Redis limiter both provide it."""
 
-    async def acquire(self, *, tokens: int, requests: int = 1) -> Reservation:
-        """Wait in FIFO order until the charge fits; raise ``RequestTooLarge`` if it never can."""
+    async def acquire(
+        self, *, tokens: int, requests: int = 1, priority: str | None = None
+    ) -> Reservation:
+        """Wait in FIFO order (within ``priority``'s class) until the charge fits; raise
+        ``RequestTooLarge`` if it never can."""
         ...
 
-    def expected_wait(self, *, tokens: int, requests: int = 1) -> float:
-        """Seconds an acquire of this size asked now would wait, behind everyone queued (0.0: at
-        once); an estimate that takes nothing, for choosing among limiters."""
+    def expected_wait(
+        self, *, tokens: int, requests: int = 1, priority: str | None = None
+    ) -> float:
+        """Seconds an acquire of this size asked now would wait, behind everyone queued ahead of
+        it (0.0: at once); an estimate that takes nothing, for choosing among limiters."""
         ...
 
     async def observe(

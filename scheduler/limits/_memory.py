@@ -23,6 +23,12 @@ How a request is admitted (:meth:`Limiter.acquire`):
 - **Cancellation.** A waiter cancelled while queued takes nothing: it is dropped from the queue
   (lazily, in O(1)), and if it had just been admitted but had not yet resumed, its charge is put
   back and the admission is erased from the statistics.
+- **Priority classes** (``priorities``, none by default: one class). Each class has its own
+  FIFO queue; the next head is the head of the waiting class with the fewest tokens admitted
+  for its weight (weighted fair shares while several classes wait, everything to one class that
+  waits alone), so a class with a positive weight is never starved (its floor); classes of
+  weight 0 go, in the order given, only when no weighted class waits (strict priority). A
+  class that starts waiting gets no credit for the time it did not.
 - **Backfill** (off by default): a request arriving behind a waiting head is admitted at once
   only if, after taking it, both buckets still reach the head's need by the head's deadline, so
   it provably does not delay the head. Only arrivals are backfilled, never queued waiters.
@@ -38,11 +44,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Iterator, Mapping
 
 import anyio
 
 from .._config import LimitsConfig
-from .._errors import RequestTooLarge
+from .._errors import InputError, RequestTooLarge
 from ._base import (
     DEFAULT_MARGIN_SECONDS,
     LimiterStats,
@@ -134,13 +141,17 @@ class _Waiter:
         "estimate",
         "event",
         "gone",
+        "klass",
         "requests",
         "reservation",
         "scope",
         "tokens",
     )
 
-    def __init__(self, tokens: int, requests: int, arrived_at: float, estimate: int) -> None:
+    def __init__(
+        self, tokens: int, requests: int, arrived_at: float, estimate: int, klass: _Class
+    ) -> None:
+        self.klass = klass
         self.tokens = tokens  # the charge; recomputed from ``estimate`` when the factor moves
         self.estimate = estimate
         self.requests = requests
@@ -157,6 +168,26 @@ class _Waiter:
             self.deadline = deadline
             if self.scope is not None:
                 self.scope.deadline = deadline
+
+
+class _Class:
+    """One priority class: its FIFO queue, its weight, and its admitted tokens per weight."""
+
+    __slots__ = ("finish", "name", "queue", "waiting", "weight")
+
+    def __init__(self, name: str, weight: float) -> None:
+        self.name = name
+        self.weight = weight
+        self.queue: deque[_Waiter] = deque()
+        self.waiting = 0
+        self.finish = 0.0  # tokens admitted / weight, since the class last started waiting
+
+    def head(self) -> _Waiter | None:
+        """The first waiter still waiting, dropping those gone (lazily, in O(1) each)."""
+        queue = self.queue
+        while queue and queue[0].gone:
+            queue.popleft()
+        return queue[0] if queue else None
 
 
 class Limiter:
@@ -185,6 +216,7 @@ class Limiter:
         learn_charge: bool = True,
         slow_start_requests: int = 0,
         learn_burst: bool = False,
+        priorities: Mapping[str, float] | None = None,
     ) -> None:
         if settle not in ("none", "actual"):
             raise ValueError(f"settle must be 'none' or 'actual', got {settle!r}")
@@ -211,7 +243,13 @@ class Limiter:
         self._configured = (tpm, rpm)
         self._limits = [tpm, rpm]
         self._announced: set[tuple[str, int]] = set()
-        self._queue: deque[_Waiter] = deque()
+        weights = dict(priorities or {"default": 1.0})
+        if any(not weight >= 0 for weight in weights.values()):
+            raise ValueError(f"priority weights must be >= 0, got {weights!r}")
+        self._classes = {name: _Class(name, float(w)) for name, w in weights.items()}
+        # A request without a priority joins the last (lowest) class.
+        self._default_class = list(self._classes.values())[-1]
+        self._timed: _Waiter | None = None  # the head whose timer is set
         self._waiting = 0
         self._paused_until = -math.inf
         self._closed = False
@@ -243,6 +281,7 @@ class Limiter:
             learn_charge=limits.learn_charge,
             slow_start_requests=limits.slow_start_requests,
             learn_burst=limits.learn_burst,
+            priorities=limits.priorities or None,
         )
 
     async def __aenter__(self) -> Limiter:
@@ -253,8 +292,28 @@ class Limiter:
 
     # -- admission -----------------------------------------------------------------------------
 
-    async def acquire(self, *, tokens: int, requests: int = 1) -> LimiterReservation:
+    @property
+    def priorities(self) -> tuple[str, ...]:
+        """The priority classes, highest first (one ``"default"`` class when none is set)."""
+        return tuple(self._classes)
+
+    def _class(self, priority: str | None) -> _Class:
+        if priority is None:
+            return self._default_class
+        klass = self._classes.get(priority)
+        if klass is None:
+            raise InputError(
+                f"unknown priority class {priority!r} (known: {', '.join(self._classes)})"
+            )
+        return klass
+
+    async def acquire(
+        self, *, tokens: int, requests: int = 1, priority: str | None = None
+    ) -> LimiterReservation:
         """Wait in FIFO order until ``tokens`` (our estimate) and ``requests`` fit, and take them.
+
+        ``priority`` names the class to wait in (default: the last); an unknown name is an
+        ``InputError``.
 
         With charge learning the tokens taken are the learnt charge of the estimate (never more
         than the per-minute limit); the reservation keeps both. Raises ``RequestTooLarge`` at
@@ -264,6 +323,7 @@ class Limiter:
         """
         if self._closed:
             raise anyio.ClosedResourceError
+        klass = self._class(priority)
         pair = self._pair
         pair.check(tokens, requests)
         estimate = tokens
@@ -277,7 +337,7 @@ class Limiter:
             elif self._backfill and self._fits_behind_head(tokens, requests, now):
                 pair.take(tokens, requests)
                 return self._admit(tokens, requests, now, now, estimate)
-        return await self._wait_in_line(_Waiter(tokens, requests, now, estimate))
+        return await self._wait_in_line(_Waiter(tokens, requests, now, estimate, klass))
 
     def _charged(self, estimate: int) -> int:
         """The learnt charge of ``estimate``, within the per-minute limit."""
@@ -289,21 +349,40 @@ class Limiter:
         """False during slow start once its slice of unanswered requests is out."""
         return self._heard or self._probes < self._slow_start
 
-    def expected_wait(self, *, tokens: int, requests: int = 1) -> float:
+    def expected_wait(
+        self, *, tokens: int, requests: int = 1, priority: str | None = None
+    ) -> float:
         """Seconds an acquire of this size asked now would wait behind the queue (0.0: at once).
 
         Queued waiters are counted at their full charge, so it is an estimate (exact with an
-        empty queue); a closed limiter or a request over the limit waits forever.
+        empty queue): those of ``priority``'s class and the classes above it in full, those of
+        a class below it for the share its weight takes meanwhile; a closed limiter or a
+        request over the limit waits forever.
         """
         if self._closed or tokens > self._pair.tokens.limit or requests > self._pair.requests.limit:
             return math.inf
         now = anyio.current_time()
         queued_tokens = queued_requests = 0
         if self._waiting:
-            for waiter in self._queue:
-                if not waiter.gone:
-                    queued_tokens += waiter.tokens
-                    queued_requests += waiter.requests
+            mine = self._class(priority)
+            above = True
+            own_tokens = own_requests = 0
+            for klass in self._classes.values():
+                class_tokens = class_requests = 0
+                for waiter in klass.queue:
+                    if not waiter.gone:
+                        class_tokens += waiter.tokens
+                        class_requests += waiter.requests
+                if above:
+                    queued_tokens += class_tokens
+                    queued_requests += class_requests
+                    if klass is mine:
+                        above = False
+                        own_tokens, own_requests = class_tokens + tokens, class_requests + requests
+                elif klass.weight > 0 and mine.weight > 0:
+                    share = klass.weight / mine.weight
+                    queued_tokens += min(class_tokens, int(own_tokens * share))
+                    queued_requests += min(class_requests, math.ceil(own_requests * share))
         wait = max(
             self._pair.tokens.wait_behind(queued_tokens, tokens, now),
             self._pair.requests.wait_behind(queued_requests, requests, now),
@@ -311,9 +390,16 @@ class Limiter:
         return max(wait, self._paused_until - now)
 
     async def _wait_in_line(self, waiter: _Waiter) -> LimiterReservation:
-        self._queue.append(waiter)
+        klass = waiter.klass
+        if not klass.waiting:
+            # No credit for the time it did not wait: start level with the classes waiting.
+            active = [c.finish for c in self._classes.values() if c.waiting and c.weight > 0]
+            if active:
+                klass.finish = max(klass.finish, min(active))
+        klass.queue.append(waiter)
+        klass.waiting += 1
         self._waiting += 1
-        if self._waiting == 1:
+        if self._waiting == 1 or self._head() is waiter:
             self._advance(waiter.arrived_at)
         try:
             while True:
@@ -332,15 +418,33 @@ class Limiter:
             self._abandon(waiter)
             raise
 
+    def _head(self) -> _Waiter | None:
+        """The next waiter to admit: the head of the class owed the most admissions."""
+        best: _Class | None = None
+        strict: _Class | None = None
+        for klass in self._classes.values():
+            if klass.head() is None:
+                continue
+            if klass.weight > 0:
+                if best is None or klass.finish < best.finish:
+                    best = klass
+            elif strict is None:
+                strict = klass
+        chosen = best if best is not None else strict
+        return None if chosen is None else chosen.head()
+
+    def _waiters(self) -> Iterator[_Waiter]:
+        for klass in self._classes.values():
+            yield from klass.queue
+
     def _advance(self, now: float) -> None:
         """Admit queued heads that fit at ``now``, in order; give the next head its deadline."""
-        queue = self._queue
         pair = self._pair
-        while queue:
-            head = queue[0]
-            if head.gone:
-                queue.popleft()
-                continue
+        while (head := self._head()) is not None:
+            if head is not self._timed:
+                if self._timed is not None:
+                    self._timed.set_deadline(math.inf)  # no longer the head: no timer
+                self._timed = head
             if not self._may_probe():
                 head.set_deadline(math.inf)  # woken by the first answer
                 return
@@ -352,7 +456,12 @@ class Limiter:
             if wait >= WAIT_TOLERANCE:
                 head.set_deadline(now + wait)
                 return
-            queue.popleft()
+            klass = head.klass
+            klass.queue.popleft()
+            klass.waiting -= 1
+            if klass.weight > 0:
+                klass.finish += head.tokens / klass.weight
+            self._timed = None
             head.gone = True
             self._waiting -= 1
             pair.take(head.tokens, head.requests)
@@ -396,14 +505,18 @@ class Limiter:
             self._wait_time -= reservation.waited
         elif not waiter.gone:
             waiter.gone = True
+            waiter.klass.waiting -= 1
             self._waiting -= 1
-            if self._queue[0] is not waiter:
+            if self._timed is not waiter:
                 return  # dropped lazily when it reaches the head
+            self._timed = None
         self._advance(now)
 
     def _fits_behind_head(self, tokens: int, requests: int, now: float) -> bool:
         """True if taking this now still lets the head go at its deadline (backfill)."""
-        head = self._queue[0]
+        head = self._head()
+        if head is None:
+            return False
         horizon = head.deadline - now
         if not 0 < horizon < math.inf:
             return False
@@ -552,7 +665,7 @@ class Limiter:
             self._charge.restart(None)
         bucket.resize(limit, burst_seconds=self._windows[index].seconds, now=now)
         announce_limit(self._announced, kind, limit, old=old, configured=self._configured[index])
-        for waiter in self._queue:
+        for waiter in self._waiters():
             amount = waiter.estimate if index == 0 else waiter.requests
             if not waiter.gone and amount > limit:
                 try:
@@ -560,7 +673,10 @@ class Limiter:
                 except RequestTooLarge as exc:
                     waiter.error = exc
                 waiter.gone = True
+                waiter.klass.waiting -= 1
                 self._waiting -= 1
+                if self._timed is waiter:
+                    self._timed = None
                 waiter.event.set()
 
     async def cooldown(
@@ -657,10 +773,13 @@ class Limiter:
     async def aclose(self) -> None:
         """Stop admitting: queued waiters and later callers get ``anyio.ClosedResourceError``."""
         self._closed = True
-        while self._queue:
-            waiter = self._queue.popleft()
+        for waiter in list(self._waiters()):
             if not waiter.gone:
                 waiter.gone = True
+                waiter.klass.waiting -= 1
                 self._waiting -= 1
                 waiter.error = anyio.ClosedResourceError()
                 waiter.event.set()
+        for klass in self._classes.values():
+            klass.queue.clear()
+        self._timed = None

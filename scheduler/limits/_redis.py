@@ -251,8 +251,13 @@ class RedisLimiter:
 
     # -- admission -----------------------------------------------------------------------------
 
-    async def acquire(self, *, tokens: int, requests: int = 1) -> RedisReservation:
+    async def acquire(
+        self, *, tokens: int, requests: int = 1, priority: str | None = None
+    ) -> RedisReservation:
         """Wait for this request's place in the shared schedule (FIFO across every process).
+
+        ``priority`` is accepted and not used yet: reservations on Redis are FIFO, whatever
+        their class (docs/limiter.md, "Priority classes").
 
         Raises ``RequestTooLarge`` at once when either amount exceeds its per-minute limit, and
         ``anyio.ClosedResourceError`` once the limiter is closed.
@@ -493,7 +498,9 @@ class RedisLimiter:
 
     # -- inspection and shutdown ---------------------------------------------------------------
 
-    def expected_wait(self, *, tokens: int, requests: int = 1) -> float:
+    def expected_wait(
+        self, *, tokens: int, requests: int = 1, priority: str | None = None
+    ) -> float:
         """Seconds an acquire of this size would wait, from the shared levels last seen (projected
         to now, no round trip) and this process's own waiters; an estimate."""
         if self._closed:
