@@ -374,3 +374,23 @@ def test_request_cost_total_and_validation() -> None:
 def test_cost_model_uses_the_counter_given() -> None:
     """An injected counter replaces the configured one."""
     assert CostModel(counter=CharCounter()).counter.name == "chars"
+
+
+def test_the_limiter_is_charged_the_character_view_of_text_and_billing_the_exact_one() -> None:
+    """An exact counter below the server's character estimate bills exact and charges chars."""
+
+    class Few:
+        name = "tiktoken:fake"
+
+        def count(self, text: str) -> int:
+            return len(text) // 10
+
+    body = {
+        "model": "gpt-4o",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "x" * 400}],
+    }
+    cost = CostModel(counter=Few()).estimate(body)
+    chars = CostModel(counter=CharCounter()).estimate(body)
+    assert cost.text_tokens < chars.text_tokens, "billing keeps the exact count"
+    assert cost.total == chars.total, "the limiter is charged the character estimate"
