@@ -8,7 +8,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from ._headers import RateLimitHeaders, RateLimitRefusal
 
-__all__ = ["LimiterStats", "RateLimiter", "Reservation"]
+__all__ = ["LimiterCounters", "LimiterStats", "RateLimiter", "Reservation"]
 logger = logging.getLogger("scheduler.limits")
 
 
@@ -93,6 +93,72 @@ class LimiterStats:
             raise ValueError("limits must be positive")
         if self.waiting < 0 or self.wait_time < 0:
             raise ValueError("waiting and wait_time must be >= 0")
+
+
+@dataclass(slots=True, kw_only=True)
+class LimiterCounters:
+    """The running counters every limiter keeps for this process; ``stats`` adds the levels."""
+
+    admitted_tokens: int = 0
+    admitted_requests: int = 0
+    estimated_tokens: int = 0
+    released_tokens: int = 0
+    released_requests: int = 0
+    refunded_tokens: int = 0
+    extra_tokens: int = 0
+    wait_time: float = 0.0
+    waiting: int = 0
+    lowest_token_level: float = 0.0
+    cooldowns: int = 0
+    rate_limited: int = 0
+    limit_changes: int = 0
+    wakeups: int = 0
+
+    def stats(
+        self,
+        *,
+        limits: tuple[int, int],
+        configured: tuple[int, int],
+        token_level: float,
+        request_level: float,
+        token_capacity: float,
+        token_debt: float,
+        cooldown_remaining: float,
+        charge_factor: float = 1.0,
+        token_window: float = 0.0,
+        request_window: float = 0.0,
+        slow_start: bool = False,
+    ) -> LimiterStats:
+        """A frozen snapshot of these counters with the levels the limiter knows."""
+        return LimiterStats(
+            tpm=limits[0],
+            rpm=limits[1],
+            configured_tpm=configured[0],
+            configured_rpm=configured[1],
+            admitted_tokens=self.admitted_tokens,
+            admitted_requests=self.admitted_requests,
+            released_tokens=self.released_tokens,
+            released_requests=self.released_requests,
+            refunded_tokens=self.refunded_tokens,
+            extra_tokens=self.extra_tokens,
+            wait_time=max(0.0, self.wait_time),
+            waiting=self.waiting,
+            token_level=token_level,
+            request_level=request_level,
+            token_capacity=token_capacity,
+            token_debt=token_debt,
+            lowest_token_level=self.lowest_token_level,
+            cooldowns=self.cooldowns,
+            rate_limited=self.rate_limited,
+            cooldown_remaining=cooldown_remaining,
+            limit_changes=self.limit_changes,
+            wakeups=self.wakeups,
+            estimated_tokens=self.estimated_tokens,
+            charge_factor=charge_factor,
+            token_window=token_window,
+            request_window=request_window,
+            slow_start=slow_start,
+        )
 
 
 @runtime_checkable

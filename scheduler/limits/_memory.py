@@ -52,6 +52,7 @@ from .._config import LimitsConfig
 from .._errors import InputError, RequestTooLarge
 from ._base import (
     DEFAULT_MARGIN_SECONDS,
+    LimiterCounters,
     LimiterStats,
     Reservation,
     SettlePolicy,
@@ -103,8 +104,8 @@ class LimiterReservation:
         self.waited = waited
         self._limiter = limiter
         # Cumulative admitted totals including this request: what a header about it has counted.
-        self._mark_tokens = limiter._admitted_tokens
-        self._mark_requests = limiter._admitted_requests
+        self._mark_tokens = limiter._counts.admitted_tokens
+        self._mark_requests = limiter._counts.admitted_requests
         self._open = True
         self._probe = not limiter._heard  # admitted during slow start
 
@@ -250,22 +251,10 @@ class Limiter:
         # A request without a priority joins the last (lowest) class.
         self._default_class = list(self._classes.values())[-1]
         self._timed: _Waiter | None = None  # the head whose timer is set
-        self._waiting = 0
+        self._counts = LimiterCounters()
         self._paused_until = -math.inf
         self._closed = False
-        self._admitted_tokens = 0
-        self._estimated_tokens = 0
-        self._admitted_requests = 0
-        self._released_tokens = 0
-        self._released_requests = 0
-        self._refunded_tokens = 0
-        self._extra_tokens = 0
-        self._wait_time = 0.0
-        self._lowest_level = self._pair.tokens.level
-        self._cooldowns = 0
-        self._rate_limited = 0
-        self._limit_changes = 0
-        self._wakeups = 0
+        self._counts.lowest_token_level = self._pair.tokens.level
 
     @classmethod
     def from_config(cls, limits: LimitsConfig) -> Limiter:
@@ -330,7 +319,7 @@ class Limiter:
         tokens = self._charged(estimate)
         now = anyio.current_time()
         if now >= self._paused_until and self._may_probe():
-            if not self._waiting:
+            if not self._counts.waiting:
                 if pair.wait_time(tokens, requests, now) == 0.0:
                     pair.take(tokens, requests)
                     return self._admit(tokens, requests, now, now, estimate)
@@ -363,7 +352,7 @@ class Limiter:
             return math.inf
         now = anyio.current_time()
         queued_tokens = queued_requests = 0
-        if self._waiting:
+        if self._counts.waiting:
             mine = self._class(priority)
             above = True
             own_tokens = own_requests = 0
@@ -398,15 +387,15 @@ class Limiter:
                 klass.finish = max(klass.finish, min(active))
         klass.queue.append(waiter)
         klass.waiting += 1
-        self._waiting += 1
-        if self._waiting == 1 or self._head() is waiter:
+        self._counts.waiting += 1
+        if self._counts.waiting == 1 or self._head() is waiter:
             self._advance(waiter.arrived_at)
         try:
             while True:
                 with anyio.CancelScope(deadline=waiter.deadline) as waiter.scope:
                     await waiter.event.wait()
                 waiter.scope = None
-                self._wakeups += 1
+                self._counts.wakeups += 1
                 if waiter.reservation is None and waiter.error is None:
                     self._advance(anyio.current_time())  # our own timer: we are the head
                 if waiter.reservation is not None:
@@ -463,7 +452,7 @@ class Limiter:
                 klass.finish += head.tokens / klass.weight
             self._timed = None
             head.gone = True
-            self._waiting -= 1
+            self._counts.waiting -= 1
             pair.take(head.tokens, head.requests)
             head.reservation = self._admit(
                 head.tokens, head.requests, head.arrived_at, now, head.estimate
@@ -473,15 +462,15 @@ class Limiter:
     def _admit(
         self, tokens: int, requests: int, arrived_at: float, now: float, estimate: int
     ) -> LimiterReservation:
-        self._admitted_tokens += tokens
-        self._estimated_tokens += estimate
-        self._admitted_requests += requests
+        self._counts.admitted_tokens += tokens
+        self._counts.estimated_tokens += estimate
+        self._counts.admitted_requests += requests
         if not self._heard:
             self._probes += 1
-        self._wait_time += now - arrived_at
+        self._counts.wait_time += now - arrived_at
         level = self._pair.tokens.level
-        if level < self._lowest_level:
-            self._lowest_level = level
+        if level < self._counts.lowest_token_level:
+            self._counts.lowest_token_level = level
         return LimiterReservation(
             self,
             tokens=tokens,
@@ -499,14 +488,14 @@ class Limiter:
             reservation._open = False
             self._pair.give(reservation.tokens, reservation.requests, now)
             self._answered(reservation)
-            self._admitted_tokens -= reservation.tokens
-            self._estimated_tokens -= reservation.estimate
-            self._admitted_requests -= reservation.requests
-            self._wait_time -= reservation.waited
+            self._counts.admitted_tokens -= reservation.tokens
+            self._counts.estimated_tokens -= reservation.estimate
+            self._counts.admitted_requests -= reservation.requests
+            self._counts.wait_time -= reservation.waited
         elif not waiter.gone:
             waiter.gone = True
             waiter.klass.waiting -= 1
-            self._waiting -= 1
+            self._counts.waiting -= 1
             if self._timed is not waiter:
                 return  # dropped lazily when it reaches the head
             self._timed = None
@@ -540,14 +529,14 @@ class Limiter:
         if reservation._probe:
             reservation._probe = False
             self._probes -= 1
-            if not self._heard and self._waiting:
+            if not self._heard and self._counts.waiting:
                 self._advance(anyio.current_time())
 
     def _hear(self, now: float) -> None:
         """The server has answered: slow start is over."""
         if not self._heard:
             self._heard = True
-            if self._waiting:
+            if self._counts.waiting:
                 self._advance(now)
 
     def _settle(self, reservation: LimiterReservation, actual_tokens: int) -> None:
@@ -557,19 +546,19 @@ class Limiter:
         delta = reservation.tokens - actual_tokens
         if delta > 0:
             self._pair.tokens.give(delta, now)
-            self._refunded_tokens += delta
+            self._counts.refunded_tokens += delta
         else:
             self._pair.tokens.charge(-delta, now)
-            self._extra_tokens -= delta
-        if self._waiting:
+            self._counts.extra_tokens -= delta
+        if self._counts.waiting:
             self._advance(now)
 
     def _release(self, reservation: LimiterReservation) -> None:
         now = anyio.current_time()
         self._pair.give(reservation.tokens, reservation.requests, now)
-        self._released_tokens += reservation.tokens
-        self._released_requests += reservation.requests
-        if self._waiting:
+        self._counts.released_tokens += reservation.tokens
+        self._counts.released_requests += reservation.requests
+        if self._counts.waiting:
             self._advance(now)
 
     # -- server feedback -----------------------------------------------------------------------
@@ -624,10 +613,10 @@ class Limiter:
                 and self._charge.read_remaining(
                     remaining=float(remaining),
                     limit=float(self._limits[0]),
-                    estimates=float(self._estimated_tokens),
+                    estimates=float(self._counts.estimated_tokens),
                     now=now,
                     alone=(linked.admitted_at, float(linked.estimate))
-                    if linked is not None and self._admitted_tokens == linked._mark_tokens
+                    if linked is not None and self._counts.admitted_tokens == linked._mark_tokens
                     else None,
                 )
             ):
@@ -636,9 +625,9 @@ class Limiter:
             if linked is not None:
                 elapsed = max(0.0, now - linked.admitted_at)
                 if index == 0:
-                    since = self._admitted_tokens - linked._mark_tokens
+                    since = self._counts.admitted_tokens - linked._mark_tokens
                 else:
-                    since = self._admitted_requests - linked._mark_requests
+                    since = self._counts.admitted_requests - linked._mark_requests
                 room = min(bucket.limit, room + bucket.rate * elapsed) - since
             window = self._windows[index]
             used = self._limits[index] - float(remaining)
@@ -653,14 +642,14 @@ class Limiter:
                 bucket.clamp(room, now)
                 changed = True
         self._hear(now)
-        if changed and self._waiting:
+        if changed and self._counts.waiting:
             self._advance(now)
 
     def _adopt(self, index: int, bucket: TokenBucket, limit: int, now: float) -> None:
         kind = ("tokens", "requests")[index]
         old = self._limits[index]
         self._limits[index] = limit
-        self._limit_changes += 1
+        self._counts.limit_changes += 1
         if index == 0:
             self._charge.restart(None)
         bucket.resize(limit, burst_seconds=self._windows[index].seconds, now=now)
@@ -674,7 +663,7 @@ class Limiter:
                     waiter.error = exc
                 waiter.gone = True
                 waiter.klass.waiting -= 1
-                self._waiting -= 1
+                self._counts.waiting -= 1
                 if self._timed is waiter:
                     self._timed = None
                 waiter.event.set()
@@ -694,7 +683,7 @@ class Limiter:
         ``reservation`` it refused, the charge learns from ``Requested N`` and the window of
         that limit's kind is halved (see :class:`WindowLearner`).
         """
-        self._rate_limited += 1
+        self._counts.rate_limited += 1
         now = anyio.current_time()
         if self._learn and refusal is not None and not refusal.too_large:
             index = {"tokens": 0, "requests": 1}.get(refusal.kind)
@@ -718,12 +707,12 @@ class Limiter:
         until = now + seconds
         if until > self._paused_until:
             if self._paused_until <= now:
-                self._cooldowns += 1
+                self._counts.cooldowns += 1
             self._paused_until = until
         self._pair.tokens.clamp(0.0, now)
         self._pair.requests.clamp(0.0, now)
         self._hear(now)
-        if self._waiting:
+        if self._counts.waiting:
             self._advance(now)
 
     # -- inspection and shutdown ---------------------------------------------------------------
@@ -740,30 +729,14 @@ class Limiter:
             token_level = tokens.refill(now)
             request_level = requests.refill(now)
         remaining = 0.0 if now is None else max(0.0, self._paused_until - now)
-        return LimiterStats(
-            tpm=self._limits[0],
-            rpm=self._limits[1],
-            configured_tpm=self._configured[0],
-            configured_rpm=self._configured[1],
-            admitted_tokens=self._admitted_tokens,
-            admitted_requests=self._admitted_requests,
-            released_tokens=self._released_tokens,
-            released_requests=self._released_requests,
-            refunded_tokens=self._refunded_tokens,
-            extra_tokens=self._extra_tokens,
-            wait_time=max(0.0, self._wait_time),
-            waiting=self._waiting,
+        return self._counts.stats(
+            limits=(self._limits[0], self._limits[1]),
+            configured=self._configured,
             token_level=token_level,
             request_level=request_level,
             token_capacity=tokens.capacity,
             token_debt=tokens.debt,
-            lowest_token_level=self._lowest_level,
-            cooldowns=self._cooldowns,
-            rate_limited=self._rate_limited,
             cooldown_remaining=remaining,
-            limit_changes=self._limit_changes,
-            wakeups=self._wakeups,
-            estimated_tokens=self._estimated_tokens,
             charge_factor=self._charge.factor if self._learn_charge else 1.0,
             token_window=self._windows[0].seconds,
             request_window=self._windows[1].seconds,
@@ -777,7 +750,7 @@ class Limiter:
             if not waiter.gone:
                 waiter.gone = True
                 waiter.klass.waiting -= 1
-                self._waiting -= 1
+                self._counts.waiting -= 1
                 waiter.error = anyio.ClosedResourceError()
                 waiter.event.set()
         for klass in self._classes.values():

@@ -49,6 +49,7 @@ from .._errors import ConfigError, RedisUnavailable
 from .._redis import LuaScript, RedisClient
 from ._base import (
     DEFAULT_MARGIN_SECONDS,
+    LimiterCounters,
     LimiterStats,
     Reservation,
     SettlePolicy,
@@ -181,7 +182,6 @@ class RedisLimiter:
         # every process's traffic, so it is not read per process.)
         self._learn_charge = learn_charge and learn_from_headers
         self._charge = ChargeLearner()
-        self._estimated = 0
         self.key = key
         self.lease_seconds = lease_seconds
         self._asks: deque[_Ask] = deque()
@@ -198,19 +198,9 @@ class RedisLimiter:
         self._cool_left = 0.0
         self._shift = 0.0
         self._seen_at: float | None = None
-        self._lowest_level = self._pair.tokens.top
         self._announced: set[tuple[str, int]] = set()
         # This process's counters.
-        self._admitted = [0, 0]
-        self._released = [0, 0]
-        self._refunded = 0
-        self._extra = 0
-        self._wait_time = 0.0
-        self._waiting = 0
-        self._cooldowns = 0
-        self._rate_limited = 0
-        self._limit_changes = 0
-        self._wakeups = 0
+        self._counts = LimiterCounters(lowest_token_level=self._pair.tokens.top)
         self.round_trips = 0
         self.leases = 0
 
@@ -268,18 +258,18 @@ class RedisLimiter:
         estimate = tokens
         if self._learn_charge:
             tokens = min(self._charge.charge(estimate), max(estimate, self._limits[0]))
-        self._waiting += 1
+        self._counts.waiting += 1
         try:
             if self.lease_seconds > 0:
                 slot, waited = await self._acquire_leased(tokens, requests)
             else:
                 slot, waited = await self._acquire_direct(tokens, requests)
         finally:
-            self._waiting -= 1
-        self._admitted[0] += tokens
-        self._admitted[1] += requests
-        self._estimated += estimate
-        self._wait_time += waited
+            self._counts.waiting -= 1
+        self._counts.admitted_tokens += tokens
+        self._counts.admitted_requests += requests
+        self._counts.estimated_tokens += estimate
+        self._counts.wait_time += waited
         return RedisReservation(
             self, tokens=tokens, requests=requests, slot=slot, waited=waited, estimate=estimate
         )
@@ -382,7 +372,7 @@ class RedisLimiter:
                 self._sleepers.discard(scope)
         if scope.cancelled_caught:
             raise anyio.ClosedResourceError
-        self._wakeups += 1
+        self._counts.wakeups += 1
 
     # -- reconciliation ------------------------------------------------------------------------
 
@@ -391,14 +381,14 @@ class RedisLimiter:
             return
         extra = actual_tokens - reservation.tokens
         if extra < 0:
-            self._refunded -= extra
+            self._counts.refunded_tokens -= extra
         else:
-            self._extra += extra
+            self._counts.extra_tokens += extra
         await self._adjust(tokens=extra, requests=0)
 
     async def _release(self, reservation: RedisReservation) -> None:
-        self._released[0] += reservation.tokens
-        self._released[1] += reservation.requests
+        self._counts.released_tokens += reservation.tokens
+        self._counts.released_requests += reservation.requests
         await self._adjust(tokens=-reservation.tokens, requests=-reservation.requests)
 
     async def _adjust(self, *, tokens: int, requests: int) -> None:
@@ -474,7 +464,7 @@ class RedisLimiter:
         With the ``refusal`` and the ``reservation`` it refused, this process learns the charge
         from ``Requested N`` (see :class:`~scheduler.limits._learning.ChargeLearner`).
         """
-        self._rate_limited += 1
+        self._counts.rate_limited += 1
         linked = reservation if isinstance(reservation, RedisReservation) else None
         if (
             self._learn_charge
@@ -492,7 +482,7 @@ class RedisLimiter:
         if not seconds > 0 or self._closed:
             return
         if self._cool_left <= 0:
-            self._cooldowns += 1
+            self._counts.cooldowns += 1
         self._remember(await self._call(_COOLDOWN, [seconds]))
         self._lease.expires = min(self._lease.expires, anyio.current_time())
 
@@ -542,30 +532,14 @@ class RedisLimiter:
             token_level = min(tokens.top, token_level + tokens.rate * elapsed)
             request_level = min(requests.top, request_level + requests.rate * elapsed)
             cool_left = max(0.0, cool_left - elapsed)
-        return LimiterStats(
-            tpm=tpm,
-            rpm=rpm,
-            configured_tpm=self._configured[0],
-            configured_rpm=self._configured[1],
-            admitted_tokens=self._admitted[0],
-            admitted_requests=self._admitted[1],
-            released_tokens=self._released[0],
-            released_requests=self._released[1],
-            refunded_tokens=self._refunded,
-            extra_tokens=self._extra,
-            wait_time=self._wait_time,
-            waiting=self._waiting,
+        return self._counts.stats(
+            limits=(tpm, rpm),
+            configured=self._configured,
             token_level=token_level,
             request_level=request_level,
             token_capacity=tokens.capacity,
             token_debt=tokens.debt,
-            lowest_token_level=self._lowest_level,
-            cooldowns=self._cooldowns,
-            rate_limited=self._rate_limited,
             cooldown_remaining=cool_left,
-            limit_changes=self._limit_changes,
-            wakeups=self._wakeups,
-            estimated_tokens=self._estimated,
             charge_factor=self._charge.factor if self._learn_charge else 1.0,
         )
 
@@ -610,7 +584,7 @@ class RedisLimiter:
         limits = (int(state[2]), int(state[3]))
         for index, kind in enumerate(("tokens", "requests")):
             if limits[index] != self._limits[index]:
-                self._limit_changes += 1
+                self._counts.limit_changes += 1
                 announce_limit(
                     self._announced,
                     kind,
@@ -623,7 +597,7 @@ class RedisLimiter:
         self._cool_left = float(state[4])
         self._shift = float(state[5])
         self._seen_at = anyio.current_time()
-        self._lowest_level = min(self._lowest_level, token_level)
+        self._counts.lowest_token_level = min(self._counts.lowest_token_level, token_level)
 
     def _slot(self, answer: str | None, tokens: int, requests: int) -> _Slot:
         """The place an answer gives, or RequestTooLarge against a limit learned meanwhile."""
