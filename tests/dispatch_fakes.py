@@ -171,3 +171,22 @@ class ScriptedServer:
 
     def times(self) -> list[float]:
         return [t for t, _, _ in self.calls]
+
+
+async def run_workers(
+    transport: httpx.AsyncBaseTransport,
+    worker: Callable[[httpx.AsyncClient], Awaitable[None]],
+    *,
+    count: int,
+    minutes: float,
+) -> None:
+    """``count`` copies of ``worker`` share one client to the simulator for ``minutes``."""
+    async with (
+        httpx.AsyncClient(
+            transport=transport, base_url="http://sim/v1", headers={"Authorization": "Bearer x"}
+        ) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.cancel_scope.deadline = anyio.current_time() + minutes * 60
+        for _ in range(count):
+            tg.start_soon(worker, client)

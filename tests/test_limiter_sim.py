@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import anyio
 import httpx
 import pytest
+from dispatch_fakes import run_workers
 
 from scheduler.limits import Limiter, RateLimitHeaders
 from scheduler.sim.app import create_app
@@ -51,15 +51,7 @@ async def drive(*, settle: str, correct_to_usage: bool, minutes: float) -> dict[
                 await limiter.cooldown(headers.retry_after or 0.5)
 
     transport = httpx.ASGITransport(app)
-    async with (
-        httpx.AsyncClient(
-            transport=transport, base_url="http://sim/v1", headers={"Authorization": "Bearer x"}
-        ) as client,
-        anyio.create_task_group() as tg,
-    ):
-        tg.cancel_scope.deadline = anyio.current_time() + minutes * 60
-        for _ in range(64):
-            tg.start_soon(worker, client)
+    await run_workers(transport, worker, count=64, minutes=minutes)
     return counts
 
 

@@ -12,6 +12,7 @@ import random
 import anyio
 import httpx
 import pytest
+from dispatch_fakes import run_workers
 
 from scheduler import ConfigError
 from scheduler._config import LimitsConfig, load_config
@@ -167,15 +168,7 @@ async def drive(*, margin: float, spread: float, seed: int, minutes: float) -> d
                 )
 
     transport = DelayedTransport(httpx.ASGITransport(app), spread=spread, seed=seed)
-    async with (
-        httpx.AsyncClient(
-            transport=transport, base_url="http://sim/v1", headers={"Authorization": "Bearer x"}
-        ) as client,
-        anyio.create_task_group() as tg,
-    ):
-        tg.cancel_scope.deadline = anyio.current_time() + minutes * 60
-        for _ in range(16):
-            tg.start_soon(worker, client)
+    await run_workers(transport, worker, count=16, minutes=minutes)
     return counts
 
 
