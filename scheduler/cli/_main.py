@@ -39,6 +39,18 @@ _COMMANDS: tuple[str, ...] = (
 )
 
 
+# Each branch of the error tree: the message's prefix and the exit code, first match wins.
+_EXITS: tuple[tuple[type[VschedError], str, int], ...] = (
+    (ConfigError, "config error: ", EXIT_USAGE),
+    (EndpointUnreachable, "stopped: ", EXIT_UNAVAILABLE),
+    (FatalError, "stopped: ", EXIT_FATAL),
+    (RedisUnavailable, "stopped: ", EXIT_UNAVAILABLE),
+    (QueueLost, "", EXIT_FAILED),
+    (StorageError, "", EXIT_UNAVAILABLE),
+    (VschedError, "", EXIT_USAGE),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -104,27 +116,10 @@ def _run(args: argparse.Namespace, secret: str | None) -> int:
 
     try:
         code: int = args.run(args)
-    except ConfigError as exc:
-        say(f"vsched: config error: {exc}")
-        return EXIT_USAGE
-    except EndpointUnreachable as exc:
-        say(f"vsched: stopped: {exc}")
-        return EXIT_UNAVAILABLE
-    except FatalError as exc:
-        say(f"vsched: stopped: {exc}")
-        return EXIT_FATAL
-    except RedisUnavailable as exc:
-        say(f"vsched: stopped: {exc}")
-        return EXIT_UNAVAILABLE
-    except QueueLost as exc:
-        say(f"vsched: {exc}")
-        return EXIT_FAILED
-    except StorageError as exc:
-        say(f"vsched: {exc}")
-        return EXIT_UNAVAILABLE
     except VschedError as exc:
-        say(f"vsched: {exc}")
-        return EXIT_USAGE
+        prefix, exit_code = next((p, c) for kind, p, c in _EXITS if isinstance(exc, kind))
+        say(f"vsched: {prefix}{exc}")
+        return exit_code
     except KeyboardInterrupt:
         say("vsched: interrupted")
         return EXIT_STOPPED
