@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import anyio
 import pytest
 
@@ -57,6 +59,30 @@ def test_one_outlier_moves_the_factor_by_a_bounded_amount() -> None:
         assert 1.0 <= learner.factor <= 2.0 * MAX_STEP
         low = min(low, learner.factor)
     assert learner.factor == pytest.approx(2.0, rel=0.05)
+
+
+def test_a_mixed_price_list_is_learnt_without_selection_bias() -> None:
+    """Requests whose own charge/estimate ratios differ (a flat image price beside text) on a
+    meter that runs near empty: the readings taken must not be chosen by the charges they hold
+    (a pair kept only when its own answer shows a full meter keeps the dear requests and drops
+    the cheap ones: the learnt charge then rises, admission slows, the meter empties more)."""
+    rng = random.Random(7)
+    limit, rate = 60_000.0, 1_000.0
+    learner = ChargeLearner()
+    meter = now = estimates = charged = 0.0
+    factor = []
+    for _ in range(3_000):
+        estimate = rng.choice((300.0, 600.0, 900.0))
+        charge = 843.0 + estimate - 255.0 if rng.random() < 0.5 else estimate * 1.2
+        # The client paces by the learnt charge: the next request when its charge has drained.
+        now += learner.factor * estimate / rate
+        meter = max(0.0, meter - rate * learner.factor * estimate / rate) + charge
+        estimates += estimate
+        charged += charge
+        learner.read_remaining(remaining=limit - meter, limit=limit, estimates=estimates, now=now)
+        factor.append(learner.factor)
+    truth = charged / estimates
+    assert sum(factor[-1000:]) / 1000 == pytest.approx(truth, rel=0.03)
 
 
 def test_requested_n_teaches_the_exact_charge() -> None:
