@@ -5,6 +5,8 @@
   ``vsched-metrics`` is the same with its Prometheus metrics on (the cost of ``observer=``).
 - ``vsched-settle-actual`` / ``vsched-settle-none``: the same with ``limits.settle`` forced, to
   compare the two settle policies (correct each charge to real usage, or keep the estimate).
+- ``vsched-learn-burst``: the same with ``limits.learn_burst = true`` (the burst grows towards
+  the server's enforcement window, probing; the quantum matrix runs it beside the default).
 - ``sdk-semaphore``: the do-it-yourself baseline: the official ``openai`` SDK (its own retries:
   exponential backoff with jitter, honouring ``retry-after-ms``) under an ``asyncio.Semaphore``.
 - ``sdk-aiolimiter``: the same SDK behind ``aiolimiter.AsyncLimiter(tpm, 60)`` weighted by
@@ -91,6 +93,7 @@ async def _run_vsched(
     settle: Literal["none", "actual"] | None = None,
     prepare: bool = False,
     metrics: bool = False,
+    learn_burst: bool | None = None,
 ) -> list[JobOutcome]:
     from scheduler import Secret, load_config
     from scheduler.dispatch import Scheduler
@@ -106,6 +109,7 @@ async def _run_vsched(
             "limits.tpm": target.tpm,
             "limits.rpm": target.rpm,
             "limits.settle": settle,
+            "limits.learn_burst": learn_burst,
             "concurrency.max_in_flight": MAX_IN_FLIGHT,
             # Image preparation (EXIF turn, shrink to the working size) decodes every image in a
             # worker thread; the peers send images as they are, so the race runs without it.
@@ -147,6 +151,13 @@ async def run_vsched_settle_actual(
 ) -> list[JobOutcome]:
     """vsched correcting each admission charge to the usage the server reports."""
     return await _run_vsched(bodies, target, settle="actual")
+
+
+async def run_vsched_learn_burst(
+    bodies: Sequence[dict[str, Any]], target: Target
+) -> list[JobOutcome]:
+    """vsched learning the server's enforcement window (``limits.learn_burst = true``)."""
+    return await _run_vsched(bodies, target, learn_burst=True)
 
 
 async def run_vsched_settle_none(
@@ -459,6 +470,7 @@ CONTENDERS: dict[str, Contender] = {
     "vsched-metrics": run_vsched_metrics,
     "vsched-settle-actual": run_vsched_settle_actual,
     "vsched-settle-none": run_vsched_settle_none,
+    "vsched-learn-burst": run_vsched_learn_burst,
     "sdk-semaphore": run_sdk_semaphore,
     "sdk-aiolimiter": run_sdk_aiolimiter,
     "sdk-pyrate": run_sdk_pyrate,

@@ -62,6 +62,7 @@ class RunRecord:
     rpm: int
     told_tpm: int
     warmup: float
+    quantum: float  # the server enforces its per-minute limits over this many seconds
     total_tokens: int  # the server's admission charge of every job, once
     count_tokens: bool  # False: the server does not enforce its TPM limit at all
     outcomes: list[JobOutcome]
@@ -181,6 +182,7 @@ def skipped_record(spec: RunSpec, contender: str, reason: str) -> RunRecord:
         rpm=spec.size.rpm,
         told_tpm=spec.told_tpm,
         warmup=spec.size.warmup,
+        quantum=spec.scenario.quantum,
         total_tokens=0,
         count_tokens=spec.scenario.count_tokens,
         outcomes=[],
@@ -225,6 +227,7 @@ def _record(
         rpm=spec.size.rpm,
         told_tpm=spec.told_tpm,
         warmup=spec.size.warmup,
+        quantum=spec.scenario.quantum,
         total_tokens=total_tokens,
         count_tokens=spec.scenario.count_tokens,
         outcomes=outcomes,

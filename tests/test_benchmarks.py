@@ -178,6 +178,7 @@ def _record(**changes: Any) -> RunRecord:
         "rpm": 600,
         "told_tpm": 6_000,
         "warmup": 0.0,
+        "quantum": 1.0,  # a per-second server: a second's worth of each limit at once
         "total_tokens": 60_000,  # ten minutes at 6,000 TPM; 100 requests at 600 RPM: ten seconds
         "count_tokens": True,
         "outcomes": [],
@@ -195,14 +196,36 @@ def _record(**changes: Any) -> RunRecord:
 
 def test_figures_name_the_binding_limit_first_and_count_late_429s() -> None:
     """TPM binds when tokens take longer than requests; 429s after the first 20 answers count
-    as late; the ideal comes from the server's charges."""
+    as late; the ideal comes from the server's charges, less the slice it lets in at once."""
     f = figures(_record())
     assert (f.binding, f.other) == ("TPM", "RPM")
-    assert f.binding_used == pytest.approx(0.5)
-    assert f.other_used == pytest.approx(0.1)
+    # Seconds 0-17 (95% of the charges in): half the rate, and the server's first second of
+    # room at the start unused.
+    assert f.binding_used == pytest.approx(900 / (100 * 18 + 100))
+    assert f.other_used == pytest.approx(18 / (10 * 18 + 10))
     assert f.per_1000_429 == pytest.approx(300.0)
     assert f.per_1000_429_late == pytest.approx(100.0)  # 5 + the 5 of the first 25 after #20
-    assert f.ideal == pytest.approx(600.0)
+    assert f.ideal == pytest.approx(599.0)  # 60,000 tokens less the first 100 at 100/s
+
+
+def test_ideal_of_a_per_minute_server_starts_with_its_minute() -> None:
+    """A server enforcing per minute lets a whole minute's charges in at once: the ideal drain
+    is a minute shorter than the tokens at its rate (a client pacing per second shows 1.1x)."""
+    f = figures(_record(quantum=60.0))
+    assert f.ideal == pytest.approx(540.0)
+    assert f.drain / f.ideal == pytest.approx(700.0 / 540.0)
+
+
+def test_limit_used_counts_the_room_a_per_minute_server_had() -> None:
+    """Pacing at the rate after the warm-up is 100% of a per-second server but not of a
+    per-minute one whose meter still had most of its minute free at the window's start."""
+    steady = {"series": [100] * 40, "admitted_series": [10] * 40, "warmup": 10.0}
+    per_second = figures(_record(**steady))
+    per_minute = figures(_record(**steady, quantum=60.0))
+    assert per_second.binding_used == pytest.approx(1.0)
+    window = 37 - 10  # seconds 10-36: 95% of the charges are in at second 37
+    # The meter held one second's worth at second 10: 59 s of room left unused.
+    assert per_minute.binding_used == pytest.approx(100 * window / (100 * window + 5_900))
 
 
 def test_figures_bind_on_requests_when_the_server_counts_no_tokens() -> None:
@@ -210,15 +233,15 @@ def test_figures_bind_on_requests_when_the_server_counts_no_tokens() -> None:
     f = figures(_record(count_tokens=False))
     assert f.binding == "RPM"
     assert f.tpm_used is None
-    assert f.ideal == pytest.approx(10.0)
+    assert f.ideal == pytest.approx(9.0)  # 100 requests less the first 10 at 10/s
 
 
 def test_ideal_tokens_are_the_simulators_own_charges() -> None:
     """The ideal's numerator equals what the simulator charged a run that admitted every job
-    exactly once (no faults, no 429s)."""
+    exactly once (no faults; a refused request is not charged, its retry is)."""
     spec = dataclasses.replace(SCENARIOS["steady"].spec("virtual", quick=True), requests=20)
     record = run_virtual_time(spec, "vsched")
-    assert record.statuses.get("429", 0) == 0
+    assert record.statuses.get("200", 0) == 20
     assert record.total_tokens == sum(record.series) == server_charges(spec)
 
 

@@ -214,17 +214,62 @@ def test_refusal_parser_ignores_messages_without_a_limit() -> None:
     assert RateLimitRefusal.parse("Please retry after 6 seconds.") is None
 
 
-def test_window_halves_at_a_429_and_keeps_below_the_failed_window() -> None:
-    """AIMD: growth while saturated and quiet, halved at a 429, capped under the failed window."""
-    window = WindowLearner(start=1.0, quiet=0.0, probe_after=1e9)
+def seconds_of(window: float) -> float:
+    """Tokens of ``window`` seconds of the test limit."""
+    return LIMIT * window / 60.0
+
+
+def test_the_servers_meter_proves_its_window() -> None:
+    """A meter holding ten seconds' worth (more than any one request) shows the server lets
+    that much in at once: the window jumps to it. A meter holding no more than our largest
+    request proves nothing (a request above the server's slice is let in alone)."""
+    window = WindowLearner(start=1.0)
+    window.saturated(used=seconds_of(3.0), limit=LIMIT, now=0.0, largest=seconds_of(3.0))
+    assert window.seconds == 1.0
+    window.saturated(used=seconds_of(10.0), limit=LIMIT, now=0.1, largest=seconds_of(0.5))
+    assert window.seconds == pytest.approx(10.0)
+
+
+def test_window_grows_while_saturated_and_stops_under_a_429s_bound() -> None:
+    """Growth of 1 s a second while the meter holds 80% of the window (which proves 80% of it);
+    a 429 at 11 s saying 9.5 s were used and 1 s requested bounds the server's window under
+    10.5 s: the window falls to what the meter proved (8 s, at 10 s) and from then on moves
+    only to what the meter proves, never past what the server refused."""
+    window = WindowLearner(start=1.0, quiet=0.0)
     for at in range(11):
-        window.saturated(used=LIMIT, limit=LIMIT, now=float(at))
+        window.saturated(used=seconds_of(0.8 * window.seconds), limit=LIMIT, now=float(at))
     assert window.seconds == pytest.approx(11.0)
-    window.refused(11.0)
-    assert window.seconds == pytest.approx(5.5)
-    for at in range(12, 100):
-        window.saturated(used=LIMIT, limit=LIMIT, now=float(at))
-    assert window.seconds <= 11.0 * 0.9
+    window.refused(11.0, used=seconds_of(9.5), requested=seconds_of(1.0), limit=LIMIT)
+    assert window.ceiling == pytest.approx(10.5)
+    assert window.seconds == pytest.approx(8.0)
+    for at in range(17, 100):
+        window.saturated(used=seconds_of(0.8 * window.seconds), limit=LIMIT, now=float(at))
+    assert window.seconds == pytest.approx(8.0)
+    window.saturated(used=seconds_of(9.0), limit=LIMIT, now=100.0)
+    assert window.seconds == pytest.approx(9.0)
+
+
+def test_a_429_without_figures_halves_the_window_not_below_what_was_proven() -> None:
+    """Without a 429's figures the window halves and the failed window is the ceiling; what
+    the meter proved stays."""
+    window = WindowLearner(start=1.0, seconds=12.0, proven=4.0)
+    window.refused(9.0)
+    assert window.seconds == pytest.approx(6.0)
+    assert window.ceiling == pytest.approx(12.0)
+    window = WindowLearner(start=1.0, seconds=8.0, proven=7.0)
+    window.refused(1.0)
+    assert window.seconds == pytest.approx(7.0)
+
+
+def test_a_429_the_window_did_not_cause_keeps_it() -> None:
+    """A refusal below a window the meter proved (a price mismatch, say) does not shrink it;
+    one on a per-second server never takes it below the start."""
+    window = WindowLearner(start=1.0, seconds=4.0, proven=4.0)
+    assert not window.refused(0.0, used=seconds_of(8.0), requested=seconds_of(0.2), limit=LIMIT)
+    assert window.seconds == 4.0
+    strict = WindowLearner(start=1.0, seconds=1.5)
+    strict.refused(0.0, used=seconds_of(0.7), requested=seconds_of(0.2), limit=LIMIT)
+    assert strict.seconds == 1.0
 
 
 def test_fixed_window_never_moves() -> None:

@@ -32,8 +32,10 @@ token limit and what we estimate, one factor per limit group, learnt from two si
 Lagging headers make single pairs noisy; since the sums' error is about one pair's residual,
 the ratio is trusted in proportion to how far the summed estimates outweigh the mean residual
 (``noise``, an EWMA): ``factor = 1 + trust * (ratio - 1)``, ``trust = min(1, estimated /
-(CONFIDENCE * noise))``. Consistent answers (a flat price, exact ``Requested N``) are trusted at
-once; a noisy server needs about ``CONFIDENCE`` pairs' worth of traffic first. A ratio within
+(CONFIDENCE * noise))``. The first pair fits its own ratio exactly, so the noise starts at
+``FIRST_NOISE`` (a quarter) of its charge: consistent answers (a flat price, exact ``Requested
+N``) are trusted within a handful of answers; a noisy server needs about ``CONFIDENCE`` pairs'
+worth of traffic first. A ratio within
 ``DEADBAND`` (8%) of 1 keeps the formula: that is the bias lagging headers were measured to give.
 
 The factor admission uses follows the sums' ratio, clamped to ``[MIN_FACTOR, MAX_FACTOR]`` and
@@ -44,14 +46,19 @@ time) describes the meter as of the answer; headers describing the admission ins
 noise at both ends, which the span dilutes.
 
 **The enforcement window** (:class:`WindowLearner`): how many seconds of the per-minute limit
-the server lets through at once. It starts at ``burst_seconds``; while the limiter is saturated
-(the server's meter holds at least ``SATURATED``, 75%, of our window: a per-second server's
-meter never holds more than a second's worth, so there growth stalls soon above it) and no 429
-of that kind came for ``quiet`` seconds, it grows additively by ``growth`` seconds per second;
-the first 429 of that kind halves it (never below the start) and remembers the window that
-failed as a ceiling, which later growth approaches but does not pass until ``probe_after``
-seconds (doubling after each failure) have gone by. The window is the bucket's burst: a level
-above what the server's ``remaining`` allows is never assumed (see ``Limiter.observe``).
+the server lets through at once. It starts at ``burst_seconds``. The server's meter is proof:
+a reading showing it holding more than our largest request (a request above the server's slice
+is let in only alone, on an empty meter) shows the server accepts that much at once, and the
+window jumps to it (``proven``). Beyond that, while the limiter is saturated (the meter holds
+at least ``SATURATED``, 75%, of our window) and no 429 of that kind came for ``quiet`` seconds,
+it grows additively by ``growth`` seconds per second: a probe. A 429 of that kind ends the
+probe: the window halves, falls at least to ``CEILING_SHARE`` (90%) of the ceiling (the window
+that failed, or lower the bound the 429's own figures give: ``Used + Requested`` did not fit),
+never below what was proven nor the start; from then on it moves only to what the meter proves
+(with ``probe_after`` seconds, default never, it probes again, doubling after each failure).
+So a per-minute server is found with no 429 (the meter proves each step), and a stricter one
+costs one 429 a run, the probe's. The window is the bucket's burst: when it grows, the new
+room is what the server's meter leaves under the new window, never more (``Limiter.observe``).
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ MIN_FACTOR = 0.2
 MAX_FACTOR = 5.0
 MAX_STEP = 1.2  # the factor moves at most 20% per answer
 CONFIDENCE = 20.0  # the sums must outweigh one pair's residual this many times to be trusted
+FIRST_NOISE = 0.25  # the noise assumed of the first pair, as a share of its charge
 # Within this of the formula the formula is kept: lagging headers (0.2-2 s, in the simulator)
 # bias the sums by up to ~6%, and a small departure is covered by the clamps and cooldowns.
 DEADBAND = 0.08
@@ -76,6 +84,9 @@ ANNOUNCE_DEPARTURE = 0.10  # log once when the learnt charge is this far from th
 # meter never holds more than a second's worth, so growth stalls soon above it (0.5 let a
 # per-second server see 8 429s in 1,200 requests, 0.9 starved lagging headers: 62% of the limit).
 SATURATED = 0.75
+# After a 429 the window falls at least this far under the ceiling it set (the window that
+# failed, or the bound the 429's figures give).
+CEILING_SHARE = 0.9
 
 
 @dataclass(slots=True, kw_only=True)
@@ -197,7 +208,13 @@ class ChargeLearner:
         self.samples += 1
         ratio = self.charged / self.estimated
         residual = abs(charged - ratio * estimated)
-        self.noise = residual if self.samples == 1 else 0.8 * self.noise + 0.2 * residual
+        # The first pair fits its own ratio exactly: its residual says nothing, so the noise
+        # starts at a quarter of its charge (a 429's Requested N at 2.03 s, then one lagging
+        # reading, had taken the factor to 1.4x for a minute: 91% of the limit).
+        if self.samples == 1:
+            self.noise = max(residual, FIRST_NOISE * charged)
+        else:
+            self.noise = 0.8 * self.noise + 0.2 * residual
         # The sums' error is about one pair's residual (the rest telescopes): trust the ratio in
         # proportion to how far the estimates summed outweigh it (CONFIDENCE residuals: ~5%).
         trust = min(1.0, self.estimated / (CONFIDENCE * self.noise)) if self.noise > 0 else 1.0
@@ -229,9 +246,13 @@ class WindowLearner:
     seconds: float = 0.0  # the learnt window (0: not set yet, the start)
     growth: float = 1.0  # seconds of window per second of saturated, quiet time
     quiet: float = 5.0  # seconds without a 429 of this kind before growing
-    probe_after: float = 60.0  # seconds before growing past a window that failed
+    # Seconds before growing past a window that failed (doubling after each failure); by
+    # default never: a server's enforcement window does not change within a run, and every
+    # probe past it costs a 429.
+    probe_after: float = math.inf
     fixed: bool = False
-    ceiling: float = math.inf
+    ceiling: float = math.inf  # seconds: a window the server refused (or its 429's bound)
+    proven: float = 0.0  # seconds: the most the server's meter was seen holding
     failures: int = 0
     last_refused: float = -math.inf
     grown_at: float | None = None
@@ -242,22 +263,42 @@ class WindowLearner:
         if self.seconds <= 0:
             self.seconds = self.start
 
-    def saturated(self, *, used: float, limit: float, now: float) -> bool:
-        """Grow if the server's meter (``used`` of ``limit`` per minute) holds ``SATURATED`` of
-        our window.
-
-        Returns True when the window changed.
-        """
-        last, self.grown_at = self.grown_at, now
-        if self.fixed or last is None or now <= last or self.seconds >= 60.0:
-            return False
-        if now - self.last_refused < self.quiet or used < SATURATED * limit * self.seconds / 60.0:
-            return False
+    def _top(self, now: float) -> float:
+        """The largest window growth may reach now (under a ceiling, unless it may be probed);
+        what the meter proved is never under it."""
         ceiling = self.ceiling
         if now - self.last_refused >= self.probe_after * 2 ** max(0, self.failures - 1):
             ceiling = math.inf
-        top = min(60.0, ceiling * 0.9 if ceiling < math.inf else 60.0)
-        grown = min(top, self.seconds + self.growth * (now - last))
+        if ceiling == math.inf:
+            return 60.0
+        # After a 429, only what the meter proves: every probe past the server's window is a
+        # 429, and a request above its slice makes the 429's bound loose (1.9 s at 1 s).
+        return self.proven
+
+    def saturated(self, *, used: float, limit: float, now: float, largest: float = 0.0) -> bool:
+        """Learn from the server's meter (``used`` of ``limit`` per minute) at an answer.
+
+        A meter holding more than ``largest`` (our largest request: a request above the slice
+        is let in alone on an empty meter) proves the server lets that much in at once: the
+        window jumps to it. Beyond what is proven, the window grows while the meter holds
+        ``SATURATED`` of it and no 429 of this kind came for ``quiet`` seconds. Returns True
+        when the window changed.
+        """
+        last, self.grown_at = self.grown_at, now
+        if self.fixed or limit <= 0:
+            return False
+        held = used * 60.0 / limit
+        if used > largest and held > self.proven:
+            self.proven = min(60.0, held)
+        top = self._top(now)
+        grown = min(top, self.proven)
+        if (
+            last is not None
+            and now > last
+            and now - self.last_refused >= self.quiet
+            and held >= SATURATED * self.seconds
+        ):
+            grown = max(grown, min(top, self.seconds + self.growth * (now - last)))
         if grown <= self.seconds:
             return False
         self.seconds = grown
@@ -267,15 +308,32 @@ class WindowLearner:
         """An answer that did not show saturation: growth restarts from ``now``."""
         self.grown_at = now
 
-    def refused(self, now: float) -> bool:
-        """A 429 of this kind: halve the window (not below the start); True when it changed."""
+    def refused(
+        self,
+        now: float,
+        *,
+        used: float | None = None,
+        requested: float | None = None,
+        limit: float | None = None,
+    ) -> bool:
+        """A 429 of this kind: shrink the window; True when it changed.
+
+        The window that failed is a ceiling, and so is the bound the 429's figures give (the
+        meter ``used`` plus the ``requested`` charge that did not fit, per minute of
+        ``limit``: the server's window is below it). The window halves, and falls at least to
+        ``CEILING_SHARE`` of the ceiling, but never below what the server's meter was seen
+        holding (``proven``) nor below the start.
+        """
         self.last_refused = now
         self.grown_at = now
         if self.fixed:
             return False
-        if self.seconds > self.start:
-            self.failures += 1
-            self.ceiling = self.seconds
         old = self.seconds
-        self.seconds = max(self.start, self.seconds / 2.0)
+        self.ceiling = min(self.ceiling, old)
+        if used is not None and requested is not None and limit:
+            self.ceiling = min(self.ceiling, (used + requested) * 60.0 / limit)
+        target = max(self.proven, min(old / 2.0, CEILING_SHARE * self.ceiling))
+        if old > self.start:
+            self.failures += 1
+        self.seconds = max(self.start, min(old, target))
         return self.seconds != old

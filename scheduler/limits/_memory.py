@@ -236,6 +236,8 @@ class Limiter:
             WindowLearner(start=burst_seconds, fixed=fixed),
             WindowLearner(start=burst_seconds, fixed=fixed),
         )
+        # The largest charge admitted: a meter holding more proves the server's window.
+        self._largest_tokens = 0.0
         # Slow start: until the server has answered once, at most this many requests are out.
         self._slow_start = slow_start_requests
         self._heard = slow_start_requests == 0
@@ -462,6 +464,8 @@ class Limiter:
     def _admit(
         self, tokens: int, requests: int, arrived_at: float, now: float, estimate: int
     ) -> LimiterReservation:
+        if tokens > self._largest_tokens:
+            self._largest_tokens = float(tokens)
         self._counts.admitted_tokens += tokens
         self._counts.estimated_tokens += estimate
         self._counts.admitted_requests += requests
@@ -630,13 +634,25 @@ class Limiter:
                     since = self._counts.admitted_requests - linked._mark_requests
                 room = min(bucket.limit, room + bucket.rate * elapsed) - since
             window = self._windows[index]
-            used = self._limits[index] - float(remaining)
-            if window.saturated(used=used, limit=float(self._limits[index]), now=now):
-                grown = window.seconds * self._limits[index] / 60.0 - bucket.capacity
+            limit_now = float(self._limits[index])
+            used = limit_now - float(remaining)
+            largest = self._largest_tokens if index == 0 else 1.0
+            if window.saturated(used=used, limit=limit_now, now=now, largest=largest):
+                grown = window.seconds * limit_now / 60.0 - bucket.capacity
                 bucket.resize(self._limits[index], burst_seconds=window.seconds, now=now)
-                # The grown part of the window is room now, as far as ``remaining`` allows.
+                # The grown part of the window is room now, as far as the server's meter (as
+                # this answer read it) leaves room under the new window and ``remaining``
+                # allows; growing never lowers the level.
                 if grown > 0:
-                    bucket.level = min(bucket.level + grown, bucket.top, room + bucket.reserve)
+                    bucket.level = max(
+                        bucket.level,
+                        min(
+                            bucket.level + grown,
+                            bucket.top,
+                            bucket.capacity - used + bucket.reserve,
+                            room + bucket.reserve,
+                        ),
+                    )
                 changed = True
             if room + bucket.reserve < bucket.refill(now):
                 bucket.clamp(room, now)
@@ -689,7 +705,13 @@ class Limiter:
             index = {"tokens": 0, "requests": 1}.get(refusal.kind)
             if index is not None and refusal.window == "minute":
                 window = self._windows[index]
-                if window.refused(now):
+                limit = refusal.limit or self._limits[index]
+                if window.refused(
+                    now,
+                    used=None if refusal.used is None else float(refusal.used),
+                    requested=None if refusal.requested is None else float(refusal.requested),
+                    limit=float(limit),
+                ):
                     bucket = (self._pair.tokens, self._pair.requests)[index]
                     bucket.resize(self._limits[index], burst_seconds=window.seconds, now=now)
             requested = refusal.price_signal
