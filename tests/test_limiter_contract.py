@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,16 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from scheduler import RequestTooLarge
+from scheduler import InputError, RequestTooLarge
 from scheduler._config import LimitsConfig
-from scheduler.limits import Limiter, RateLimiter, RateLimitHeaders, RedisLimiter
+from scheduler.limits import (
+    Limiter,
+    RateLimiter,
+    RateLimitHeaders,
+    RateLimitRefusal,
+    RedisLimiter,
+)
+from scheduler.limits._learning import MAX_STEP
 
 # 600k TPM = 10,000 tokens/s, 6,000 RPM = 100 requests/s; a 0.1 s burst is 1,000 tokens.
 TPM = 600_000
@@ -64,10 +72,17 @@ class Backend:
     virtual: bool
 
     def make(self, **overrides: Any) -> AnyLimiter:
-        """A limiter with the fast limits; an override of None leaves the constructor default."""
+        """A limiter with the fast limits; an override of None leaves the constructor default.
+
+        With priority classes the Redis limiter books nothing ahead (``book_ahead_seconds=0``):
+        by default it books up to 0.2 s ahead, which these tests would see as an inversion of
+        that much (its own test pins it); with 0 its order is the in-memory one exactly.
+        """
         options = {k: v for k, v in (FAST | overrides).items() if v is not None}
         if self.redis_url is None:
             return Limiter(**options)
+        if "priorities" in options:
+            options.setdefault("book_ahead_seconds", 0.0)
         return RedisLimiter(self.redis_url, **options)
 
     def seconds(self, expected: float) -> Any:
@@ -92,6 +107,17 @@ class Backend:
         else:
             await anyio.wait_all_tasks_blocked()
         assert limiter.stats().waiting == count
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition`` holds: at once in memory once every task is blocked; on
+        Redis (where the answer travels) polled on the real clock, for at most a second."""
+        if self.redis_url is None:
+            await anyio.wait_all_tasks_blocked()
+        else:
+            with anyio.move_on_after(1.0):
+                while not condition():  # noqa: ASYNC110 - the limiter offers no event for it
+                    await anyio.sleep(0.001)
+        assert condition()
 
 
 @pytest.fixture
@@ -408,3 +434,177 @@ async def test_expected_wait_estimates_admission_without_taking(backend: Backend
         assert limiter.expected_wait(tokens=TPM + 1) == float("inf")
         await limiter.cooldown(0.3)
         assert limiter.expected_wait(tokens=1) == backend.seconds(0.3)
+
+
+# -- priority classes ------------------------------------------------------------------------
+
+# Requests of 300 tokens, 30 ms apart at RATE: the wall clock cannot blur their order.
+CLASS_COST = 300
+
+
+async def admitted_in_class_order(
+    limiter: AnyLimiter, jobs: list[tuple[str | None, str]]
+) -> list[str]:
+    """Queue one acquire per (class, label), in turn, behind a 30 ms pause; admission order.
+
+    The pause (a cooldown, which empties the bucket; it refills 300 tokens by its end) keeps
+    every request waiting until all have arrived; then one goes every 30 ms.
+    """
+    await limiter.cooldown(CLASS_COST / RATE)
+    order: list[str] = []
+
+    async def one(priority: str | None, label: str) -> None:
+        await limiter.acquire(tokens=CLASS_COST, priority=priority)
+        order.append(label)
+
+    async with anyio.create_task_group() as tg:
+        for priority, label in jobs:
+            tg.start_soon(one, priority, label)
+            await anyio.lowlevel.checkpoint()
+    return order
+
+
+async def test_strict_priority_and_fifo_inside_each_class(backend: Backend) -> None:
+    """A weighted class goes before a weight-0 one queued first; each class is FIFO."""
+    async with backend.make(priorities={"interactive": 1, "bulk": 0}) as limiter:
+        jobs: list[tuple[str | None, str]] = [
+            ("bulk", "b0"),
+            ("interactive", "i0"),
+            ("bulk", "b1"),
+            ("interactive", "i1"),
+            ("bulk", "b2"),
+        ]
+        order = await admitted_in_class_order(limiter, jobs)
+        assert order == ["i0", "i1", "b0", "b1", "b2"]
+
+
+async def test_weights_share_admissions_and_give_bulk_its_floor(backend: Backend) -> None:
+    """interactive 3 / bulk 1, both waiting: bulk gets one admission in four (its floor), the
+    class with the fewest tokens admitted per weight going next (ties to the higher class)."""
+    async with backend.make(priorities={"interactive": 3, "bulk": 1}) as limiter:
+        jobs: list[tuple[str | None, str]] = [("bulk", f"b{i}") for i in range(4)]
+        jobs += [("interactive", f"i{i}") for i in range(8)]
+        order = await admitted_in_class_order(limiter, jobs)
+        assert order == ["i0", "b0", "i1", "i2", "i3", "b1", "i4", "i5", "i6", "b2", "i7", "b3"]
+
+
+async def test_no_priority_joins_the_last_class_and_an_unknown_one_fails(
+    backend: Backend,
+) -> None:
+    """A request without a class waits in the last one; an unknown class is an InputError, at
+    once."""
+    async with backend.make(priorities={"interactive": 1, "bulk": 0}) as limiter:
+        assert limiter.priorities == ("interactive", "bulk")
+        with pytest.raises(InputError, match="unknown priority class 'urgent'"):
+            await limiter.acquire(tokens=1, priority="urgent")
+        assert limiter.stats().admitted_requests == 0
+        order = await admitted_in_class_order(
+            limiter, [(None, "none"), ("bulk", "b"), ("interactive", "i")]
+        )
+        assert order == ["i", "none", "b"]
+
+
+# -- charge learning and slow start ----------------------------------------------------------
+
+
+class Meter:
+    """A server's token meter charging ``ratio`` x our estimate, draining at its limit's rate
+    on the test's clock; ``remaining`` is what its headers would say now."""
+
+    def __init__(self, *, ratio: float, limit: int = TPM, used: float = TPM / 2) -> None:
+        self.ratio = ratio
+        self.limit = limit
+        self.used = used
+        self.at = anyio.current_time()
+
+    def arrive(self, estimate: int) -> None:
+        now = anyio.current_time()
+        self.used = max(0.0, self.used - self.limit / 60 * (now - self.at)) + self.ratio * estimate
+        self.at = now
+
+    def remaining(self, *, off: float = 0.0) -> int:
+        drained = self.limit / 60 * (anyio.current_time() - self.at)
+        return round(self.limit - max(0.0, self.used - drained) - off)
+
+
+async def answer(limiter: AnyLimiter, meter: Meter, estimate: int, *, off: float = 0.0) -> None:
+    """One request admitted, charged by the meter, and its answer's headers observed 5 ms
+    later (readings at one instant teach nothing)."""
+    reservation = await limiter.acquire(tokens=estimate)
+    meter.arrive(estimate)
+    await anyio.sleep(0.005)
+    headers = RateLimitHeaders(limit_tokens=meter.limit, remaining_tokens=meter.remaining(off=off))
+    await limiter.observe(headers, reservation=reservation)
+
+
+# A 6 s burst (60,000 tokens): the learning tests' traffic never waits for the bucket.
+LEARN: dict[str, Any] = {"burst_seconds": 6.0}
+
+
+@pytest.mark.parametrize("ratio", [1.5, 0.7])
+async def test_charge_is_learnt_from_remaining_tokens_in_both_directions(
+    backend: Backend, ratio: float
+) -> None:
+    """A server charging 1.5x or 0.7x our estimate is learnt from remaining-tokens within 30
+    answers, and admission then charges the learnt amount."""
+    async with backend.make(**LEARN) as limiter:
+        meter = Meter(ratio=ratio)
+        for _ in range(30):
+            await answer(limiter, meter, 100)
+        assert limiter.stats().charge_factor == pytest.approx(ratio, rel=0.03)
+        reservation = await limiter.acquire(tokens=1_000)
+        assert reservation.tokens == pytest.approx(1_000 * ratio, rel=0.03)
+        stats = limiter.stats()
+        assert stats.estimated_tokens == 30 * 100 + 1_000
+        assert (stats.admitted_tokens > stats.estimated_tokens) == (ratio > 1)
+
+
+async def test_one_outlier_answer_moves_the_charge_a_bounded_amount(backend: Backend) -> None:
+    """One answer reading 100,000 tokens more used than the meter holds moves the learnt
+    factor by at most 20%, and the next honest answers keep it within the truth's bounds."""
+    async with backend.make(**LEARN) as limiter:
+        meter = Meter(ratio=1.5)
+        for _ in range(30):
+            await answer(limiter, meter, 100)
+        before = limiter.stats().charge_factor
+        await answer(limiter, meter, 100, off=100_000)
+        after = limiter.stats().charge_factor
+        assert before / MAX_STEP - 1e-9 <= after <= before * MAX_STEP + 1e-9
+        for _ in range(5):
+            await answer(limiter, meter, 100)
+            assert 1.0 <= limiter.stats().charge_factor <= 1.5 * MAX_STEP
+
+
+async def test_requested_n_of_a_429_teaches_the_charge(backend: Backend) -> None:
+    """A 429 saying the server charged twice our estimate raises the factor (at most 20% an
+    answer), and later admissions are charged the learnt amount."""
+    async with backend.make(**LEARN) as limiter:
+        first = await limiter.acquire(tokens=1_000)
+        refusal = RateLimitRefusal(kind="tokens", limit=TPM, used=0, requested=2_000)
+        await limiter.cooldown(0.001, reservation=first, refusal=refusal)
+        assert limiter.stats().charge_factor == pytest.approx(MAX_STEP)
+        second = await limiter.acquire(tokens=1_000)
+        assert (second.estimate, second.tokens) == (1_000, 1_200)
+
+
+async def test_slow_start_admits_a_slice_until_the_first_answer(backend: Backend) -> None:
+    """Before any answer at most ``slow_start_requests`` are out; one answered (or never sent)
+    frees its place, and the first answer with headers opens the gate."""
+    admitted: list[Any] = []
+    async with backend.make(slow_start_requests=2) as limiter:
+
+        async def one() -> None:
+            admitted.append(await limiter.acquire(tokens=10))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(one)
+            await backend.until_waiting(limiter, 3)
+            assert len(admitted) == 2
+            assert limiter.stats().slow_start
+            await admitted[0].release()  # never sent: its place in the slice is free
+            await backend.until(lambda: len(admitted) == 3)
+            assert limiter.stats().waiting == 2
+            await limiter.observe(RateLimitHeaders())
+            await backend.until(lambda: len(admitted) == 5)
+        assert not limiter.stats().slow_start

@@ -7,6 +7,7 @@ round trips, leases, batching, and what several processes see of each other.
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from scheduler import ConfigError, RequestTooLarge
@@ -240,3 +241,94 @@ async def test_margin_matches_the_in_memory_bucket(redis_url: str) -> None:
         # On Redis's clock, whatever the load between the two calls.
         expected = max(first._slot.at + 0.25, server_now(second))
         assert second._slot.at == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.anyio
+@WALL_CLOCK
+async def test_an_interactive_request_on_one_machine_passes_bulk_waiting_on_another(
+    redis_url: str,
+) -> None:
+    """Bulk queued on machine B does not hold back interactive on machine A: it waits at most
+    the book-ahead (0.2 s by default) plus its own refill, not behind all of B's queue."""
+    classes = {"priorities": {"interactive": 1, "bulk": 0}}
+    order: list[str] = []
+    async with make(redis_url, **classes) as a, make(redis_url, **classes) as b:
+        await b.cooldown(0.05)  # empties the bucket: every request waits its turn
+
+        async def one(limiter: RedisLimiter, priority: str, label: str) -> float:
+            reservation = await limiter.acquire(tokens=1_000, priority=priority)
+            order.append(label)
+            return reservation.waited
+
+        waits: dict[str, float] = {}
+        async with anyio.create_task_group() as tg:
+            for index in range(7):  # 0.1 s each at 10,000 tokens/s: 0.7 s of bulk
+                tg.start_soon(one, b, "bulk", f"b{index}")
+                await anyio.lowlevel.checkpoint()  # each reaches the limiter in turn
+            while len(b._tickets) < 5:  # noqa: ASYNC110 - queued on Redis as tickets
+                await anyio.sleep(0.001)
+
+            async def interactive() -> None:
+                waits["i"] = await one(a, "interactive", "i")
+
+            tg.start_soon(interactive)
+    # At most 0.2 s of bulk was booked ahead when it came; FIFO would have been 0.7 s.
+    assert waits["i"] <= 0.2 + 0.1 + 0.05 + 0.05
+    assert order.index("i") <= 3, order
+    assert [label for label in order if label != "i"] == [f"b{i}" for i in range(7)]
+
+
+@pytest.mark.anyio
+@WALL_CLOCK
+async def test_two_machines_converge_to_one_learnt_charge(redis_url: str) -> None:
+    """Two processes answered by one server meter (1.5x our estimates) learn one charge: the
+    admissions since each reading are counted fleet-wide, so neither sees the other's traffic
+    as its own overcharge, and both then charge the same."""
+    ratio, limit = 1.5, 600_000
+    used, at = limit / 2, anyio.current_time()
+    async with make(redis_url, burst_seconds=6.0) as a, make(redis_url, burst_seconds=6.0) as b:
+        for step in range(40):
+            limiter = (a, b)[step % 2]
+            reservation = await limiter.acquire(tokens=100)
+            now = anyio.current_time()
+            used = used - limit / 60 * (now - at) + ratio * 100
+            at = now
+            await anyio.sleep(0.003)
+            remaining = round(limit - used + limit / 60 * (anyio.current_time() - at))
+            await limiter.observe(
+                RateLimitHeaders(limit_tokens=limit, remaining_tokens=remaining),
+                reservation=reservation,
+            )
+        # A process charges the factor its last script answer carried: one call each first.
+        await a.acquire(tokens=1)
+        await b.acquire(tokens=1)
+        assert a.stats().charge_factor == b.stats().charge_factor
+        first, second = await a.acquire(tokens=1_000), await b.acquire(tokens=1_000)
+        assert a.stats().charge_factor == pytest.approx(ratio, rel=0.03)
+        assert first.tokens == second.tokens == pytest.approx(1_500, rel=0.03)
+
+
+@pytest.mark.anyio
+@WALL_CLOCK
+async def test_slow_start_is_shared_by_the_fleet(redis_url: str) -> None:
+    """Slow start's slice counts every process's requests, and one process's first answer
+    opens the gate for all."""
+    async with (
+        make(redis_url, slow_start_requests=2) as a,
+        make(redis_url, slow_start_requests=2) as b,
+    ):
+        await a.acquire(tokens=10)
+        await a.acquire(tokens=10)
+        admitted: list[object] = []
+
+        async def one() -> None:
+            admitted.append(await b.acquire(tokens=10))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            while not b._tickets:  # noqa: ASYNC110 - queued on Redis behind the slice
+                await anyio.sleep(0.001)
+            assert b.stats().slow_start and not admitted
+            await a.observe(RateLimitHeaders())
+        assert len(admitted) == 1
+        assert not b.stats().slow_start

@@ -37,15 +37,19 @@ projected to now; counters are this process's. ``round_trips`` and ``leases`` co
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import uuid
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
 
-from .._errors import ConfigError, RedisUnavailable
+from .._errors import ConfigError, InputError, RedisUnavailable
 from .._redis import LuaScript, RedisClient
 from ._base import (
     DEFAULT_MARGIN_SECONDS,
@@ -58,7 +62,7 @@ from ._base import (
 from ._bucket import BucketPair
 from ._headers import RateLimitHeaders, RateLimitRefusal
 from ._learning import ChargeLearner
-from ._redis_scripts import _ACQUIRE, _COOLDOWN, _OBSERVE
+from ._redis_scripts import _ACQUIRE, _COOLDOWN, _LEARN, _OBSERVE
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -67,14 +71,22 @@ __all__ = ["RedisLimiter", "RedisReservation"]
 
 # How long closing may spend giving back an unused lease and refunds.
 _GIVE_BACK_SECONDS = 2.0
+# Longest a waiting ticket's owner goes without polling (the scripts drop the tickets of an
+# owner silent for 10 s as dead).
+_MAX_POLL_SECONDS = 1.0
+# How many times a reading of the shared learnt charge is tried when other processes write it.
+_LEARN_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
 class _Ask:
-    """One slot request waiting for a script answer."""
+    """One slot request waiting for a script answer ("q": a ticket waiting in its class)."""
 
     tokens: int
     requests: int
+    estimate: int = 0  # what ``tokens`` charges for (0 for a lease: reported as handed out)
+    klass: int = 0  # index of its priority class
+    id: str = ""
     wake: anyio.Event = field(default_factory=anyio.Event)
     answer: str | None = None
     error: BaseException | None = None
@@ -90,6 +102,9 @@ class _Slot:
     mark_tokens: int
     mark_requests: int
     shift: float = 0.0
+    mark_estimates: int = 0  # the fleet's estimated tokens admitted, this one included
+    probe: bool = False  # admitted during slow start: holds a place in its slice
+    id: str = ""
 
 
 @dataclass(slots=True)
@@ -133,12 +148,14 @@ class RedisReservation:
             raise ValueError(f"actual_tokens must be >= 0, got {actual_tokens!r}")
         if self._open:
             self._open = False
+            self._limiter._answered(self._slot)
             await self._limiter._settle(self, actual_tokens)
 
     async def release(self) -> None:
         """Give back tokens and request: the request was never sent."""
         if self._open:
             self._open = False
+            self._limiter._answered(self._slot)
             await self._limiter._release(self)
 
     def __repr__(self) -> str:
@@ -161,11 +178,26 @@ class RedisLimiter:
         lease_seconds: float = 0.0,
         margin_seconds: float = DEFAULT_MARGIN_SECONDS,
         learn_charge: bool = True,
+        slow_start_requests: int = 0,
+        priorities: Mapping[str, float] | None = None,
+        book_ahead_seconds: float = 0.2,
     ) -> None:
         if settle not in ("none", "actual"):
             raise ValueError(f"settle must be 'none' or 'actual', got {settle!r}")
         if not lease_seconds >= 0:
             raise ValueError(f"lease_seconds must be >= 0, got {lease_seconds!r}")
+        if slow_start_requests < 0:
+            raise ValueError(f"slow_start_requests must be >= 0, got {slow_start_requests!r}")
+        if not book_ahead_seconds >= 0:
+            raise ValueError(f"book_ahead_seconds must be >= 0, got {book_ahead_seconds!r}")
+        weights = {name: float(w) for name, w in (priorities or {"default": 1.0}).items()}
+        if any(not weight >= 0 for weight in weights.values()):
+            raise ValueError(f"priority weights must be >= 0, got {weights!r}")
+        self._weights = weights
+        self._class_index = {name: index for index, name in enumerate(weights)}
+        # One class needs no queue: FIFO is the schedule's order, booked ahead without bound.
+        # With classes, a slot is booked at most this far ahead; the rest waits as tickets.
+        self._horizon = -1.0 if len(weights) == 1 else book_ahead_seconds
         # The in-memory limiter's buckets validate the limits and word the oversize error.
         self._pair = BucketPair.per_minute(
             tpm=tpm, rpm=rpm, burst_seconds=burst_seconds, margin=margin_seconds
@@ -177,11 +209,25 @@ class RedisLimiter:
         self._margin = margin_seconds
         self._settle_policy = settle
         self._learn = learn_from_headers
-        # This process's learnt charge (server charge / estimate), from 429s' ``Requested N``:
-        # the exact charge of one request we estimated. (The remaining-tokens signal counts
-        # every process's traffic, so it is not read per process.)
+        # The fleet's learnt charge (server charge / estimate), kept in Redis: this is the copy
+        # last read (its factor refreshed by every script answer) and the version it had.
         self._learn_charge = learn_charge and learn_from_headers
         self._charge = ChargeLearner()
+        self._charge_version = ""
+        # Slow start, shared: until the fleet has had an answer, this many requests are out.
+        self._slow_start = slow_start_requests
+        self._heard = slow_start_requests == 0
+        self._owner = uuid.uuid4().hex[:16]
+        self._next_id = 0
+        self._tickets: dict[str, _Ask] = {}  # waiting in a class queue on Redis
+        self._poller: _Ask | None = None  # the ticket whose task polls for all of them
+        self._poll_at = -math.inf
+        self._poll_due = False
+        self._flushed = anyio.Event()
+        self._drop_ids: list[str] = []  # tickets abandoned, to unqueue (or give back)
+        self._free_ids: list[str] = []  # slow-start places answered, to free
+        self._unreported_estimates = 0  # handed out from leases, not yet told to Redis
+        self._server_now = 0.0
         self.key = key
         self.lease_seconds = lease_seconds
         self._asks: deque[_Ask] = deque()
@@ -224,6 +270,8 @@ class RedisLimiter:
             lease_seconds=limits.lease_seconds,
             margin_seconds=limits.margin_seconds,
             learn_charge=limits.learn_charge,
+            slow_start_requests=limits.slow_start_requests,
+            priorities=limits.priorities or None,
         )
         limiter._owns_client = client is None
         return limiter
@@ -241,29 +289,47 @@ class RedisLimiter:
 
     # -- admission -----------------------------------------------------------------------------
 
+    @property
+    def priorities(self) -> tuple[str, ...]:
+        """The priority classes, highest first (one ``"default"`` class when none is set)."""
+        return tuple(self._weights)
+
+    def _class(self, priority: str | None) -> int:
+        if priority is None:
+            return len(self._weights) - 1  # the last (lowest) class
+        index = self._class_index.get(priority)
+        if index is None:
+            raise InputError(
+                f"unknown priority class {priority!r} (known: {', '.join(self._weights)})"
+            )
+        return index
+
     async def acquire(
         self, *, tokens: int, requests: int = 1, priority: str | None = None
     ) -> RedisReservation:
-        """Wait for this request's place in the shared schedule (FIFO across every process).
+        """Wait for this request's place in the shared schedule: in class order across every
+        process, FIFO inside a class.
 
-        ``priority`` is accepted and not used yet: reservations on Redis are FIFO, whatever
-        their class (docs/limiter.md, "Priority classes").
-
+        ``priority`` names the class (default: the last); an unknown name is an ``InputError``.
+        With charge learning the tokens taken are the fleet's learnt charge of the estimate.
         Raises ``RequestTooLarge`` at once when either amount exceeds its per-minute limit, and
         ``anyio.ClosedResourceError`` once the limiter is closed.
         """
         if self._closed:
             raise anyio.ClosedResourceError
+        klass = self._class(priority)
         self._pair.check(tokens, requests)
         estimate = tokens
         if self._learn_charge:
             tokens = min(self._charge.charge(estimate), max(estimate, self._limits[0]))
         self._counts.waiting += 1
         try:
-            if self.lease_seconds > 0:
-                slot, waited = await self._acquire_leased(tokens, requests)
+            # During slow start every request is its own probe, so nothing is leased.
+            if self.lease_seconds > 0 and self._heard:
+                slot, waited = await self._acquire_leased(tokens, requests, klass)
+                self._unreported_estimates += estimate
             else:
-                slot, waited = await self._acquire_direct(tokens, requests)
+                slot, waited = await self._acquire_direct(tokens, requests, estimate, klass)
         finally:
             self._counts.waiting -= 1
         self._counts.admitted_tokens += tokens
@@ -274,19 +340,97 @@ class RedisLimiter:
             self, tokens=tokens, requests=requests, slot=slot, waited=waited, estimate=estimate
         )
 
-    async def _acquire_direct(self, tokens: int, requests: int) -> tuple[_Slot, float]:
-        ask = _Ask(tokens, requests)
-        await self._exchange(ask)
-        if ask.error is not None:
-            raise ask.error
+    async def _acquire_direct(
+        self, tokens: int, requests: int, estimate: int, klass: int
+    ) -> tuple[_Slot, float]:
+        ask = _Ask(tokens, requests, estimate, klass)
+        await self._ask(ask)
         slot = self._slot(ask.answer, tokens, requests)
         try:
             waited = await self._sleep_slot(slot.wait, slot.shift)
         except BaseException:
+            self._answered(slot)
             with anyio.CancelScope(shield=True):
                 await self._adjust(tokens=-tokens, requests=-requests)
             raise
         return slot, waited
+
+    async def _ask(self, ask: _Ask) -> None:
+        """Get ``ask`` a slot: at once, or as a ticket in its class until a script grants it."""
+        while True:
+            await self._exchange(ask)
+            if ask.error is not None:
+                raise ask.error
+            if ask.answer == "q":
+                await self._await_ticket(ask)
+            if ask.answer != "g":
+                return
+            # The ticket is gone (its owner looked dead, or Redis lost it): queue again.
+            ask.answer, ask.id, ask.wake = None, "", anyio.Event()
+
+    async def _await_ticket(self, ask: _Ask) -> None:
+        """Wait until a script grants this ticket (whichever process's call it is).
+
+        One waiting ticket's task polls for all of this process's tickets (every script call
+        polls them all), at the time the last answer gave; the others sleep on their events.
+        """
+        try:
+            with anyio.CancelScope() as scope:
+                self._sleepers.add(scope)
+                try:
+                    while ask.answer == "q":
+                        if self._poller is None:
+                            self._poller = ask
+                        if self._poller is ask:
+                            with anyio.move_on_at(self._poll_at):
+                                await ask.wake.wait()
+                            if ask.answer == "q" and anyio.current_time() >= self._poll_at:
+                                await self._poll()
+                        else:
+                            await ask.wake.wait()
+                        if ask.answer == "q":
+                            ask.wake = anyio.Event()
+                finally:
+                    self._sleepers.discard(scope)
+                    if self._poller is ask:
+                        self._poller = None
+                        self._poke()  # another waiting ticket takes over the polling
+            if scope.cancelled_caught:
+                raise anyio.ClosedResourceError
+        except BaseException:
+            if self._tickets.pop(ask.id, None) is not None and ask.answer == "q":
+                self._drop_ids.append(ask.id)
+                if not self._closed:
+                    # Best effort: the error that abandoned the ticket is the one to raise.
+                    with (
+                        anyio.CancelScope(shield=True),
+                        anyio.move_on_after(_GIVE_BACK_SECONDS),
+                        contextlib.suppress(Exception),
+                    ):
+                        await self._exchange(None)
+            raise
+        finally:
+            self._tickets.pop(ask.id, None)
+
+    async def _poll(self) -> None:
+        """Ask Redis about this process's tickets (a call in flight already does)."""
+        if self._flushing:
+            await self._flushed.wait()
+            return
+        self._poll_due = True
+        await self._exchange(None)
+
+    def _poke(self) -> None:
+        """Wake the waiting tickets' tasks to look again (the poll time moved, or a place freed)."""
+        for ask in self._tickets.values():
+            ask.wake.set()
+
+    def _answered(self, slot: _Slot) -> None:
+        """A slow-start request is answered (or never sent): its place in the slice is free."""
+        if slot.probe and not self._heard and slot.id:
+            self._free_ids.append(slot.id)
+            self._poll_at = -math.inf
+            self._poke()
 
     async def _sleep_slot(self, wait: float, shift: float) -> float:
         """Sleep until a granted slot, then as long again as the schedule was delayed since it
@@ -299,7 +443,7 @@ class RedisLimiter:
             wait += late
         return wait
 
-    async def _acquire_leased(self, tokens: int, requests: int) -> tuple[_Slot, float]:
+    async def _acquire_leased(self, tokens: int, requests: int, klass: int) -> tuple[_Slot, float]:
         async with self._lease_lock:
             now = anyio.current_time()
             lease = self._lease
@@ -324,10 +468,8 @@ class RedisLimiter:
                     )
                     want_tokens = min(max(tokens, round(slice_tokens)), limit_tokens)
                     want_requests = min(max(requests, round(slice_requests)), limit_requests)
-                    ask = _Ask(want_tokens, want_requests)
-                    await self._exchange(ask)
-                    if ask.error is not None:
-                        raise ask.error
+                    ask = _Ask(want_tokens, want_requests, 0, klass)
+                    await self._ask(ask)
                     if ask.answer != "x":
                         break
                     # The limits changed under us: the request may still fit a smaller slice.
@@ -413,12 +555,15 @@ class RedisLimiter:
     ) -> None:
         """Learn from a response's ``x-ratelimit-*`` headers, for every process at once.
 
-        A changed limit is adopted; a level is lowered to the room the server reports, never
-        raised. With the ``reservation`` the response belongs to, the headers describe the
-        server when that request was admitted: room = ``min(limit, remaining + refill since)``
-        minus everything admitted (by any process) after it. Without it they are taken as fresh.
+        Any answer ends the fleet's slow start. A changed limit is adopted; a level is lowered
+        to the room the server reports, never raised. With the ``reservation`` the response
+        belongs to, the headers describe the server when that request was admitted: room =
+        ``min(limit, remaining + refill since)`` minus everything admitted (by any process)
+        after it. Without it they are taken as fresh. With charge learning, ``remaining-tokens``
+        is read against the fleet's estimated tokens admitted (kept in Redis, so the meter and
+        the admissions are the same fleet's) into the shared :class:`ChargeLearner`.
         """
-        if not self._learn or self._closed or headers.empty:
+        if self._closed:
             return
         fields = (
             headers.limit_tokens,
@@ -426,18 +571,83 @@ class RedisLimiter:
             headers.limit_requests,
             headers.remaining_requests,
         )
-        if all(value is None for value in fields):
+        if not self._learn or headers.empty or all(value is None for value in fields):
+            if not self._heard:
+                await self._hear()
             return
+        reading = self._learn_charge and headers.remaining_tokens is not None
         args: list[str | int | float] = ["" if v is None else v for v in fields]
         linked = reservation if isinstance(reservation, RedisReservation) else None
         if linked is not None and linked._limiter is self:
             slot = linked._slot
             args += [f"{slot.at:.6f}", slot.mark_tokens, slot.mark_requests]
-        elif self._news(headers):
+        elif reading or not self._heard or self._news(headers):
+            linked = None
             args += ["", "", ""]
         else:
             return
-        self._remember(await self._call(_OBSERVE, args))
+        args.append(self._take_unreported())
+        reply = await self._call(_OBSERVE, args)
+        assert isinstance(reply, list)
+        state, charge, changed = reply
+        self._remember(state)
+        if not (self._learn_charge and (reading or int(changed))):
+            return
+        now, estimates = float(state[8]), int(state[9])
+        remaining = headers.remaining_tokens
+        alone = None
+        if linked is not None and estimates == linked._slot.mark_estimates:
+            alone = (linked._slot.at, float(linked.estimate))
+
+        def read(learner: ChargeLearner) -> None:
+            if int(changed):
+                learner.restart(None)
+            # Another process's later reading is the chain's anchor now: this one is stale.
+            if remaining is not None and not (
+                learner.anchor_at is not None and now < learner.anchor_at
+            ):
+                learner.read_remaining(
+                    remaining=float(remaining),
+                    limit=float(self._limits[0]),
+                    estimates=float(estimates),
+                    now=now,
+                    alone=alone,
+                )
+
+        await self._learn_shared(read, _learner_from(charge))
+
+    async def _hear(self) -> None:
+        """The server has answered: end the fleet's slow start (a zero cooldown does)."""
+        self._remember(await self._call(_COOLDOWN, [0]))
+
+    async def _learn_shared(
+        self,
+        update: Callable[[ChargeLearner], None],
+        read: tuple[ChargeLearner, str] | None = None,
+    ) -> None:
+        """Apply ``update`` to the fleet's learnt charge and write it back, unless another
+        process wrote it meanwhile: then apply it again to what that one wrote."""
+        learner, version = read or (dataclasses.replace(self._charge), self._charge_version)
+        for _ in range(_LEARN_ATTEMPTS):
+            before = _learner_fields(learner)
+            update(learner)
+            after = _learner_fields(learner)
+            if after == before:
+                break
+            pairs: list[str | int | float] = [version]
+            for name, value in after.items():
+                pairs += [name, value]
+            reply = await self._call(_LEARN, pairs)
+            assert isinstance(reply, list)
+            if int(reply[0]):
+                version = str(int(version or 0) + 1)
+                break
+            learner, version = _learner_from(reply[1])
+        self._charge, self._charge_version = learner, version
+
+    def _take_unreported(self) -> int:
+        estimates, self._unreported_estimates = self._unreported_estimates, 0
+        return estimates
 
     def _news(self, headers: RateLimitHeaders) -> bool:
         """Whether fresh headers could change the shared state: a limit other than the one last
@@ -461,30 +671,39 @@ class RedisLimiter:
     ) -> None:
         """Record a 429 and hold every process sharing this limit for ``seconds`` from now.
 
-        With the ``refusal`` and the ``reservation`` it refused, this process learns the charge
-        from ``Requested N`` (see :class:`~scheduler.limits._learning.ChargeLearner`).
+        A 429 is an answer: slow start ends. With the ``refusal`` and the ``reservation`` it
+        refused, the fleet's learnt charge reads ``Requested N`` (see
+        :class:`~scheduler.limits._learning.ChargeLearner`); a refusal without one breaks the
+        chain of remaining-tokens readings, as in memory.
         """
         self._counts.rate_limited += 1
-        linked = reservation if isinstance(reservation, RedisReservation) else None
-        if (
-            self._learn_charge
-            and refusal is not None
-            and not refusal.too_large
-            and refusal.price_signal is not None
-            and linked is not None
-            and linked._limiter is self
-        ):
-            self._charge.read_requested(
-                requested=refusal.price_signal,
-                estimate=linked.estimate,
-                now=anyio.current_time(),
-            )
-        if not seconds > 0 or self._closed:
+        if self._closed:
             return
-        if self._cool_left <= 0:
-            self._counts.cooldowns += 1
-        self._remember(await self._call(_COOLDOWN, [seconds]))
-        self._lease.expires = min(self._lease.expires, anyio.current_time())
+        if seconds > 0 or not self._heard:
+            if seconds > 0 and self._cool_left <= 0:
+                self._counts.cooldowns += 1
+            self._remember(await self._call(_COOLDOWN, [max(0.0, seconds)]))
+            if seconds > 0:
+                self._lease.expires = min(self._lease.expires, anyio.current_time())
+        if not (self._learn_charge and refusal is not None and not refusal.too_large):
+            return
+        linked = reservation if isinstance(reservation, RedisReservation) else None
+        requested = refusal.price_signal
+        now = self._server_clock()
+
+        def read(learner: ChargeLearner) -> None:
+            if requested is not None and linked is not None and linked._limiter is self:
+                learner.read_requested(requested=requested, estimate=linked.estimate, now=now)
+            else:
+                learner.restart(None)
+
+        await self._learn_shared(read)
+
+    def _server_clock(self) -> float:
+        """Redis's clock now, from the last script answer and the local time since."""
+        if self._seen_at is None:
+            return self._server_now
+        return self._server_now + max(0.0, anyio.current_time() - self._seen_at)
 
     # -- inspection and shutdown ---------------------------------------------------------------
 
@@ -493,6 +712,7 @@ class RedisLimiter:
     ) -> float:
         """Seconds an acquire of this size would wait, from the shared levels last seen (projected
         to now, no round trip) and this process's own waiters; an estimate."""
+        self._class(priority)
         if self._closed:
             return math.inf
         stats = self.stats()
@@ -541,6 +761,7 @@ class RedisLimiter:
             token_debt=tokens.debt,
             cooldown_remaining=cool_left,
             charge_factor=self._charge.factor if self._learn_charge else 1.0,
+            slow_start=not self._heard,
         )
 
     async def aclose(self) -> None:
@@ -557,10 +778,14 @@ class RedisLimiter:
             lease, self._lease = self._lease, _Lease()
             self._give_tokens += lease.tokens
             self._give_requests += lease.requests
+            for ask in list(self._tickets.values()):
+                if ask.answer == "q":
+                    self._drop_ids.append(ask.id)
+            self._tickets.clear()
             try:
                 # Best effort and bounded: with Redis gone, what is not given back only idles.
                 with anyio.move_on_after(_GIVE_BACK_SECONDS):
-                    if self._give_tokens or self._give_requests:
+                    if self._pending():
                         await self._exchange(None)
             except (RedisUnavailable, OSError):
                 pass
@@ -570,15 +795,23 @@ class RedisLimiter:
 
     # -- talking to Redis ----------------------------------------------------------------------
 
+    def _keys(self) -> list[str]:
+        """Every key the scripts touch; the others carry the state key as their hash tag, so
+        a Redis Cluster keeps them in one slot."""
+        tag = f"{{{self.key}}}"
+        keys = [self.key] + [f"{tag}:{part}" for part in _KEY_PARTS]
+        return keys + [f"{tag}:queue:{name}" for name in self._weights]
+
     async def _call(self, script: LuaScript, args: list[str | int | float]) -> object:
         self.round_trips += 1
         tpm, rpm = self._configured
         return await self._client.run(
-            script, [self.key], [tpm, rpm, self._burst_seconds, self._margin, *args]
+            script, self._keys(), [tpm, rpm, self._burst_seconds, self._margin, *args]
         )
 
     def _remember(self, state: object) -> None:
-        """Keep the shared state a script answered: levels, limits, cooldown left."""
+        """Keep the shared state a script answered: levels, limits, cooldown left, whether the
+        fleet has heard from the server, the learnt factor, Redis's clock."""
         assert isinstance(state, list)
         token_level, request_level = float(state[0]), float(state[1])
         limits = (int(state[2]), int(state[3]))
@@ -596,6 +829,13 @@ class RedisLimiter:
         self._levels = (token_level, request_level)
         self._cool_left = float(state[4])
         self._shift = float(state[5])
+        heard = state[6] in (b"1", "1", 1) or self._slow_start == 0
+        if heard and not self._heard:
+            self._poll_at = -math.inf  # tickets held by slow start may go now
+            self._poke()
+        self._heard = heard
+        self._charge.factor = float(state[7])
+        self._server_now = float(state[8])
         self._seen_at = anyio.current_time()
         self._counts.lowest_token_level = min(self._counts.lowest_token_level, token_level)
 
@@ -605,8 +845,18 @@ class RedisLimiter:
         if answer == "x":
             self._too_large(tokens, requests)
             raise AssertionError("the script refused a request within the limits")
-        _, wait, at, mark_tokens, mark_requests, shift = answer.split(":")
-        return _Slot(float(wait), float(at), int(mark_tokens), int(mark_requests), float(shift))
+        answer, _, ask_id = answer.partition("@")
+        _, wait, at, mark_tokens, mark_requests, shift, mark_estimates, probe = answer.split(":")
+        return _Slot(
+            float(wait),
+            float(at),
+            int(mark_tokens),
+            int(mark_requests),
+            float(shift),
+            int(mark_estimates),
+            probe == "1",
+            ask_id,
+        )
 
     def _too_large(self, tokens: int, requests: int) -> None:
         """Raise RequestTooLarge if the request exceeds the limits last seen (learned ones)."""
@@ -615,8 +865,19 @@ class RedisLimiter:
             tokens, requests
         )
 
+    def _pending(self) -> bool:
+        """Whether something must reach Redis without an ask: adjustments, polls, drops."""
+        return bool(
+            self._give_tokens
+            or self._give_requests
+            or self._poll_due
+            or self._drop_ids
+            or self._free_ids
+        )
+
     async def _exchange(self, ask: _Ask | None) -> None:
-        """Send this ask (and pending adjustments) to Redis, batched with concurrent ones.
+        """Send this ask (and pending adjustments and polls) to Redis, batched with concurrent
+        ones.
 
         Whoever finds no call in flight leads: it sends everything queued in one script call,
         answers each ask, then wakes the next queued ask to lead the following call.
@@ -626,13 +887,15 @@ class RedisLimiter:
         while True:
             if not self._flushing:
                 self._flushing = True
+                self._flushed = anyio.Event()
                 try:
                     with anyio.CancelScope(shield=True):
                         await self._flush()
-                        while not self._asks and (self._give_tokens or self._give_requests):
+                        while not self._asks and self._pending():
                             await self._flush()
                 finally:
                     self._flushing = False
+                    self._flushed.set()
                     if self._asks:
                         self._asks[0].wake.set()
                 if ask is None or ask.answer is not None or ask.error is not None:
@@ -648,25 +911,56 @@ class RedisLimiter:
                         self._asks[0].wake.set()
                 elif ask.answer is None and ask.error is None:
                     ask.abandoned = True  # in flight: the leader gives the place back
-                elif ask.answer is not None and ask.answer.startswith("w:"):
-                    self._give_tokens += ask.tokens
-                    self._give_requests += ask.requests
+                else:
+                    self._abandon(ask)
                 raise
             if ask.answer is not None or ask.error is not None:
                 return
             ask.wake = anyio.Event()
 
+    def _abandon(self, ask: _Ask) -> None:
+        """An answered ask nobody takes: its slot goes back, its ticket is unqueued."""
+        if ask.answer is not None and ask.answer.startswith("w:"):
+            self._give_tokens += ask.tokens
+            self._give_requests += ask.requests
+            self._answered(self._slot(ask.answer, ask.tokens, ask.requests))
+        elif ask.answer == "q" and self._tickets.pop(ask.id, None) is not None:
+            self._drop_ids.append(ask.id)
+
     async def _flush(self) -> None:
         batch = list(self._asks)
         self._asks.clear()
+        for item in batch:
+            if not item.id:
+                self._next_id += 1
+                item.id = f"{self._owner}:{self._next_id}"
+        polls = [ask for ask in self._tickets.values() if ask.answer == "q"]
         give_tokens, give_requests = self._give_tokens, self._give_requests
         self._give_tokens = self._give_requests = 0
-        args: list[str | int | float] = [give_tokens, give_requests, len(batch)]
+        frees, self._free_ids = self._free_ids, []
+        drops, self._drop_ids = self._drop_ids, []
+        self._poll_due = False
+        args: list[str | int | float] = [
+            give_tokens,
+            give_requests,
+            self._take_unreported(),
+            self._owner,
+            self._horizon,
+            self._slow_start,
+            len(self._weights),
+        ]
+        for name, weight in self._weights.items():
+            args += [name, weight]
+        for ids in (frees, drops, [ask.id for ask in polls]):
+            args += [len(ids), *ids]
+        args.append(len(batch))
         for item in batch:
-            args += [item.tokens, item.requests]
+            args += [item.id, item.klass + 1, item.tokens, item.requests, item.estimate]
         try:
             reply = await self._call(_ACQUIRE, args)
         except Exception as exc:
+            self._free_ids[:0] = frees
+            self._drop_ids[:0] = drops
             for item in batch:
                 item.error = exc
                 item.wake.set()
@@ -674,11 +968,88 @@ class RedisLimiter:
                 raise
             return
         assert isinstance(reply, list)
-        answers, state = reply
+        answers, state, after = reply
         self._remember(state)
-        for item, answer in zip(batch, answers, strict=True):
-            item.answer = str(answer)
-            if item.abandoned and item.answer.startswith("w:"):
-                self._give_tokens += item.tokens
-                self._give_requests += item.requests
+        answers = [a.decode() if isinstance(a, bytes) else str(a) for a in answers]
+        polled = iter(answers[len(batch) :])
+        for ask in polls:
+            self._ticket_answer(ask, next(polled))
+        for item, answer in zip(batch, answers[: len(batch)], strict=True):
+            if answer == "q":
+                self._tickets[item.id] = item
+                answer = next(polled)  # the new ticket's own poll: perhaps granted at once
+                if answer == "q":
+                    item.answer = "q"
+                    if item.abandoned:
+                        self._abandon(item)
+                    item.wake.set()
+                    continue
+                self._tickets.pop(item.id, None)
+            item.answer = self._tagged(answer, item)
+            if item.abandoned:
+                self._abandon(item)
             item.wake.set()
+        wait = float(after.decode() if isinstance(after, bytes) else after)
+        if wait >= 0:
+            poll_at = anyio.current_time() + min(max(wait, 0.001), _MAX_POLL_SECONDS)
+            earlier = poll_at < self._poll_at
+            self._poll_at = poll_at
+            if earlier and self._poller is not None:
+                self._poller.wake.set()
+
+    def _ticket_answer(self, ask: _Ask, answer: str) -> None:
+        """A poll's answer for a waiting ticket: still waiting, or granted, refused, gone."""
+        if answer == "q":
+            return
+        self._tickets.pop(ask.id, None)
+        ask.answer = self._tagged(answer, ask)
+        ask.wake.set()
+
+    @staticmethod
+    def _tagged(answer: str, ask: _Ask) -> str:
+        """A slot's answer with its ask's id (the slow-start place it may hold)."""
+        return f"{answer}@{ask.id}" if answer.startswith("w:") else answer
+
+
+# Keys beside the state hash (see _redis_scripts): waiting tickets, granted ones, the owners'
+# last calls, slow start's probes, the learnt charge. Then one queue per priority class.
+_KEY_PARTS = ("tickets", "granted", "owners", "probes", "charge")
+
+
+def _learner_fields(learner: ChargeLearner) -> dict[str, str]:
+    """The learner as the flat strings its Redis hash holds ("" for None)."""
+    out: dict[str, str] = {}
+    for spec in dataclasses.fields(learner):
+        value = getattr(learner, spec.name)
+        if value is None:
+            out[spec.name] = ""
+        elif isinstance(value, bool):
+            out[spec.name] = "1" if value else "0"
+        else:
+            out[spec.name] = repr(value)
+    return out
+
+
+def _learner_from(flat: object) -> tuple[ChargeLearner, str]:
+    """The learner and version an HGETALL of its hash answered (a fresh one when empty)."""
+    assert isinstance(flat, list)
+    items = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+    stored = dict(zip(items[::2], items[1::2], strict=True))
+    version = stored.pop("version", "")
+    learner = ChargeLearner()
+    for spec in dataclasses.fields(learner):
+        raw = stored.get(spec.name)
+        if raw is None:
+            continue
+        default = getattr(learner, spec.name)
+        value: object
+        if raw == "":
+            value = None
+        elif isinstance(default, bool):
+            value = raw == "1"
+        elif isinstance(default, int):
+            value = int(raw)
+        else:
+            value = float(raw)
+        setattr(learner, spec.name, value)
+    return learner, version
