@@ -57,8 +57,17 @@ async def test_two_processes_share_the_limit_without_429s(redis_url: str) -> Non
     results: list[Result] = []
 
     async def worker(first: int) -> None:
+        # Sharing is what this checks, on the wall clock: charge learning from remaining-tokens
+        # readings taken at event-loop times swings with the machine's load (0.7x-3.6x on a
+        # loaded 2-core machine), which is a learner matter measured in virtual time elsewhere.
         limiter = RedisLimiter(
-            redis_url, tpm=TPM, rpm=RPM, burst_seconds=0.8, settle="none", key="sim-test"
+            redis_url,
+            tpm=TPM,
+            rpm=RPM,
+            burst_seconds=0.8,
+            settle="none",
+            key="sim-test",
+            learn_charge=False,
         )
         async with (
             Scheduler(config, transport=httpx.ASGITransport(app), limiter=limiter) as s,
