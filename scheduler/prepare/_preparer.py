@@ -23,6 +23,7 @@ from ._image import (
     PreparedImage,
     PrepareStats,
     job_token_budget,
+    needs_preparation,
     prepare_image,
 )
 from ._inline import inline_local_images
@@ -85,6 +86,36 @@ class ImagePreparer:
         """Totals over every image prepared so far."""
         return self._stats
 
+    def decodes(self, token_budget: int | None = None) -> bool:
+        """Whether preparing may decode and rewrite an image (orient, shrink or a budget on);
+        with all three off it only reads headers and sends every image as it is."""
+        budget = self._config.token_budget if token_budget is None else token_budget
+        return bool(self._config.orient or self._config.shrink or budget)
+
+    def needs_preparation(
+        self,
+        data: bytes,
+        info: ImageInfo,
+        *,
+        detail: str,
+        model: str,
+        token_budget: int | None = None,
+        source: str = "<image>",
+    ) -> str | None:
+        """Why this image must be prepared before it is sent (``prepare.needs_preparation``:
+        a header read, no decode), or None when it is valid as it is."""
+        if info.animated:
+            return f"animated {info.format.upper()} is not accepted"
+        return needs_preparation(
+            data,
+            model=model or self._default_model,
+            detail=detail,
+            profiles=self._profiles,
+            config=self._config,
+            token_budget=token_budget,
+            source=source,
+        )
+
     def _on_own_thread(self, work: Callable[[], PreparedImage]) -> PreparedImage:
         """Run ``work`` on one of this preparer's threads (called from an anyio worker)."""
         return _preparation_threads().submit(work).result()
@@ -119,7 +150,7 @@ class ImagePreparer:
             decode_budget=self._decode_budget,
         )
         try:
-            if self._config.orient or self._config.shrink or budget:
+            if self.decodes(budget):
                 prepared = await anyio.to_thread.run_sync(
                     self._on_own_thread, work, limiter=self._threads
                 )
