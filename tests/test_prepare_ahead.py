@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 import threading
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from dispatch_fakes import FakeLimiter, FakeReservation, ScriptedServer, make_config, ok_response
 from PIL import Image
@@ -26,9 +28,12 @@ pytestmark = pytest.mark.anyio
 
 
 def encoded(size: tuple[int, int], fmt: str = "PNG", **options: Any) -> bytes:
+    """A blue picture with seeded noise (compresses like a photo; Pillow's effect_noise would
+    draw from the C library's shared random stream, which other tests' pictures use)."""
     out = io.BytesIO()
-    noise = Image.effect_noise(size, 30).convert("RGB")
-    Image.blend(Image.new("RGB", size, (0, 90, 200)), noise, 0.3).save(out, format=fmt, **options)
+    noise = Image.frombytes("L", size, random.Random(17).randbytes(size[0] * size[1]))
+    picture = Image.blend(Image.new("RGB", size, (0, 90, 200)), noise.convert("RGB"), 0.1)
+    picture.save(out, format=fmt, **options)
     return out.getvalue()
 
 
@@ -102,7 +107,9 @@ async def test_a_slow_preparer_does_not_delay_an_image_valid_as_it_is() -> None:
     limiter = FakeLimiter()
     config = make_config()
     preparer = GatedPreparer(config)  # the gate never opens
-    async with Scheduler(config, transport=server.transport, limiter=limiter, preparer=preparer) as s:
+    async with Scheduler(
+        config, transport=server.transport, limiter=limiter, preparer=preparer
+    ) as s:
         started = anyio.current_time()
         result = await s.submit(image_body(original))
         stats = s.stats()
@@ -132,7 +139,9 @@ async def test_an_image_not_valid_as_it_is_waits_for_its_preparation(
     config = make_config(**overrides)
     preparer = GatedPreparer(config)
     results: list[Result] = []
-    async with Scheduler(config, transport=server.transport, limiter=limiter, preparer=preparer) as s:
+    async with Scheduler(
+        config, transport=server.transport, limiter=limiter, preparer=preparer
+    ) as s:
 
         async def one() -> None:
             results.append(await s.submit(image_body(url_of(data, mime))))
@@ -140,7 +149,7 @@ async def test_an_image_not_valid_as_it_is_waits_for_its_preparation(
         async with anyio.create_task_group() as tg:
             tg.start_soon(one)
             while preparer.calls == 0:
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
             await anyio.wait_all_tasks_blocked()
             assert limiter.acquired == [] and server.calls == [], "not admitted before prepared"
             preparer.gate.set()
@@ -164,7 +173,9 @@ async def test_a_preparation_done_before_admission_is_what_is_sent() -> None:
     preparer = GatedPreparer(config)
     preparer.gate.set()
     results: list[Result] = []
-    async with Scheduler(config, transport=server.transport, limiter=limiter, preparer=preparer) as s:
+    async with Scheduler(
+        config, transport=server.transport, limiter=limiter, preparer=preparer
+    ) as s:
 
         async def one() -> None:
             results.append(await s.submit(image_body(url_of(encoded((2048, 1536))))))
@@ -179,6 +190,35 @@ async def test_a_preparation_done_before_admission_is_what_is_sent() -> None:
     assert sent_size(server.calls[0][2]) == (1024, 768)
     assert sent_url(server.calls[0][2]).startswith("data:image/jpeg;base64,")
     assert stats.images_sent_unprepared == 0 and preparer.stats().images == 1
+
+
+async def test_an_image_failing_preparation_before_its_send_fails_its_job_uncharged() -> None:
+    """A truncated PNG passes the header check and waits for admission; its preparation fails
+    first, so at its send the job fails with CorruptImage, the admission given back."""
+    truncated = encoded((2048, 1536))
+    truncated = truncated[: len(truncated) // 2]
+    server = ScriptedServer(lambda body, n: ok_response())
+    limiter = GateLimiter()
+    config = make_config()
+    preparer = GatedPreparer(config)
+    preparer.gate.set()
+    results: list[Result] = []
+    async with Scheduler(
+        config, transport=server.transport, limiter=limiter, preparer=preparer
+    ) as s:
+
+        async def one() -> None:
+            results.append(await s.submit(image_body(url_of(truncated))))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            while preparer.stats().failed == 0:
+                await anyio.lowlevel.checkpoint()
+            limiter.opened.set()
+    (result,) = results
+    assert result.status == "failed" and result.error is not None
+    assert result.error.type == "CorruptImage" and result.attempts == 0
+    assert server.calls == [] and limiter.released == [result.cost.total if result.cost else 0]
 
 
 class PlaceWatch:
@@ -252,7 +292,9 @@ async def test_a_job_sent_as_it_is_keeps_its_place_while_its_image_is_decoded() 
 
     preparer = ThreadPreparer(config, threads=1)
     results: list[Result] = []
-    async with Scheduler(config, transport=server.transport, limiter=limiter, preparer=preparer) as s:
+    async with Scheduler(
+        config, transport=server.transport, limiter=limiter, preparer=preparer
+    ) as s:
 
         async def one() -> None:
             results.append(await s.submit(image_body(url_of(encoded((2048, 1536))))))
@@ -262,7 +304,7 @@ async def test_a_job_sent_as_it_is_keeps_its_place_while_its_image_is_decoded() 
             await on_thread.wait()
             limiter.opened.set()
             while not server.calls:
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
             await anyio.wait_all_tasks_blocked()
             assert results == [], "the job holds its place while its image is decoded"
             release.set()

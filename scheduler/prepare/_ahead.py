@@ -178,7 +178,11 @@ class PrepareAhead:
             for ref in parts.images
             if ref.url is not None and (_is_local(ref.url) or ref.url.startswith("data:"))
         )
-        if not isinstance(preparer, ImagePreparer) or not images or not preparer.decodes(token_budget):
+        if (
+            not isinstance(preparer, ImagePreparer)
+            or not images
+            or not preparer.decodes(token_budget)
+        ):
             inlined = await inline_local_images(
                 body, parts, images=self._images, preparer=preparer, token_budget=token_budget
             )

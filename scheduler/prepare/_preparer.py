@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
@@ -31,10 +32,30 @@ from ._inline import inline_local_images
 __all__ = ["ImagePreparer", "prepare_bodies"]
 
 
+#: How much nicer than the process the preparation threads run (Linux, where the nice value is
+#: a thread's own): the event loop, which admits and sends, always gets a CPU first, and
+#: preparation takes what is left (on 2 cores, at 600k TPM, it was taking the loop's).
+PREPARATION_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Make the calling thread nicer by ``PREPARATION_NICENESS`` (where the OS allows it)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + PREPARATION_NICENESS
+        )
+    except (AttributeError, OSError):
+        pass  # no per-thread priority here (macOS, Windows): the threads run as they are
+
+
 @cache
 def _preparation_threads() -> ThreadPoolExecutor:
-    """The threads every preparer decodes on: as many as were ever busy at once, at most 64."""
-    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vsched-prepare")
+    """The threads every preparer decodes on: as many as were ever busy at once, at most 64,
+    each nicer than the rest of the process."""
+    return ThreadPoolExecutor(
+        max_workers=64, thread_name_prefix="vsched-prepare", initializer=_lower_priority
+    )
 
 
 class ImagePreparer:
