@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .harness import run_loopback
@@ -61,11 +62,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--threads", type=int, default=0, help="images.prepare_threads (0: default)"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--out", type=Path, help="also write the figures to DIR/prepare_drain.json")
     args = parser.parse_args(argv)
     if args.threads:
         os.environ["VSCHED_IMAGES_PREPARE_THREADS"] = str(args.threads)
     logging.getLogger("scheduler").setLevel(logging.ERROR)
     figures_ = run(args.requests)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "prepare_drain.json").write_text(json.dumps(figures_, indent=2) + "\n")
     if args.json:
         print(json.dumps(figures_))
         return

@@ -49,6 +49,11 @@ def _lower_priority() -> None:
         pass  # no per-thread priority here (macOS, Windows): the threads run as they are
 
 
+def default_preparation_threads() -> int:
+    """Threads a preparer decodes on by default: one per CPU, at most the pool's 64."""
+    return max(1, min(64, os.cpu_count() or 1))
+
+
 @cache
 def _preparation_threads() -> ThreadPoolExecutor:
     """The threads every preparer decodes on: as many as were ever busy at once, at most 64,
@@ -86,9 +91,10 @@ class ImagePreparer:
         self._config = config.images
         self._default_model = config.cost.default_model
         self._profiles = profiles or ProfileTable.from_config(config)
-        # One CPU is left to the event loop by default: decoding threads that take every core
-        # make the loop wait for a CPU, and its heartbeat stalls.
-        threads = threads or config.images.prepare_threads or max(1, (os.cpu_count() or 1) - 1)
+        # One thread per CPU by default: the threads are nicer than the event loop, so they
+        # take only the CPU it leaves (one CPU left to the loop had cost a large limit 9% of
+        # its throughput on 2 cores, preparation falling behind admission).
+        threads = threads or config.images.prepare_threads or default_preparation_threads()
         self._threads = anyio.CapacityLimiter(threads)
         self._decode_budget = DecodeBudget(decode_pixels)
         self._stats = PrepareStats()
