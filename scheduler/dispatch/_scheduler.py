@@ -2,10 +2,12 @@
 
 Each job's body is walked once (``walk_body``) and priced by the cost model (in a worker thread
 when that reads images), then its local and inline images are read and prepared once
-(``inline_local_images`` with the prepare hook) and the images preparation changed are priced
-again, so the limiter is charged for what the server will see; only then is each attempt
+(``prepare/_ahead.py``): an image not valid as it is is prepared first and priced again, so the
+limiter is charged for what the server will see; when every image is valid as it is (the same
+price either way) the job is admitted at once and sends the prepared body if it is ready by
+then, else the body as it is, so preparation never holds back admission. Each attempt is
 admitted by the limiter, sent by the client, classified, and retried by the tenacity policy.
-Preparing before admission keeps the time from admission to the wire short and steady (the
+The body is ready when admitted, so the time from admission to the wire is short and steady (the
 limiter's margin counts on it). A job takes one of ``concurrency.max_in_flight`` slots only once
 its limiter admitted it, for the time on the wire, so jobs waiting for a slow model's limit never
 starve a fast model of slots. The prepared body is held while the job waits for admission and
@@ -135,8 +137,9 @@ class Scheduler:
     ``Limiter``, or the shared ``RedisLimiter`` at ``vsched:limiter:<group>`` when
     ``limits.shared`` is true; with ``[[endpoints]]`` each endpoint has its own limiters and
     each request goes to the endpoint that can admit it soonest (``dispatch/_pool.py``);
-    ``preparer`` rewrites local and inline images once per job, before its admission (the
-    limiter is charged for the prepared body); ``grace`` (default
+    ``preparer`` rewrites local and inline images once per job, ahead of its admission (the
+    limiter is charged for the body sent; an image valid as it is goes as it is when its
+    preparation is not done by the job's first send); ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
     a fatal error; ``observer`` watches each job and attempt (metrics, tracing: see
     ``scheduler.observe``).
