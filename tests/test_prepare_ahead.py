@@ -20,9 +20,8 @@ from scheduler import Config
 from scheduler._config import ImagesConfig
 from scheduler.dispatch import Request, Result, Scheduler
 from scheduler.images import ImageInfo
-from scheduler.prepare import ImagePreparer, PreparedImage
+from scheduler.prepare import API_IMAGE_BYTES, ImagePreparer, PreparedImage, needs_preparation
 from scheduler.prepare._ahead import _Turns
-from scheduler.prepare._image import API_IMAGE_BYTES, needs_preparation
 
 pytestmark = pytest.mark.anyio
 
