@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -61,6 +61,8 @@ class Target:
     rpm: int
     app: ASGIApp | None = None  # in-process simulator (virtual time); None: real HTTP
     timeout: float = 60.0
+    # Filled by the contender when the run ends: what it reports of itself (vsched: its stats).
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,10 +127,12 @@ async def _run_vsched(
     ):
         if observer is not None:
             observer.watch(scheduler)
-        return [
+        outcomes = [
             JobOutcome(ok=result.status == "ok", latency=result.latency, attempts=result.attempts)
             async for result in results
         ]
+        target.stats.update(asdict(scheduler.stats()))
+        return outcomes
 
 
 async def run_vsched(bodies: Sequence[dict[str, Any]], target: Target) -> list[JobOutcome]:

@@ -13,6 +13,7 @@ same simulator with limits out of reach (``server_charges``), never priced by th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -75,6 +76,8 @@ class RunRecord:
     drain_seconds: float
     cpu_seconds: float
     peak_rss_mb: float | None = None
+    # What the client itself reported (vsched: its ``Scheduler.stats()``), for the record.
+    client_stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None  # why this contender did not run here ("n/a" in the table)
 
@@ -147,19 +150,26 @@ def server_charges(spec: RunSpec) -> int:
         budget=None,
     )
     bodies = bodies_for(spec.scenario.workload, spec.requests, seed=spec.scenario.seed)
+    # A workload may repeat one body object (large-pngs: MBs of JSON each): sent once, counted
+    # as often as it appears.
+    repeats = collections.Counter(id(body) for body in bodies)
+    distinct = list({id(body): body for body in bodies}.values())
 
     async def main() -> int:
         app = create_app(calibration)
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": "Bearer sk-bench-calibration"}
+        charged = 0
         async with httpx.AsyncClient(
             transport=transport, base_url=_SIM_BASE, headers=headers
         ) as client:
-            for body in bodies:
+            for body in distinct:
+                before = app.stats.charged_tokens
                 (await client.post("/chat/completions", json=body)).raise_for_status()
-        if app.stats.admitted != len(bodies):
+                charged += (app.stats.charged_tokens - before) * repeats[id(body)]
+        if app.stats.admitted != len(distinct):
             raise RuntimeError("the calibration simulator did not admit every body once")
-        return int(app.stats.charged_tokens)
+        return int(charged)
 
     return run_virtual(main)
 
@@ -267,7 +277,7 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
         start = anyio.current_time()
         outcomes, cpu = await run_contender(contender, bodies, target)
         drain = anyio.current_time() - start
-        return _record(
+        record = _record(
             spec,
             contender,
             outcomes=outcomes,
@@ -278,6 +288,8 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
             cpu=cpu,
             peak_rss_mb=None,
         )
+        record.client_stats = dict(target.stats)
+        return record
 
     return run_virtual(main)
 
@@ -354,7 +366,7 @@ def run_loopback(spec: RunSpec, contender: str) -> RunRecord:
         snapshot = httpx.get(f"{base}/sim/stats", timeout=10.0).json()
         answers = httpx.get(f"{base}/bench/answers", timeout=10.0).json()
     outcomes = [JobOutcome(ok=ok, latency=lat, attempts=att) for ok, lat, att in report["outcomes"]]
-    return _record(
+    record = _record(
         spec,
         contender,
         outcomes=outcomes,
@@ -365,6 +377,8 @@ def run_loopback(spec: RunSpec, contender: str) -> RunRecord:
         cpu=report["cpu"],
         peak_rss_mb=report["peak_rss_mb"],
     )
+    record.client_stats = report.get("client_stats", {})
+    return record
 
 
 def client_main(spec: RunSpec, contender: str, base_url: str) -> dict[str, Any]:
@@ -389,6 +403,7 @@ def client_main(spec: RunSpec, contender: str, base_url: str) -> dict[str, Any]:
         "cpu": cpu,
         "drain": drain,
         "peak_rss_mb": _peak_rss_mb(),
+        "client_stats": target.stats,
     }
 
 

@@ -16,6 +16,9 @@ Families (each runnable alone with ``--scenario NAME``):
   enforced over 1 s, 10 s or 60 s, for both workloads at three limits, virtual time only, sized
   to about four minutes of traffic each (``--quick``: at most two minutes or 120 requests).
 - ``lagging-headers``: every ``x-ratelimit-*`` header reports the server's state 0.2 to 2 s late.
+- ``large-pngs``: an image drain of 3.8 MB photo-like PNGs at 600k TPM over loopback (preparation
+  CPU is real, so real time), vsched with image preparation off and on
+  (``benchmarks/bench_prepare_drain.py`` runs the pair and prints the ratio).
 
 Settings named in ``sim_options`` (``image_charge``, ``count_tokens``, ``header_lag``,
 ``header_lag_max``) are the simulator's own (``SimSettings``); a simulator without them makes
@@ -224,6 +227,20 @@ _MATRIX = tuple(
     for label, tpm in _MATRIX_LIMITS
 )
 
+# The preparation drain (issue 17): 600k TPM enforced per second, ~1,180 tokens a request, so
+# ~8.5 large PNGs a second, each ~0.1 CPU s to decode and shrink; answers in 1 s.
+_LARGE_PNGS_LOOPBACK = Size(
+    tpm=600_000,
+    rpm=10_000,
+    requests=1_000,
+    quick_requests=200,
+    latency_base=1.0,
+    latency_per_token=0.001,
+    timeout=60.0,
+    hang=60.0,
+    warmup=10.0,
+)
+
 # A gateway counting requests only: the RPM limit is the one that binds on the server, while a
 # client pacing the tokens it is told about (~7.5 requests/s) stays under the 10 requests/s.
 _RPM_ONLY_VIRTUAL = dataclasses.replace(_VIRTUAL, rpm=600)
@@ -321,6 +338,15 @@ SCENARIOS: dict[str, Scenario] = {
             virtual=_VIRTUAL,
             loopback=_LOOPBACK,
             sim_options=(("header_lag", 0.2), ("header_lag_max", 2.0)),
+        ),
+        Scenario(
+            name="large-pngs",
+            description="3.8 MB photo-like PNGs at 600k TPM: image preparation off and on",
+            virtual=_LARGE_PNGS_LOOPBACK,
+            loopback=_LARGE_PNGS_LOOPBACK,
+            workload="large-pngs",
+            contenders=("vsched", "vsched-prepare"),
+            clocks=("loopback",),  # preparation CPU is real: virtual time would make it free
         ),
         *_MATRIX,
     )

@@ -5,6 +5,8 @@ The vision mix: phone photos, screenshots, scanned pages, thumbnails.
 Each image is a real PNG of the right pixel size, but blank and one bit deep, so it weighs a few
 hundred bytes to a few KB: the benchmark measures scheduling, not upload bandwidth. PNGs are built
 once per size and cached, so a workload of thousands of requests is generated in milliseconds.
+The exception is ``large-pngs``, the image drain that measures preparation: photo-like PNGs of
+3.8 MB, whose decode and shrink cost real CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import os
 import random
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,7 @@ __all__ = [
     "bodies_for",
     "data_url",
     "make_bodies",
+    "photo_png_url",
 ]
 
 
@@ -190,6 +195,70 @@ def make_image_bodies(
     ]
 
 
+#: The large PNGs of the ``large-pngs`` workload: photo-like 3 MP PNGs, landscape and portrait.
+PNG_PHOTO_SIZES = ((2048, 1536), (1536, 2048))
+
+
+@functools.lru_cache(maxsize=8)
+def photo_png_url(width: int, height: int) -> str:
+    """A ``data:`` URL of a photo-like PNG of this size (a fractal, gradients and noise: about
+    1.2 bytes a pixel, 3.8 MB at 2048x1536), cached in memory and in the temp folder, since
+    each loopback process needs the same bytes and drawing one takes most of a second."""
+    path = os.path.join(tempfile.gettempdir(), f"vsched-bench-photo-v1-{width}x{height}.png")
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        size = (width, height)
+        scene = Image.effect_mandelbrot(size, (-1.46, -0.88, 0.73, 0.88), 60)
+        gradient = Image.linear_gradient("L").resize(size)
+        colour = Image.merge(
+            "RGB", (scene, gradient, gradient.transpose(Image.Transpose.ROTATE_180))
+        )
+        photo = Image.blend(colour, Image.effect_noise(size, 8).convert("RGB"), 0.15)
+        buffer = io.BytesIO()
+        photo.save(buffer, "PNG", compress_level=1)
+        data = buffer.getvalue()
+        partial = f"{path}.{os.getpid()}"
+        with open(partial, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)  # atomic: a concurrent process reads a whole file or none
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def make_png_bodies(count: int, *, seed: int, model: str = "gpt-4o") -> list[dict[str, Any]]:
+    """``count`` bodies of one prompt and one large photo-like PNG at ``high`` (765 tokens on
+    gpt-4o, shrunk or not), the completion reserve drawn from the mix.
+
+    Sixteen distinct bodies repeat (the same dict objects): each is several MB of JSON, and
+    the calibration of the server's charges sends each distinct body once.
+    """
+    rng = random.Random(seed)
+    distinct = [
+        {
+            "model": model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": rng.choice(IMAGE_KINDS[0].prompts)},
+                        {
+                            "type": "image_url",
+                            "image_url": {
+                                "url": photo_png_url(*PNG_PHOTO_SIZES[i % len(PNG_PHOTO_SIZES)]),
+                                "detail": "high",
+                            },
+                        },
+                    ],
+                }
+            ],
+            "max_tokens": _pick(rng, _RESERVES),
+        }
+        for i in range(min(count, 16))
+    ]
+    return [distinct[i % len(distinct)] for i in range(count)]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Workload:
     """A named request generator; ``images`` says whether its bodies carry images."""
@@ -205,6 +274,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload(name="text", images=False),
         Workload(name="small-images", images=True),  # 512x512 high: 255 tokens by formula
         Workload(name="large-images", images=True),  # 1920x1080 high: 1,105 tokens by formula
+        Workload(name="large-pngs", images=True),  # 3 MP photo-like PNGs of 3.8 MB, high: 765
     )
 }
 
@@ -219,4 +289,6 @@ def bodies_for(workload: str, count: int, *, seed: int) -> list[dict[str, Any]]:
         return make_image_bodies(count, seed=seed, size=(512, 512), detail="high")
     if workload == "large-images":
         return make_image_bodies(count, seed=seed, size=(1920, 1080), detail="high")
+    if workload == "large-pngs":
+        return make_png_bodies(count, seed=seed)
     raise ValueError(f"unknown workload {workload!r}; expected one of {', '.join(WORKLOADS)}")

@@ -111,3 +111,14 @@ def test_bench_priorities_smoke() -> None:
     figures = json.loads(out)
     assert figures["interactive_wait_p95"] < 1.0 and figures["429s"] <= 1
     assert figures["bulk_share_of_remaining"] >= 0.95
+
+
+def test_bench_prepare_drain_smoke() -> None:
+    """bench_prepare_drain runs the large-PNG drain with preparation off and on over loopback
+    (4 jobs each: too short for a steady window, so no limit used) and reports both."""
+    out = _run("-m", "benchmarks.bench_prepare_drain", "--requests", "4", "--json")
+    figures = json.loads(out)
+    for side in ("off", "on"):
+        assert figures[side]["failed"] == 0
+        assert figures[side]["images_sent_unprepared"] is not None
+    assert figures["off"]["images_sent_unprepared"] == 0, "nothing to prepare when it is off"

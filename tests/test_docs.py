@@ -60,6 +60,7 @@ REDIS_PLACEHOLDER = "redis://redis.internal:6379/0"
 SIZES: dict[str, dict[str, str]] = {
     "vsched demo": {"--images": "12"},
     "-m benchmarks": {"--requests": "40"},
+    "-m benchmarks.bench_prepare_drain": {"--requests": "4"},
     "benchmarks/bench_limiter.py": {
         "--n": "2000",
         "--queued-n": "20",

@@ -121,6 +121,10 @@ def test_summary_reports_utilisation_ideal_time_and_failures() -> None:
     assert charged.ideal_time == 72.0, "the limit counts charged tokens when they are known"
     assert charged.utilisation == pytest.approx(0.9)
     assert "30,000 used (billed), 36,000 charged against the limit" in charged.render()
+    assert "unprepared" not in text and summary.to_dict()["images_sent_unprepared"] == 0
+    lagging = dataclasses.replace(summary, images_sent_unprepared=4)
+    assert "429s: 1, retries: 3, images sent unprepared: 4" in lagging.render()
+    assert lagging.to_dict()["images_sent_unprepared"] == 4
 
 
 def test_tpm_counts_charged_tokens_when_known() -> None:

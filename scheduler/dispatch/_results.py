@@ -230,7 +230,9 @@ class SchedulerStats:
     ``attempts`` are the requests the server saw; ``charged_tokens`` what the limiter charged
     for the last attempt of every finished job (the server's view: our estimate times the charge
     learnt from its answers), ``estimated_tokens`` our own estimate and ``usage_tokens`` the
-    billed usage of the succeeded ones.
+    billed usage of the succeeded ones; ``images_sent_unprepared`` the images sent as they
+    were because the job's turn came before their preparation was done (only images valid as
+    they are: same token cost, a larger upload).
     """
 
     started: int
@@ -243,3 +245,4 @@ class SchedulerStats:
     estimated_tokens: int
     usage_tokens: int
     charged_tokens: int = 0
+    images_sent_unprepared: int = 0

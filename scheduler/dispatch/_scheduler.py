@@ -2,10 +2,12 @@
 
 Each job's body is walked once (``walk_body``) and priced by the cost model (in a worker thread
 when that reads images), then its local and inline images are read and prepared once
-(``inline_local_images`` with the prepare hook) and the images preparation changed are priced
-again, so the limiter is charged for what the server will see; only then is each attempt
+(``prepare/_ahead.py``): an image not valid as it is is prepared first and priced again, so the
+limiter is charged for what the server will see; when every image is valid as it is (the same
+price either way) the job is admitted at once and sends the prepared body if it is ready by
+then, else the body as it is, so preparation never holds back admission. Each attempt is
 admitted by the limiter, sent by the client, classified, and retried by the tenacity policy.
-Preparing before admission keeps the time from admission to the wire short and steady (the
+The body is ready when admitted, so the time from admission to the wire is short and steady (the
 limiter's margin counts on it). A job takes one of ``concurrency.max_in_flight`` slots only once
 its limiter admitted it, for the time on the wire, so jobs waiting for a slow model's limit never
 starve a fast model of slots. The prepared body is held while the job waits for admission and
@@ -19,11 +21,12 @@ wire get ``grace`` seconds to finish, then the error is raised from ``submit``, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -51,8 +54,9 @@ from ..cost._model import CostModel, RequestCost
 from ..images._probe import ImageProber
 from ..limits._base import LimiterStats, RateLimiter, Reservation
 from ..limits._groups import LimitGroups
+from ..prepare._ahead import JobBody, PrepareAhead
 from ..prepare._image import check_token_budget
-from ..prepare._inline import PrepareHook, has_heavy_images, inline_local_images
+from ..prepare._inline import PrepareHook, has_heavy_images
 from ..prepare._preparer import ImagePreparer
 from ..sources._body import walk_body
 from ._client import Reply, classify, request_was_sent
@@ -133,8 +137,9 @@ class Scheduler:
     ``Limiter``, or the shared ``RedisLimiter`` at ``vsched:limiter:<group>`` when
     ``limits.shared`` is true; with ``[[endpoints]]`` each endpoint has its own limiters and
     each request goes to the endpoint that can admit it soonest (``dispatch/_pool.py``);
-    ``preparer`` rewrites local and inline images once per job, before its admission (the
-    limiter is charged for the prepared body); ``grace`` (default
+    ``preparer`` rewrites local and inline images once per job, ahead of its admission (the
+    limiter is charged for the body sent; an image valid as it is goes as it is when its
+    preparation is not done by the job's first send); ``grace`` (default
     ``config.concurrency.shutdown_grace``) is how long requests on the wire may finish after
     a fatal error; ``observer`` watches each job and attempt (metrics, tracing: see
     ``scheduler.observe``).
@@ -166,6 +171,7 @@ class Scheduler:
         self._preparer: PrepareHook = (
             preparer if preparer is not None else ImagePreparer(self._config)
         )
+        self._ahead = PrepareAhead(self._preparer, images=self._config.images)
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
         self._observer = observer if observer is not None else NO_OBSERVER
         self._pool: EndpointPool | None = None
@@ -295,7 +301,9 @@ class Scheduler:
         in_flight = 0
         if self._tg is not None:
             in_flight = self._config.concurrency.max_in_flight - self._slots.value
-        return SchedulerStats(in_flight=in_flight, **self._counts)
+        return SchedulerStats(
+            in_flight=in_flight, images_sent_unprepared=self._ahead.sent_unprepared, **self._counts
+        )
 
     async def submit(
         self,
@@ -440,16 +448,19 @@ class Scheduler:
         model = request.body.get("model") or self._config.cost.default_model
         return model if isinstance(model, str) else self._config.cost.default_model
 
-    async def _price(self, request: Request) -> tuple[Mapping[str, Any], RequestCost]:
-        """The body to send (images read and prepared) and its cost, before any admission.
+    @contextlib.asynccontextmanager
+    async def _priced(self, request: Request) -> AsyncIterator[tuple[JobBody, RequestCost]]:
+        """The body to send (images read, and prepared or being prepared) and its cost, for
+        the job's attempts.
 
         The body is walked once. It is priced first (cheap: image headers only), so a body
-        that cannot be priced fails before any image work; then its local and inline images are
-        read and prepared, and the images preparation changed are re-priced (a budget may have
-        lowered the detail or shrunk an image below its working size: the limiter must be
-        charged what the server will charge for it).
+        that cannot be priced fails before any image work. An image that is not valid as it is
+        is prepared before admission and re-priced (a budget may have lowered the detail or
+        shrunk it below its working size: the limiter must be charged what the server will
+        charge for it); when every image is valid as it is, the job is admitted at once at the
+        same price and sends whichever body is ready (``prepare/_ahead.py``).
         """
-        assert self._cost_model is not None
+        assert self._cost_model is not None and self._tg is not None
         parts = walk_body(request.body, request.endpoint)
         if parts.stream:
             # Every attempt would be billed and yield nothing readable.
@@ -457,14 +468,13 @@ class Scheduler:
         heavy = has_heavy_images(parts)
         price = functools.partial(self._cost_model.price, parts)
         cost = await anyio.to_thread.run_sync(price) if heavy else price()
-        inlined = await inline_local_images(
+        async with self._ahead.body(
             request.body,
             parts,
-            images=self._config.images,
-            preparer=self._preparer,
             token_budget=check_token_budget(request.token_budget),
-        )
-        return inlined.body, self._cost_model.reprice(cost, inlined.changes)
+            task_group=self._tg,
+        ) as body:
+            yield body, self._cost_model.reprice(cost, body.changes)
 
     async def _process(self, request: Request, job: _Job) -> Result | None:
         """Run one job to its Result, or None when the run was stopped; the observer watches."""
@@ -489,12 +499,13 @@ class Scheduler:
         try:
             if request.deadline is not None:
                 state.due = started + _deadline(request.deadline)
-            # Priced, read and prepared once, before admission: what is sent and charged.
-            sent, cost = await self._price(request)
-            policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
-            async for attempt in policy:
-                with attempt:
-                    reply = await self._watched_attempt(request, sent, cost, job, state)
+            # Priced, read and prepared once (before admission, or beside it when the images
+            # may go as they are): what is sent and charged.
+            async with self._priced(request) as (sent, cost):
+                policy = retrying(self._config.retry, label=label, since=lambda: state.first_sent)
+                async for attempt in policy:
+                    with attempt:
+                        reply = await self._watched_attempt(request, sent, cost, job, state)
         except _Stopped:
             return None
         except FatalError as exc:
@@ -570,7 +581,7 @@ class Scheduler:
     async def _watched_attempt(
         self,
         request: Request,
-        body: Mapping[str, Any],
+        body: JobBody,
         cost: RequestCost,
         job: _Job,
         state: _Attempts,
@@ -648,7 +659,7 @@ class Scheduler:
     async def _attempt(
         self,
         request: Request,
-        body: Mapping[str, Any],
+        body: JobBody,
         cost: RequestCost,
         job: _Job,
         state: _Attempts,
@@ -675,6 +686,7 @@ class Scheduler:
             slot = True
             if self._fatal is not None:
                 raise _Stopped
+            payload = body.to_send()  # prepared if ready, else as it is (when it may)
             job.on_wire = posted = True
             state.count += 1
             state.charged = reservation.tokens
@@ -682,7 +694,7 @@ class Scheduler:
             if state.first_sent is None:
                 state.first_sent = anyio.current_time()
             try:
-                reply = await client.post(request.endpoint, body)
+                reply = await client.post(request.endpoint, payload)
             finally:
                 job.on_wire = False
                 self._slots.release()

@@ -54,8 +54,8 @@ __all__ = [
 Mapper = Callable[[AsyncIterator[ClaimedJob]], AsyncIterator[Result]]
 # Prices tokens per model ({model: (prompt, completion)}) in dollars; None when unknown.
 Pricer = Callable[[Mapping[str, Sequence[int]]], float | None]
-# The scheduler's running totals of 429 answers and retries.
-Counters = Callable[[], tuple[int, int] | None]
+# The scheduler's running totals of 429 answers, retries and images sent unprepared.
+Counters = Callable[[], tuple[int, int, int] | None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,7 +224,7 @@ async def drain_queue(
     def refresh_counters() -> None:
         figures = counters() if counters else None
         if figures is not None:
-            progress.rate_limited, progress.retries = figures
+            progress.rate_limited, progress.retries, progress.sent_unprepared = figures
 
     window = anyio.Semaphore(settings.window)
 
@@ -406,6 +406,7 @@ async def _summarise(
         wall_time=wall_time,
         rate_limited=progress.rate_limited,
         retries=progress.retries,
+        images_sent_unprepared=progress.sent_unprepared,
         failures=failures,
         failures_total=counts["failed"],
         endpoints=dict(progress.by_endpoint),

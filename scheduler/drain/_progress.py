@@ -185,6 +185,8 @@ class DrainProgress:
         self.billed_prompt = 0
         self.retries = 0
         self.rate_limited = 0
+        # Images sent as they were, their preparation not done when their turn came.
+        self.sent_unprepared = 0
         self.finished_this_run = 0
         self.by_model: dict[str, list[int]] = {}
         # Jobs answered per named endpoint (empty without [[endpoints]]).

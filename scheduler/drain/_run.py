@@ -204,9 +204,9 @@ async def _drain_with_scheduler(
     async with Scheduler(config, transport=transport, observer=observer, redis=redis) as scheduler:
         control.on_stop(scheduler.stop_sending)
 
-        def counters() -> tuple[int, int]:
+        def counters() -> tuple[int, int, int]:
             stats = scheduler.stats()
-            return stats.rate_limited, stats.retries
+            return stats.rate_limited, stats.retries, stats.images_sent_unprepared
 
         background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         if metrics is not None and listener is not None:

@@ -53,6 +53,8 @@ class DrainSummary:
     # Requests sent (every attempt) and the RPM limit (0: unknown).
     requests: int = 0
     rpm_limit: int = 0
+    # Images sent as they were (valid as they are) because their preparation was not done.
+    images_sent_unprepared: int = 0
 
     @property
     def limit_tokens(self) -> int:
@@ -104,6 +106,7 @@ class DrainSummary:
             "request_utilisation": round(self.request_utilisation, 4),
             "rate_limited": self.rate_limited,
             "retries": self.retries,
+            "images_sent_unprepared": self.images_sent_unprepared,
             "failures": [asdict(f) for f in self.failures],
             "failures_total": self.failures_total,
             "stopped": self.stopped,
@@ -131,7 +134,12 @@ class DrainSummary:
             f"Jobs: {counts}",
             f"Tokens: {self.tokens:,} used (billed){charged}, estimated price {price}",
             f"Limit: {self.limit_line()}",
-            f"429s: {self.rate_limited}, retries: {self.retries}",
+            f"429s: {self.rate_limited}, retries: {self.retries}"
+            + (
+                f", images sent unprepared: {self.images_sent_unprepared}"
+                if self.images_sent_unprepared
+                else ""
+            ),
             *([f"Endpoints: {endpoint_shares(dict(self.endpoints))}"] if self.endpoints else []),
             f"Wall time: {format_seconds(self.wall_time)}"
             f" (ideal at the limit: {format_seconds(self.ideal_time)})",

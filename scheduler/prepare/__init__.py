@@ -2,6 +2,7 @@
 into the body to send as data URLs."""
 
 from ._image import (
+    API_IMAGE_BYTES,
     BUDGET_METADATA_KEY,
     DecodeBudget,
     DetailChoice,
@@ -10,12 +11,14 @@ from ._image import (
     check_token_budget,
     choose_detail,
     job_token_budget,
+    needs_preparation,
     prepare_image,
 )
 from ._inline import Inlined, PreparedUpload, PrepareHook, has_heavy_images, inline_local_images
 from ._preparer import ImagePreparer, prepare_bodies
 
 __all__ = [
+    "API_IMAGE_BYTES",
     "BUDGET_METADATA_KEY",
     "DecodeBudget",
     "DetailChoice",
@@ -30,6 +33,7 @@ __all__ = [
     "has_heavy_images",
     "inline_local_images",
     "job_token_budget",
+    "needs_preparation",
     "prepare_bodies",
     "prepare_image",
 ]

@@ -36,6 +36,7 @@ from ..cost._profiles import ModelProfile, ProfileTable
 from ..cost._tokens import profile_image_tokens, working_size
 
 __all__ = [
+    "API_IMAGE_BYTES",
     "BUDGET_METADATA_KEY",
     "DEFAULT_DECODE_PIXELS",
     "DecodeBudget",
@@ -45,6 +46,7 @@ __all__ = [
     "check_token_budget",
     "choose_detail",
     "job_token_budget",
+    "needs_preparation",
     "prepare_image",
 ]
 
@@ -72,6 +74,8 @@ _RESAMPLED_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
 #: Pixels an ``ImagePreparer`` holds decoded at once by default, all its threads together:
 #: about four 12-megapixel photos (Pillow keeps RGB at 4 bytes a pixel: ~200 MB of buffers).
 DEFAULT_DECODE_PIXELS = 48_000_000
+#: The largest image file the API accepts (its documented 20 MB): one over it never goes as it is.
+API_IMAGE_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,7 +318,26 @@ def prepare_image(
         raise CorruptImage(source, f"cannot decode: {exc}") from None
 
 
-def _prepare(
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Plan:
+    """What an image's header says preparation must do with it (nothing is decoded yet)."""
+
+    image: Image.Image
+    fmt: str
+    orientation: int
+    upright: tuple[int, int]
+    original_tokens: int
+    choice: DetailChoice
+    # The original bytes stay valid: they need no turning and cost what the target costs.
+    original_valid: bool
+
+    @property
+    def sendable_as_is(self) -> bool:
+        """The original goes as it is, at its own detail and token cost (no budget change)."""
+        return self.original_valid and self.choice.tokens == self.original_tokens
+
+
+def _plan(
     data: bytes,
     model: str,
     detail: str,
@@ -322,13 +345,15 @@ def _prepare(
     config: ImagesConfig,
     budget: int,
     source: str,
-    decode_budget: DecodeBudget | None,
-) -> PreparedImage:
+) -> _Plan:
+    """Open ``data`` lazily (its header only) and decide its detail, size and orientation."""
     image = Image.open(io.BytesIO(data))
     fmt = image.format or ""
     if fmt not in _FORMATS:
+        image.close()
         raise UnsupportedImage(source, f"{fmt or 'unknown'} is not PNG, JPEG, WEBP or GIF")
     if getattr(image, "is_animated", False):
+        image.close()
         raise UnsupportedImage(source, "animated images are not accepted")
 
     width, height = image.size
@@ -340,11 +365,6 @@ def _prepare(
     upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
 
     profile = profiles.resolve(model)
-
-    def tokens(w: int, h: int, d: str) -> int:
-        return profile_image_tokens(w, h, d, profile)
-
-    original_tokens = tokens(*upright, detail)
     choice = choose_detail(
         *upright,
         detail=detail,
@@ -352,9 +372,75 @@ def _prepare(
         token_budget=budget,
         shrink=config.shrink,
     )
+    return _Plan(
+        image=image,
+        fmt=fmt,
+        orientation=orientation,
+        upright=upright,
+        original_tokens=profile_image_tokens(*upright, detail, profile),
+        choice=choice,
+        original_valid=orientation == 1
+        and profile_image_tokens(*upright, choice.detail, profile) == choice.tokens,
+    )
+
+
+def needs_preparation(
+    data: bytes,
+    *,
+    model: str,
+    detail: str = "auto",
+    profiles: ProfileTable | None = None,
+    config: ImagesConfig | None = None,
+    token_budget: int | None = None,
+    source: str = "<bytes>",
+) -> str | None:
+    """Why ``data`` must be prepared before it is sent, or None when it is valid as it is.
+
+    Reads the header only (microseconds, no decode). Valid as it is: a format the API accepts
+    (PNG, JPEG, WEBP, non-animated GIF), at most ``API_IMAGE_BYTES``, no EXIF orientation to
+    apply (with ``orient`` on), and the token budget (``token_budget``, else the config's) met
+    at the part's own detail and size, so the server, which scales it the same way, charges
+    the same tokens as for the prepared image. Anything else must wait for preparation: an
+    image that cannot be read, an unsupported or animated one, one over the API's byte limit,
+    a sideways one, or one the budget shrinks or sends at another detail.
+    """
+    if len(data) > API_IMAGE_BYTES:
+        return f"{len(data)} bytes is over the API's {API_IMAGE_BYTES} bytes"
+    config = config or ImagesConfig()
+    profiles = profiles or ProfileTable.from_config()
+    budget = config.token_budget if token_budget is None else token_budget
+    try:
+        plan = _plan(data, model, detail, profiles, config, budget, source)
+    except UnsupportedImage as exc:
+        return exc.cause
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        return "its header cannot be read"
+    plan.image.close()
+    if plan.orientation != 1:
+        return f"EXIF orientation {plan.orientation} must be applied"
+    if not plan.sendable_as_is or plan.choice.detail != detail:
+        return (
+            f"the token budget ({budget}) sends it at {plan.choice.detail}"
+            f" {plan.choice.width}x{plan.choice.height}"
+        )
+    return None
+
+
+def _prepare(
+    data: bytes,
+    model: str,
+    detail: str,
+    profiles: ProfileTable,
+    config: ImagesConfig,
+    budget: int,
+    source: str,
+    decode_budget: DecodeBudget | None,
+) -> PreparedImage:
+    plan = _plan(data, model, detail, profiles, config, budget, source)
+    image, fmt, orientation, upright = plan.image, plan.fmt, plan.orientation, plan.upright
+    width, height = image.size
+    choice, original_tokens, original_valid = plan.choice, plan.original_tokens, plan.original_valid
     target = (choice.width, choice.height)
-    # The original bytes stay valid when they need no turning and cost the same as the target.
-    original_valid = orientation == 1 and tokens(*upright, choice.detail) == choice.tokens
 
     def unchanged() -> PreparedImage:
         return PreparedImage(

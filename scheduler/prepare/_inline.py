@@ -24,10 +24,12 @@ from ..images._probe import ImageInfo, probe_image, read_image_bytes, short_sour
 from ..sources._body import BodyParts, Path
 
 __all__ = [
+    "AsIsCheck",
     "Inlined",
     "PrepareHook",
     "PreparedUpload",
     "has_heavy_images",
+    "inline_as_is",
     "inline_local_images",
     "inlined_growth",
 ]
@@ -173,6 +175,69 @@ async def inline_local_images(
     if not writes:
         return Inlined(body=body)
     return Inlined(body=_rewritten(body, writes), changes=changes)
+
+
+class AsIsCheck(Protocol):
+    """Why one image must be prepared before it is sent, or None when it is valid as it is
+    (``ImagePreparer.needs_preparation``)."""
+
+    def __call__(
+        self,
+        data: bytes,
+        info: ImageInfo,
+        *,
+        detail: str,
+        model: str,
+        token_budget: int | None = None,
+        source: str = "<image>",
+    ) -> str | None: ...
+
+
+async def inline_as_is(
+    body: Mapping[str, Any],
+    parts: BodyParts,
+    *,
+    images: ImagesConfig,
+    check: AsIsCheck,
+    token_budget: int | None = None,
+) -> Mapping[str, Any] | None:
+    """The body to send without preparation (local images inlined as they are), or None when
+    ``check`` says one of its local or inline images must be prepared first.
+
+    Files are read and large data URLs decoded in a worker thread, each image's header checked;
+    inline data URLs are left untouched. The caller's body is never mutated.
+    """
+    model = parts.model or ""
+    writes: list[tuple[Path, object]] = []
+    for ref in parts.images:
+        if ref.url is None or not (_is_local(ref.url) or ref.url.startswith("data:")):
+            continue
+        read = functools.partial(
+            _read_as_is,
+            ref.url,
+            images=images,
+            check=functools.partial(
+                check, detail=ref.detail, model=model, token_budget=token_budget
+            ),
+        )
+        reason, url = await _off_loop(_is_small_data(ref.url), read)
+        if reason is not None:
+            return None
+        if url is not None:
+            writes.append((ref.url_path, url))
+    return _rewritten(body, writes) if writes else body
+
+
+def _read_as_is(
+    url: str, *, images: ImagesConfig, check: Callable[..., str | None]
+) -> tuple[str | None, str | None]:
+    """Read one image and check it: (why it must be prepared, None) or (None, the data URL to
+    send for a local file; None for an inline one, sent untouched)."""
+    data, info = read_image_bytes(url, config=images)
+    reason = check(data, info, source=short_source(url))
+    if reason is not None or url.startswith("data:"):
+        return reason, None
+    return None, _data_url(data, _MIME.get(info.format, "application/octet-stream"))
 
 
 def _rewritten(body: Mapping[str, Any], writes: list[tuple[Path, object]]) -> dict[str, Any]:
