@@ -106,7 +106,7 @@ async def test_a_minute_window_server_is_filled_within_the_first_minute() -> Non
     (a fixed 1 s burst sends one limit's worth), without a 429."""
     settings = SimSettings(api_key=API_KEY, tpm=TPM, rpm=10_000, quantum=60.0, latency=LATENCY)
     _, fixed, _ = await drive(settings, 1_200, **{"limits.learn_burst": False})
-    _, learnt, stats = await drive(settings, 1_200)  # learn_burst is on by default
+    _, learnt, stats = await drive(settings, 1_200, **{"limits.learn_burst": True})
     assert first_minute(fixed) <= 1.05 * TPM
     assert first_minute(learnt) >= 1.8 * TPM
     assert rejected(learnt) == 0
@@ -119,7 +119,7 @@ async def test_a_per_second_server_never_sees_the_burst_grow_past_what_it_accept
     the window moves only to what the server's meter proves), and it ends within two seconds."""
     settings = SimSettings(api_key=API_KEY, tpm=TPM, rpm=10_000, quantum=1.0, latency=LATENCY)
     _, fixed, _ = await drive(settings, 1_200, **{"limits.learn_burst": False})
-    results, learnt, stats = await drive(settings, 1_200)
+    results, learnt, stats = await drive(settings, 1_200, **{"limits.learn_burst": True})
     assert all(r.ok for r in results)
     assert rejected(learnt) <= rejected(fixed) + 1  # the one probe that finds the window
     assert stats.token_window <= 2.0
@@ -130,7 +130,7 @@ async def test_a_ten_second_server_costs_one_probe_and_keeps_what_its_meter_prov
     """Against a server enforcing over 10 s the window grows until the one 429 that bounds it,
     then stays at what the server's meter was seen holding (over 9 s of the limit), not halved."""
     settings = SimSettings(api_key=API_KEY, tpm=TPM, rpm=10_000, quantum=10.0, latency=LATENCY)
-    results, app, stats = await drive(settings, 1_200)
+    results, app, stats = await drive(settings, 1_200, **{"limits.learn_burst": True})
     assert all(r.ok for r in results)
     assert rejected(app) <= 1
     assert 9.0 <= stats.token_window <= 10.0

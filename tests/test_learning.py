@@ -310,3 +310,14 @@ async def test_learnt_charge_is_what_admission_takes() -> None:
     assert (reservation.estimate, reservation.tokens) == (100, 200)
     stats = limiter.stats()
     assert (stats.estimated_tokens, stats.admitted_tokens, stats.charge_factor) == (100, 200, 2.0)
+
+
+def test_the_meter_proves_nothing_for_a_minute_after_a_429() -> None:
+    """A refused request may still count on the server's meter (the real service counts it
+    against the minute's requests): a full meter read within a minute of a 429 is no proof."""
+    window = WindowLearner(start=1.0)
+    window.refused(0.0)
+    window.saturated(used=seconds_of(10.0), limit=LIMIT, now=30.0)
+    assert (window.seconds, window.proven) == (1.0, 0.0)
+    window.saturated(used=seconds_of(10.0), limit=LIMIT, now=61.0)
+    assert window.seconds == pytest.approx(10.0)

@@ -288,7 +288,9 @@ class WindowLearner:
         if self.fixed or limit <= 0:
             return False
         held = used * 60.0 / limit
-        if used > largest and held > self.proven:
+        # A refused request may still count on the server's meter (the real service counts it
+        # against the minute's requests): for a minute after a 429 the meter proves nothing.
+        if used > largest and held > self.proven and now - self.last_refused >= 60.0:
             self.proven = min(60.0, held)
         top = self._top(now)
         grown = min(top, self.proven)
