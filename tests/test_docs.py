@@ -69,7 +69,7 @@ SIZES: dict[str, dict[str, str]] = {
     "benchmarks/bench_cost.py": {"--images": "4", "--repeat": "1"},
     "benchmarks/bench_prepare.py": {"--count": "2", "--repeat": "1"},
     "benchmarks/bench_drain_memory.py": {"--sizes": "200"},
-    "benchmarks/bench_redis.py": {"--seconds": "0.1"},
+    "benchmarks/bench_redis.py": {"--seconds": "0.1", "--drain-jobs": "40"},
 }
 
 
