@@ -411,7 +411,7 @@ def test_readme_first_commands_are_the_fresh_machine_ones() -> None:
     """The README opens with the demo command, then the test command that .ci/run runs."""
     first, second = [b for b in blocks(README) if b.language == "console"][:2]
     assert commands(first) == ['pip install -e ".[sim]" && vsched demo']
-    assert commands(second) == ['pip install -e ".[test]" && pytest']
+    assert commands(second) == ['pip install -e ".[test]" && pytest -n auto']
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert commands(second)[0] in ci
 
