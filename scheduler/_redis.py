@@ -221,7 +221,9 @@ class RedisClient:
         redis = config.redis
         if not redis.url:
             raise ConfigError("redis.url: set it to share the queue or the limit through Redis")
-        return cls(redis.url, give_up_after=redis.give_up_after, socket_timeout=redis.socket_timeout)
+        return cls(
+            redis.url, give_up_after=redis.give_up_after, socket_timeout=redis.socket_timeout
+        )
 
     @property
     def where(self) -> str:
