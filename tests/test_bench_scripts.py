@@ -38,9 +38,8 @@ def _run(*args: str) -> str:
 
 
 def test_bench_cost_smoke() -> None:
-    """bench_cost probes, decodes and prices two generated images, best of three (its exit code
-    compares probing with decoding: one timing of two probes is one preemption from failing)."""
-    out = _run("benchmarks/bench_cost.py", "--images", "2", "--repeat", "3")
+    """bench_cost probes, decodes and prices two generated images once."""
+    out = _run("benchmarks/bench_cost.py", "--images", "2", "--repeat", "1")
     assert "probe vs decode" in out
 
 
