@@ -128,6 +128,26 @@ def _vsched(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[byte
         )
 
 
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every `vsched` a test starts is gone after it, also when it failed half-way (else the
+    next test fails on the "still running" ResourceWarning of its garbage collection)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def tracked(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        started.append(_spawn(*args, env=env, log=log))
+        return started[-1]
+
+    _spawn = _vsched
+    monkeypatch.setitem(globals(), "_vsched", tracked)
+    yield
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[str]:
     """`vsched sim` on a free port, enforcing the limit per second; yields its base URL."""
@@ -293,8 +313,9 @@ def test_killed_workers_jobs_finish_within_15_seconds(
     workers, logs = _workers(tmp_path, redis_proc.url, simulator, 2, env)
     _wait_done(redis_proc, jobs // 4)
     victim = workers[0]
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    # Frozen first, so that the jobs it holds are read before anyone can take them over (on a
+    # busy machine the others did, and dropped the dead consumer, before it was looked up).
+    victim.send_signal(signal.SIGSTOP)
     killed = time.monotonic()
     client = redis_proc.client()
     (name,) = [
@@ -306,6 +327,8 @@ def test_killed_workers_jobs_finish_within_15_seconds(
     keys = {
         client.xrange("{vsched}:jobs", r["message_id"], r["message_id"])[0][1]["key"] for r in held
     }
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
     assert keys, "the victim held jobs when it was killed"
     while not all(client.hexists("{vsched}:result", key) for key in keys):
         assert time.monotonic() - killed < 15, "the dead worker's jobs were not taken over"
