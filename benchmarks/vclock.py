@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import selectors
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import anyio.to_thread
 
-__all__ = ["RESOLUTION", "VirtualTimeLoop", "run_virtual"]
+__all__ = ["RESOLUTION", "VirtualTimeLoop", "counting_threads", "run_virtual"]
 
 _T = TypeVar("_T")
 
@@ -87,14 +88,23 @@ async def _counted_run_sync(func: Callable[..., _T], *args: Any, **kwargs: Any) 
 _REAL_RUN_SYNC = anyio.to_thread.run_sync
 
 
+@contextmanager
+def counting_threads() -> Iterator[None]:
+    """While inside, ``anyio.to_thread.run_sync`` holds a virtual clock until its thread is done."""
+    anyio.to_thread.run_sync = _counted_run_sync  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        anyio.to_thread.run_sync = _REAL_RUN_SYNC
+
+
 def run_virtual(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run ``main()`` to completion on a fresh virtual-time loop and close it."""
     loop = VirtualTimeLoop()
-    anyio.to_thread.run_sync = _counted_run_sync  # type: ignore[assignment]
     try:
-        return loop.run_until_complete(main())
+        with counting_threads():
+            return loop.run_until_complete(main())
     finally:
-        anyio.to_thread.run_sync = _REAL_RUN_SYNC
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()

@@ -457,6 +457,9 @@ class RedisConfig:
     # Seconds Redis may stay unreachable (reconnecting with backoff) before the run stops,
     # with every job left intact in Redis (exit code 4).
     give_up_after: float = 30.0
+    # Seconds one command (or a connect) may wait for an answer before it is retried on a new
+    # connection: how long a stalled Redis goes unnoticed.
+    socket_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.url and not self.url.startswith(REDIS_SCHEMES):
@@ -465,6 +468,7 @@ class RedisConfig:
                 f"redis+sentinel://, redis+cluster://), got {mask_url(self.url)!r}"
             )
         _positive("redis.give_up_after", self.give_up_after)
+        _positive("redis.socket_timeout", self.socket_timeout)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

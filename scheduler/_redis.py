@@ -217,10 +217,13 @@ class RedisClient:
 
     @classmethod
     def from_config(cls, config: Config) -> RedisClient:
-        """The client for ``[redis] url`` with its give-up time."""
-        if not config.redis.url:
+        """The client for ``[redis] url`` with its give-up time and socket timeout."""
+        redis = config.redis
+        if not redis.url:
             raise ConfigError("redis.url: set it to share the queue or the limit through Redis")
-        return cls(config.redis.url, give_up_after=config.redis.give_up_after)
+        return cls(
+            redis.url, give_up_after=redis.give_up_after, socket_timeout=redis.socket_timeout
+        )
 
     @property
     def where(self) -> str:

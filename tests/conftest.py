@@ -14,21 +14,29 @@ from pathlib import Path
 import pytest
 from trio.testing import MockClock
 
+from benchmarks.vclock import VirtualTimeLoop, counting_threads
+
 
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
+def anyio_backend(request: pytest.FixtureRequest) -> Iterator[object]:
     """The loop an async test runs on: asyncio, or trio in virtual time (a fresh MockClock).
 
     A module or test picks its loops the anyio way, by parametrizing this fixture indirectly:
     ``@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)``. "trio-wallclock" is
     trio on the real clock, for code whose time is kept elsewhere (Redis, threads, processes).
+    "asyncio-virtual" is asyncio in virtual time (the benchmarks' ``VirtualTimeLoop``), for
+    in-process code that waits on timers: what runs on asyncio, without waiting for the wall.
     """
     name: str = request.param
     if name == "trio":
-        return ("trio", {"clock": MockClock(autojump_threshold=0)})
-    if name == "trio-wallclock":
-        return "trio"
-    return name
+        yield ("trio", {"clock": MockClock(autojump_threshold=0)})
+    elif name == "asyncio-virtual":
+        with counting_threads():  # the clock waits for work in worker threads
+            yield ("asyncio", {"loop_factory": VirtualTimeLoop})
+    elif name == "trio-wallclock":
+        yield "trio"
+    else:
+        yield name
 
 
 def _free_port() -> int:

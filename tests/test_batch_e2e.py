@@ -25,7 +25,7 @@ N = 500
 
 def _config(path: Path, limit: int) -> Path:
     path.write_text(
-        "[batch]\npoll_min = 0.2\npoll_max = 0.5\n"
+        "[batch]\npoll_min = 0.1\npoll_max = 0.25\n"
         f'[limits.models."gpt-4o"]\nbatch_queue_tokens = {limit}\n'
     )
     return path
@@ -64,8 +64,8 @@ def test_kill_9_mid_way_and_resume_create_no_duplicate_batch(tmp_path: Path) -> 
     batch = BatchSimSettings(
         queue_tokens=limit,
         validation_seconds=0.2,
-        min_seconds=1.5,
-        lines_per_second=100,
+        min_seconds=0.5,  # each batch runs long enough to be caught mid-way, no longer
+        lines_per_second=400,
         finalizing_seconds=0.1,
         line_failure=0.02,
     )

@@ -55,6 +55,7 @@ def test_openai_env_variables(tmp_path: Path) -> None:
         ("[api]\napi_key = 'sk-x'\n", "api.api_key"),
         ("[api]\nbase_url = 'ftp://x'\n", "api.base_url"),
         ("[models]\ngpt = 5\n", "models: expected a table of tables"),
+        ("[redis]\nsocket_timeout = 0\n", "redis.socket_timeout: expected a positive number"),
         ("[limits\n", "config file"),
     ],
 )

@@ -17,11 +17,11 @@ environment and background processes, as a reader typing them into one terminal 
 - ``<language> no-run`` blocks are skipped; the first line must be ``# no-run: <reason>``.
 
 What the test changes, and nothing else: numeric size flags (``SIZES``: fewer images, requests,
-repeats) so slow commands stay fast; the simulator's ``--port 8000`` and the URLs naming it
-(port 8000 may be taken on a shared machine); ``redis://redis.internal:6379/0``, which becomes a
-throwaway local redis-server; and ``python -m benchmarks`` gets ``--out`` in the session folder,
-so the published results are not overwritten. A page that uses ``photos/`` gets three images
-drawn there first.
+jobs, workers, repeats) so slow commands stay fast; the simulator's ``--port 8000`` and the URLs
+naming it (port 8000 may be taken on a shared machine); ``redis://redis.internal:6379/0``,
+which becomes a throwaway local redis-server; and ``python -m benchmarks`` gets ``--out`` in the
+session folder, so the published results are not overwritten. A page that uses ``photos/`` gets
+three images drawn there first.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ SIZES: dict[str, dict[str, str]] = {
     "benchmarks/bench_cost.py": {"--images": "4", "--repeat": "1"},
     "benchmarks/bench_prepare.py": {"--count": "2", "--repeat": "1"},
     "benchmarks/bench_drain_memory.py": {"--sizes": "200"},
-    "benchmarks/bench_redis.py": {"--seconds": "0.1"},
+    "benchmarks/bench_redis.py": {"--seconds": "0.1", "--drain-jobs": "40", "--workers": "2"},
 }
 
 
@@ -410,7 +410,7 @@ def test_readme_first_commands_are_the_fresh_machine_ones() -> None:
     """The README opens with the demo command, then the test command that .ci/run runs."""
     first, second = [b for b in blocks(README) if b.language == "console"][:2]
     assert commands(first) == ['pip install -e ".[sim]" && vsched demo']
-    assert commands(second) == ['pip install -e ".[test]" && pytest']
+    assert commands(second) == ['pip install -e ".[test]" && pytest -n auto']
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert commands(second)[0] in ci
 

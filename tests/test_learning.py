@@ -13,6 +13,9 @@ from scheduler.limits._learning import MAX_STEP, ChargeLearner, WindowLearner
 LIMIT = 60_000.0
 RATE = LIMIT / 60.0
 
+# asyncio in virtual time, as trio: the waits are the limiter's timers, none of the wall's.
+VIRTUAL = pytest.mark.parametrize("anyio_backend", ["asyncio-virtual", "trio"], indirect=True)
+
 
 def feed(learner: ChargeLearner, *, ratio: float, answers: int, skip: int = 0) -> None:
     """Readings of a server charging ``ratio`` x our estimates, 1,000 estimated per 0.5 s;
@@ -281,6 +284,7 @@ def test_fixed_window_never_moves() -> None:
 
 
 @pytest.mark.anyio
+@VIRTUAL
 async def test_slow_start_admits_a_slice_until_the_first_answer() -> None:
     """Before any answer at most ``slow_start_requests`` are out; the first answer opens it."""
     limiter = Limiter(tpm=600_000, rpm=10_000, slow_start_requests=3)

@@ -289,6 +289,7 @@ def test_a_group_share_above_the_total_is_refused() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio-virtual", "trio"], indirect=True)
 async def test_a_job_waiting_for_its_limit_holds_no_slot() -> None:
     """One slot: a job refused by its own model's limit lets another model's job go first."""
     limits = {"gpt-4o": ModelLimits(tpm=30_000, rpm=500)}

@@ -23,6 +23,9 @@ from scheduler.limits import Limiter
 # 100,000 tokens/s, a bucket of one 500-token request: one admission every 5 ms, each alone.
 RATE = {"tpm": 6_000_000, "rpm": 10_000_000, "burst_seconds": 0.005, "margin_seconds": 0.0}
 
+# asyncio in virtual time, as trio: the waits are the limiter's timers, none of the wall's.
+VIRTUAL = pytest.mark.parametrize("anyio_backend", ["asyncio-virtual", "trio"], indirect=True)
+
 
 def limiter(**priorities: float) -> Limiter:
     """A limiter at RATE with these classes (highest first), its bucket emptied."""
@@ -50,6 +53,7 @@ async def queue(limiter: Limiter, jobs: list[tuple[str | None, object]]) -> list
 
 
 @pytest.mark.anyio
+@VIRTUAL
 async def test_an_interactive_request_goes_before_queued_bulk() -> None:
     """Strict priority: a request of the higher class goes next, ahead of bulk queued first."""
     lim = limiter(interactive=1, bulk=0)
@@ -58,6 +62,7 @@ async def test_an_interactive_request_goes_before_queued_bulk() -> None:
 
 
 @pytest.mark.anyio
+@VIRTUAL
 async def test_each_class_is_fifo() -> None:
     """Inside a class, requests are admitted in arrival order."""
     lim = limiter(interactive=1, bulk=0)
@@ -69,6 +74,7 @@ async def test_each_class_is_fifo() -> None:
 
 
 @pytest.mark.anyio
+@VIRTUAL
 async def test_weights_share_the_admissions_while_both_classes_wait() -> None:
     """interactive 90 / bulk 10: of the first 20 admissions with both waiting, 2 are bulk."""
     lim = limiter(interactive=90, bulk=10)
@@ -81,6 +87,7 @@ async def test_weights_share_the_admissions_while_both_classes_wait() -> None:
 
 
 @pytest.mark.anyio
+@VIRTUAL
 async def test_a_weight_of_zero_starves_and_a_floor_does_not() -> None:
     """With bulk at weight 0 it waits out every interactive request; at weight 10 it never does."""
     jobs = [("bulk", "b")] + [("interactive", f"i{i}") for i in range(20)]
@@ -91,6 +98,7 @@ async def test_a_weight_of_zero_starves_and_a_floor_does_not() -> None:
 
 
 @pytest.mark.anyio
+@VIRTUAL
 async def test_no_priority_joins_the_lowest_class_and_an_unknown_one_fails() -> None:
     """A request without a class waits in the last one; an unknown class is an InputError."""
     lim = limiter(interactive=1, bulk=0)

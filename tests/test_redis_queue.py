@@ -94,6 +94,28 @@ def test_late_answer_from_a_presumed_dead_worker_is_dropped(
     late.close()
 
 
+def test_a_claim_is_a_sign_of_life_after_a_slow_start(
+    redis_url: str, other: RedisStreamsQueue
+) -> None:
+    """A worker whose heartbeat lapsed before its first claim keeps the jobs it claims.
+
+    A drain beats when it opens the queue, then builds its scheduler (seconds of imports and
+    tokenizer loading on a busy machine) and claims before its next beat: the other workers
+    took such a worker for dead at once, job after job, until jobs failed as "handed out 5
+    times and never answered" with no worker dead.
+    """
+    import redis
+
+    with RedisStreamsQueue(redis_url, consumer="slow-start") as slow:
+        slow.stop_beating()
+        slow.load(_jobs(2))
+        with redis.Redis.from_url(redis_url) as client:
+            client.delete("{vsched}:worker:slow-start")  # lapsed during the start-up
+        assert len(slow.claim(2)) == 2
+        assert other.claim(2) == []
+        assert slow.record([_ok("j1"), _ok("j2")]) == 2
+
+
 def test_recover_requeues_idle_jobs(redis_url: str) -> None:
     """recover() puts jobs idle past reclaim_after back in line for any worker."""
     dead = RedisStreamsQueue(redis_url, consumer="dead", reclaim_after=0.1)

@@ -9,7 +9,7 @@ import time
 import anyio
 import pytest
 
-from scheduler import ConfigError, RedisUnavailable
+from scheduler import ConfigError, RedisUnavailable, load_config
 from scheduler._redis import RedisClient, RedisTarget, build_client
 from scheduler.limits import RateLimitHeaders, RedisLimiter
 from scheduler.limits._redis import _Ask
@@ -100,6 +100,31 @@ async def test_an_unreachable_redis_gives_up_after_the_configured_time() -> None
     assert time.monotonic() - start >= 0.5
     assert client.reconnects >= 1
     assert "hunter2" not in str(info.value) and "re-run to resume" in str(info.value)
+
+
+# asyncio: redis-py's own async client (on trio its sync client in a thread adds retries of
+# its own around each timeout, seconds at any setting).
+@pytest.mark.parametrize("anyio_backend", ["asyncio"], indirect=True)
+@pytest.mark.anyio
+async def test_a_stalled_redis_is_noticed_after_the_configured_socket_timeout() -> None:
+    """redis.socket_timeout: a server that takes the connection and never answers is a timeout
+    after that long (5 s by default), retried until give_up_after, then RedisUnavailable."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; nothing ever answers
+        port = silent.getsockname()[1]
+        env = {
+            "VSCHED_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "VSCHED_REDIS_SOCKET_TIMEOUT": "0.2",
+            "VSCHED_REDIS_GIVE_UP_AFTER": "0.3",
+        }
+        client = RedisClient.from_config(load_config(env=env))
+        start = time.monotonic()
+        with pytest.raises(RedisUnavailable, match="TimeoutError"):
+            await client.execute("PING")
+        await client.aclose()
+    assert client.socket_timeout == 0.2
+    assert 0.3 <= time.monotonic() - start < 4.0  # a 5 s timeout would not have answered yet
 
 
 @pytest.mark.redis

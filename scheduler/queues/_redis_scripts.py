@@ -60,13 +60,16 @@ return total
 # entries idle past ``reclaim_after`` (a live but stuck worker), then new entries. A gap in
 # the queue's clock tick longer than half the ttl means Redis itself stalled or restarted (every
 # heartbeat lapsed at once): takeovers wait one ttl so live workers can beat again. Answers nil
-# when lost, else flat (entry, key, job, answered, sends) tuples.
+# when lost, else flat (entry, key, job, answered, sends) tuples. A claim is a sign of life: it
+# sets the claimer's own heartbeat key, so a worker whose key lapsed while it started (a long
+# start-up on a busy machine, before its first beat) is not taken for dead with its jobs.
 CLAIM = LuaScript(
     _SAME_QUEUE
     + """
 if lost() then return nil end
 local group, me, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ttl = tonumber(ARGV[7])
+redis.call('SET', ARGV[6] .. me, '1', 'PX', ttl)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tick = tonumber(redis.call('HGET', KEYS[1], 'tick') or now)
