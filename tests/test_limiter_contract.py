@@ -83,6 +83,8 @@ class Backend:
             return Limiter(**options)
         if "priorities" in options:
             options.setdefault("book_ahead_seconds", 0.0)
+        # The contract includes learning from remaining-tokens (opt-in on Redis).
+        options.setdefault("read_remaining", True)
         return RedisLimiter(self.redis_url, **options)
 
     def seconds(self, expected: float) -> Any:

@@ -51,6 +51,7 @@ def make(url: str, **kw: object) -> RedisLimiter:
         "burst_seconds": 0.1,
         "margin_seconds": 0.0,
         "settle": "actual",
+        "read_remaining": True,
     } | kw
     return RedisLimiter(url, **options)  # type: ignore[arg-type]
 
