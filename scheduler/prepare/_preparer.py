@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
@@ -32,38 +31,20 @@ from ._inline import inline_local_images
 __all__ = ["ImagePreparer", "prepare_bodies"]
 
 
-#: How much nicer than the process the preparation threads run (Linux, where the nice value is
-#: a thread's own): the event loop, which admits and sends, always gets a CPU first, and
-#: preparation takes what is left (on 2 cores, at 600k TPM, it was taking the loop's).
-PREPARATION_NICENESS = 10
-
-
-def _lower_priority() -> None:
-    """Make the calling thread nicer by ``PREPARATION_NICENESS`` (where the OS allows it)."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(
-            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + PREPARATION_NICENESS
-        )
-    except (AttributeError, OSError):
-        pass  # no per-thread priority here (macOS, Windows): the threads run as they are
-
-
 def default_preparation_threads() -> int:
     """Threads a preparer decodes on by default: one per CPU but one (the event loop's), at
-    least one, at most the pool's 64. Two niced threads on 2 cores prepared more images than one
-    (81% of a 600k TPM PNG drain's against 66%) at the same 99.8% of the limit, but under other
-    load fell to 74.8% where one kept 98.8%, and stalled the loop past 50 ms."""
+    least one, at most the pool's 64.
+
+    Threads niced below the loop were tried: under other load a niced thread holding the GIL
+    waits for a CPU while the loop waits for the GIL (a 184 ms stall of the loop in the suite;
+    two niced threads at 74.8% of a 600k TPM PNG drain where one kept 98.8%)."""
     return max(1, min(64, (os.cpu_count() or 1) - 1))
 
 
 @cache
 def _preparation_threads() -> ThreadPoolExecutor:
-    """The threads every preparer decodes on: as many as were ever busy at once, at most 64,
-    each nicer than the rest of the process."""
-    return ThreadPoolExecutor(
-        max_workers=64, thread_name_prefix="vsched-prepare", initializer=_lower_priority
-    )
+    """The threads every preparer decodes on: as many as were ever busy at once, at most 64."""
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vsched-prepare")
 
 
 class ImagePreparer:
@@ -94,9 +75,7 @@ class ImagePreparer:
         self._config = config.images
         self._default_model = config.cost.default_model
         self._profiles = profiles or ProfileTable.from_config(config)
-        # One thread per CPU by default: the threads are nicer than the event loop, so they
-        # take only the CPU it leaves (one CPU left to the loop had cost a large limit 9% of
-        # its throughput on 2 cores, preparation falling behind admission).
+        # One thread per CPU but one by default: the loop keeps a CPU to admit and send.
         threads = threads or config.images.prepare_threads or default_preparation_threads()
         self._threads = anyio.CapacityLimiter(threads)
         self._decode_budget = DecodeBudget(decode_pixels)
