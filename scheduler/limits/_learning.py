@@ -55,7 +55,7 @@ it grows additively by ``growth`` seconds per second: a probe. A 429 of that kin
 probe: the window halves, falls at least to ``CEILING_SHARE`` (90%) of the ceiling (the window
 that failed, or lower the bound the 429's own figures give: ``Used + Requested`` did not fit),
 never below what was proven nor the start; from then on it moves only to what the meter proves
-(with ``probe_after`` seconds, default never, it probes again, doubling after each failure).
+(a server's enforcement window does not change within a run: the probe is not repeated).
 So a per-minute server is found with no 429 (the meter proves each step), and a stricter one
 costs one 429 a run, the probe's. The window is the bucket's burst: when it grows, the new
 room is what the server's meter leaves under the new window, never more (``Limiter.observe``).
@@ -246,14 +246,9 @@ class WindowLearner:
     seconds: float = 0.0  # the learnt window (0: not set yet, the start)
     growth: float = 1.0  # seconds of window per second of saturated, quiet time
     quiet: float = 5.0  # seconds without a 429 of this kind before growing
-    # Seconds before growing past a window that failed (doubling after each failure); by
-    # default never: a server's enforcement window does not change within a run, and every
-    # probe past it costs a 429.
-    probe_after: float = math.inf
     fixed: bool = False
     ceiling: float = math.inf  # seconds: a window the server refused (or its 429's bound)
     proven: float = 0.0  # seconds: the most the server's meter was seen holding
-    failures: int = 0
     last_refused: float = -math.inf
     grown_at: float | None = None
 
@@ -263,17 +258,12 @@ class WindowLearner:
         if self.seconds <= 0:
             self.seconds = self.start
 
-    def _top(self, now: float) -> float:
-        """The largest window growth may reach now (under a ceiling, unless it may be probed);
-        what the meter proved is never under it."""
-        ceiling = self.ceiling
-        if now - self.last_refused >= self.probe_after * 2 ** max(0, self.failures - 1):
-            ceiling = math.inf
-        if ceiling == math.inf:
-            return 60.0
-        # After a 429, only what the meter proves: every probe past the server's window is a
-        # 429, and a request above its slice makes the 429's bound loose (1.9 s at 1 s).
-        return self.proven
+    def _top(self) -> float:
+        """The largest window growth may reach: 60 s until a 429; after one, only what the
+        meter proves (every probe past the server's window is a 429, and a request above its
+        slice makes the 429's bound loose: 1.9 s at 1 s). A server's enforcement window does
+        not change within a run, so the probe is never repeated."""
+        return 60.0 if self.ceiling == math.inf else self.proven
 
     def saturated(self, *, used: float, limit: float, now: float, largest: float = 0.0) -> bool:
         """Learn from the server's meter (``used`` of ``limit`` per minute) at an answer.
@@ -292,7 +282,7 @@ class WindowLearner:
         # against the minute's requests): for a minute after a 429 the meter proves nothing.
         if used > largest and held > self.proven and now - self.last_refused >= 60.0:
             self.proven = min(60.0, held)
-        top = self._top(now)
+        top = self._top()
         grown = min(top, self.proven)
         if (
             last is not None
@@ -305,10 +295,6 @@ class WindowLearner:
             return False
         self.seconds = grown
         return True
-
-    def idle(self, now: float) -> None:
-        """An answer that did not show saturation: growth restarts from ``now``."""
-        self.grown_at = now
 
     def refused(
         self,
@@ -335,7 +321,5 @@ class WindowLearner:
         if used is not None and requested is not None and limit:
             self.ceiling = min(self.ceiling, (used + requested) * 60.0 / limit)
         target = max(self.proven, min(old / 2.0, CEILING_SHARE * self.ceiling))
-        if old > self.start:
-            self.failures += 1
         self.seconds = max(self.start, min(old, target))
         return self.seconds != old
