@@ -227,6 +227,7 @@ def _record(
     drain: float,
     cpu: float,
     peak_rss_mb: float | None,
+    client_stats: dict[str, Any],
 ) -> RunRecord:
     return RunRecord(
         scenario=spec.scenario.name,
@@ -250,6 +251,7 @@ def _record(
         drain_seconds=drain,
         cpu_seconds=cpu,
         peak_rss_mb=peak_rss_mb,
+        client_stats=client_stats,
     )
 
 
@@ -277,7 +279,7 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
         start = anyio.current_time()
         outcomes, cpu = await run_contender(contender, bodies, target)
         drain = anyio.current_time() - start
-        record = _record(
+        return _record(
             spec,
             contender,
             outcomes=outcomes,
@@ -287,9 +289,8 @@ def run_virtual_time(spec: RunSpec, contender: str) -> RunRecord:
             drain=drain,
             cpu=cpu,
             peak_rss_mb=None,
+            client_stats=dict(target.stats),
         )
-        record.client_stats = dict(target.stats)
-        return record
 
     return run_virtual(main)
 
@@ -366,7 +367,7 @@ def run_loopback(spec: RunSpec, contender: str) -> RunRecord:
         snapshot = httpx.get(f"{base}/sim/stats", timeout=10.0).json()
         answers = httpx.get(f"{base}/bench/answers", timeout=10.0).json()
     outcomes = [JobOutcome(ok=ok, latency=lat, attempts=att) for ok, lat, att in report["outcomes"]]
-    record = _record(
+    return _record(
         spec,
         contender,
         outcomes=outcomes,
@@ -376,9 +377,8 @@ def run_loopback(spec: RunSpec, contender: str) -> RunRecord:
         drain=report["drain"],
         cpu=report["cpu"],
         peak_rss_mb=report["peak_rss_mb"],
+        client_stats=report.get("client_stats", {}),
     )
-    record.client_stats = report.get("client_stats", {})
-    return record
 
 
 def client_main(spec: RunSpec, contender: str, base_url: str) -> dict[str, Any]:
