@@ -286,7 +286,7 @@ class LimitsConfig:
     # Until the first answer of a limit group, at most this many requests out (0: no slow start).
     slow_start_requests: int = 4
     # Learn the server's enforcement window, starting at burst_seconds (false: keep it fixed).
-    learn_burst: bool = False
+    learn_burst: bool = True
     # True: the limit lives in Redis at [redis] url, shared by every process that names it.
     shared: bool = False
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).

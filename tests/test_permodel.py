@@ -75,11 +75,14 @@ async def test_two_models_are_paced_under_their_own_limits_without_429s() -> Non
         last = await drain(s, interleaved(60, "gpt-4o", "gpt-4o-mini"))
         stats = s.stats()
         per_group = s.limiter_stats()
-    assert stats.succeeded == 120 and stats.rate_limited == 0
-    assert not app.stats.snapshot()["rejected"]
+    # Per-second servers: the enforcement window's probe (``limits.learn_burst``) costs one
+    # 429 per model group, then the window stays at what the server accepts.
+    assert stats.succeeded == 120 and stats.rate_limited <= 2
+    assert sum(app.stats.snapshot()["rejected"].values()) == stats.rate_limited
     assert set(per_group) == {"gpt-4o", "gpt-4o-mini"}
     assert per_group["gpt-4o"].tpm == 6_000 and per_group["gpt-4o-mini"].tpm == 60_000
-    assert per_group["gpt-4o"].admitted_requests == per_group["gpt-4o-mini"].admitted_requests == 60
+    # 60 jobs each, plus the probe's refused attempt where there was one.
+    assert all(60 <= per_group[m].admitted_requests <= 61 for m in ("gpt-4o", "gpt-4o-mini"))
     # ~60 x 115 tokens: a minute and more at 6k TPM, a few seconds at 60k TPM.
     assert last["gpt-4o"] > 50, last
     assert last["gpt-4o-mini"] < 15, last
@@ -260,8 +263,10 @@ async def test_a_saturated_model_does_not_slow_a_fast_one_at_16_slots() -> None:
     async with Scheduler(make_config(**overrides), transport=transport) as s:
         mixed = await drain(s, interleaved(60, "gpt-4o", "gpt-4o-mini"))
         stats = s.stats()
-    assert stats.succeeded == 120 and stats.rate_limited == 0
-    assert not app.stats.snapshot()["rejected"]
+    # Per-second servers: the enforcement window's probe (``limits.learn_burst``) costs one
+    # 429 per model group, then the window stays at what the server accepts.
+    assert stats.succeeded == 120 and stats.rate_limited <= 2
+    assert sum(app.stats.snapshot()["rejected"].values()) == stats.rate_limited
     assert mixed["gpt-4o-mini"] <= 1.1 * alone, (alone, mixed)
     assert mixed["gpt-4o"] > 50, mixed
 

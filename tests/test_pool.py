@@ -44,7 +44,8 @@ class Hosts(httpx.AsyncBaseTransport):
         response = await self.apps[host].handle_async_request(request)
         if self._epoch[host] != epoch:
             raise httpx.ReadError("connection reset", request=request)
-        self.served[host] += 1
+        if response.status_code != 429:  # a refusal is not work done (the window's probe)
+            self.served[host] += 1
         return response
 
 
@@ -120,7 +121,8 @@ async def test_two_endpoints_share_the_work_by_their_limits() -> None:
     tokens = sum(r.cost.total for r in done if r.cost is not None)
     utilisation = tokens / elapsed * 60 / 180_000
     assert utilisation > 0.85, utilisation  # the 1 s burst start and the drain tail
-    assert sum(r.attempts - 1 for r in done) <= 1
+    # At most the enforcement window's probe (``limits.learn_burst``): one 429 per endpoint.
+    assert sum(r.attempts - 1 for r in done) <= 2
 
 
 async def test_a_stopped_endpoint_moves_its_work_to_the_other() -> None:

@@ -248,6 +248,7 @@ class WindowLearner:
     quiet: float = 5.0  # seconds without a 429 of this kind before growing
     fixed: bool = False
     ceiling: float = math.inf  # seconds: a window the server refused (or its 429's bound)
+    failed: float = math.inf  # seconds: the smallest grown window a 429 refused (the probe's end)
     proven: float = 0.0  # seconds: the most the server's meter was seen holding
     last_refused: float = -math.inf
     grown_at: float | None = None
@@ -259,11 +260,15 @@ class WindowLearner:
             self.seconds = self.start
 
     def _top(self) -> float:
-        """The largest window growth may reach: 60 s until a 429; after one, only what the
-        meter proves (every probe past the server's window is a 429, and a request above its
-        slice makes the 429's bound loose: 1.9 s at 1 s). A server's enforcement window does
-        not change within a run, so the probe is never repeated."""
-        return 60.0 if self.ceiling == math.inf else self.proven
+        """The largest window growth may reach: 60 s (or ``CEILING_SHARE`` of a 429's bound)
+        until a 429 refuses a grown window; after one, only what the meter proves (every probe
+        past the server's window is a 429, and a request above its slice makes the 429's bound
+        loose: 1.9 s at 1 s). A server's enforcement window does not change within a run, so
+        the probe is never repeated. A 429 at the start window ends no probe: it says nothing
+        about the window (a price mismatch, a limit told too high)."""
+        if self.failed < math.inf:
+            return self.proven
+        return min(60.0, CEILING_SHARE * self.ceiling)
 
     def saturated(self, *, used: float, limit: float, now: float, largest: float = 0.0) -> bool:
         """Learn from the server's meter (``used`` of ``limit`` per minute) at an answer.
@@ -278,10 +283,14 @@ class WindowLearner:
         if self.fixed or limit <= 0:
             return False
         held = used * 60.0 / limit
+        # Headers are whole numbers and ``remaining`` is rounded down, so the meter may hold up
+        # to one unit less than they say: at 500 RPM over 1 s (8.3 requests) a reading of 9
+        # "proved" 1.08 s and every retry was refused. Proof takes the unit off.
+        proof = (used - 1.0) * 60.0 / limit
         # A refused request may still count on the server's meter (the real service counts it
         # against the minute's requests): for a minute after a 429 the meter proves nothing.
-        if used > largest and held > self.proven and now - self.last_refused >= 60.0:
-            self.proven = min(60.0, held)
+        if used - 1.0 > largest and proof > self.proven and now - self.last_refused >= 60.0:
+            self.proven = min(60.0, proof)
         top = self._top()
         grown = min(top, self.proven)
         if (
@@ -290,7 +299,11 @@ class WindowLearner:
             and now - self.last_refused >= self.quiet
             and held >= SATURATED * self.seconds
         ):
-            grown = max(grown, min(top, self.seconds + self.growth * (now - last)))
+            # At most one request's worth per answer: answers come in bursts after gaps, and a
+            # step of the whole gap's growth (0.77 s at once at 500 RPM) let six requests past
+            # the server's window before the first 429 came back.
+            step = min(self.growth * (now - last), max(largest, 1.0) * 60.0 / limit)
+            grown = max(grown, min(top, self.seconds + step))
         if grown <= self.seconds:
             return False
         self.seconds = grown
@@ -317,9 +330,14 @@ class WindowLearner:
         if self.fixed:
             return False
         old = self.seconds
-        self.ceiling = min(self.ceiling, old)
+        if old > self.start:  # a grown window failed: the probe is over
+            self.failed = min(self.failed, old)
+            self.ceiling = min(self.ceiling, old)
         if used is not None and requested is not None and limit:
-            self.ceiling = min(self.ceiling, (used + requested) * 60.0 / limit)
+            bound = (used + requested) * 60.0 / limit
+            self.ceiling = min(self.ceiling, bound)
+            if self.proven >= bound:  # the server refused less than the meter "proved"
+                self.proven = CEILING_SHARE * bound
         target = max(self.proven, min(old / 2.0, CEILING_SHARE * self.ceiling))
         self.seconds = max(self.start, min(old, target))
         return self.seconds != old

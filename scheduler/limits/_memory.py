@@ -693,8 +693,9 @@ class Limiter:
     ) -> None:
         """Record a 429 and hold every waiter (and newcomer) until ``seconds`` from now.
 
-        The server just said there is no room, so both levels drop to at most zero; they refill
-        during the pause. Overlapping 429s extend one pause (``cooldowns`` counts pauses,
+        The server just said there is no room, so both levels drop to at most zero (the
+        requests' one request lower: the refused request may count on the server's meter);
+        they refill during the pause. Overlapping 429s extend one pause (``cooldowns`` counts pauses,
         ``rate_limited`` counts calls). With the ``refusal`` the message described and the
         ``reservation`` it refused, the charge learns from ``Requested N`` and the window of
         that limit's kind is halved (see :class:`WindowLearner`).
@@ -732,7 +733,12 @@ class Limiter:
                 self._counts.cooldowns += 1
             self._paused_until = until
         self._pair.tokens.clamp(0.0, now)
+        # The refused request itself may count on the server's meter (the real service counts
+        # it against the minute's requests): one request more than none left. Clamping to zero
+        # alone sent each retry a request early at 500 RPM over 1 s, and it was refused again,
+        # counted again: every retry of a job refused until it failed.
         self._pair.requests.clamp(0.0, now)
+        self._pair.requests.charge(1.0, now)
         self._hear(now)
         if self._counts.waiting:
             self._advance(now)

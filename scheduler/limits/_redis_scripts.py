@@ -291,7 +291,8 @@ return {out, state(), fmt(nxt)}
 
 # ARGV[5] = seconds. Holds everyone until then; the server said there is no room, so what is
 # booked and not yet sent moves later by the pause (only the part past an earlier pause), and
-# both levels drop to at most zero (plus the margin's reserve) and refill during the pause.
+# both levels drop to at most zero (plus the margin's reserve; the requests' one lower, since the
+# refused request may count on the server's meter) and refill during the pause.
 # A 429 is an answer: slow start is over. Answers the state.
 _COOLDOWN = LuaScript(
     _PRELUDE
@@ -301,7 +302,7 @@ if tonumber(ARGV[5]) > 0 then
   delay(until_ - math.max(cool, now))
   cool = math.max(cool, until_)
   tat_t = math.max(tat_t, now + cap_t / rt - mg)
-  tat_r = math.max(tat_r, now + cap_r / rr - mg)
+  tat_r = math.max(tat_r, now + cap_r / rr - mg) + 1 / rr
 end
 hear()
 save()
