@@ -7,7 +7,7 @@ interactive request is submitted every second. It prints the interactive request
 waits (p50, p95, max), the share of the limit left by the interactive requests that bulk used
 (the tokens it was admitted, over the limit's tokens in the time the bulk drain ran minus the
 interactive tokens), and 429s per 1,000 requests. Issue 17's bar: p95 under 1 s, bulk >= 95%,
-no 429s (with ``limits.learn_burst = true``, one: the enforcement-window probe's).
+no 429s but one: the enforcement-window probe's (``limits.learn_burst``, on by default).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
   ``vsched-metrics`` is the same with its Prometheus metrics on (the cost of ``observer=``).
 - ``vsched-settle-actual`` / ``vsched-settle-none``: the same with ``limits.settle`` forced, to
   compare the two settle policies (correct each charge to real usage, or keep the estimate).
-- ``vsched-learn-burst``: the same with ``limits.learn_burst = true`` (the burst grows towards
-  the server's enforcement window, probing; the quantum matrix runs it beside the default).
+- ``vsched-fixed-burst``: the same with ``limits.learn_burst = false`` (the burst stays at
+  ``burst_seconds``, 1 s; the quantum matrix runs it beside the default, which learns the
+  server's enforcement window).
 - ``sdk-semaphore``: the do-it-yourself baseline: the official ``openai`` SDK (its own retries:
   exponential backoff with jitter, honouring ``retry-after-ms``) under an ``asyncio.Semaphore``.
 - ``sdk-aiolimiter``: the same SDK behind ``aiolimiter.AsyncLimiter(tpm, 60)`` weighted by
@@ -157,11 +158,11 @@ async def run_vsched_settle_actual(
     return await _run_vsched(bodies, target, settle="actual")
 
 
-async def run_vsched_learn_burst(
+async def run_vsched_fixed_burst(
     bodies: Sequence[dict[str, Any]], target: Target
 ) -> list[JobOutcome]:
-    """vsched learning the server's enforcement window (``limits.learn_burst = true``)."""
-    return await _run_vsched(bodies, target, learn_burst=True)
+    """vsched with its burst fixed at ``burst_seconds`` (``limits.learn_burst = false``)."""
+    return await _run_vsched(bodies, target, learn_burst=False)
 
 
 async def run_vsched_settle_none(
@@ -474,7 +475,7 @@ CONTENDERS: dict[str, Contender] = {
     "vsched-metrics": run_vsched_metrics,
     "vsched-settle-actual": run_vsched_settle_actual,
     "vsched-settle-none": run_vsched_settle_none,
-    "vsched-learn-burst": run_vsched_learn_burst,
+    "vsched-fixed-burst": run_vsched_fixed_burst,
     "sdk-semaphore": run_sdk_semaphore,
     "sdk-aiolimiter": run_sdk_aiolimiter,
     "sdk-pyrate": run_sdk_pyrate,

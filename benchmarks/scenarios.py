@@ -220,7 +220,7 @@ _MATRIX = tuple(
         quantum=float(quantum),
         workload=workload,
         clocks=("virtual",),
-        contenders=(*ALL_CONTENDERS[:1], "vsched-learn-burst", *ALL_CONTENDERS[1:]),
+        contenders=(*ALL_CONTENDERS[:1], "vsched-fixed-burst", *ALL_CONTENDERS[1:]),
     )
     for quantum in (1, 10, 60)
     for workload in ("text", "vision")

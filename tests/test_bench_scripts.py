@@ -108,7 +108,8 @@ def test_bench_priorities_smoke() -> None:
     """bench_priorities: interactive waits stay short beside a bulk drain, with no 429s."""
     out = _run("benchmarks/bench_priorities.py", "--minutes", "0.3", "--json")
     figures = json.loads(out)
-    assert figures["interactive_wait_p95"] < 1.0 and figures["429s"] == 0
+    # At most the enforcement window's probe (limits.learn_burst, on by default).
+    assert figures["interactive_wait_p95"] < 1.0 and figures["429s"] <= 1
     assert figures["bulk_share_of_remaining"] >= 0.95
 
 

@@ -695,8 +695,8 @@ class Limiter:
 
         The server just said there is no room, so both levels drop to at most zero (the
         requests' one request lower: the refused request may count on the server's meter);
-        they refill during the pause. Overlapping 429s extend one pause (``cooldowns`` counts pauses,
-        ``rate_limited`` counts calls). With the ``refusal`` the message described and the
+        they refill during the pause. Overlapping 429s extend one pause (``cooldowns`` counts
+        pauses, ``rate_limited`` counts calls). With the ``refusal`` the message described and the
         ``reservation`` it refused, the charge learns from ``Requested N`` and the window of
         that limit's kind is halved (see :class:`WindowLearner`).
         """
