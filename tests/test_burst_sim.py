@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -35,10 +36,13 @@ def body(i: int, *, words: int = 60, max_tokens: int = 150) -> dict[str, Any]:
 
 
 async def drive(
-    settings: SimSettings, requests: int, **overrides: Any
+    settings: SimSettings,
+    requests: int,
+    make: Callable[[int], dict[str, Any]] = body,
+    **overrides: Any,
 ) -> tuple[list[Result], SimApp, LimiterStats]:
-    """Send ``requests`` text requests through a Scheduler told the simulator's true limits;
-    the results, the simulator, and the limiter's statistics at the end."""
+    """Send ``requests`` text requests (``make(i)``) through a Scheduler told the simulator's
+    true limits; the results, the simulator, and the limiter's statistics at the end."""
     app = create_app(settings)
     config = load_config(
         None,
@@ -53,7 +57,7 @@ async def drive(
         },
     )
     async with Scheduler(config, transport=httpx.ASGITransport(app)) as scheduler:
-        results = [r async for r in scheduler.map(body(i) for i in range(requests))]
+        results = [r async for r in scheduler.map(make(i) for i in range(requests))]
         (stats,) = scheduler.limiter_stats().values()
     return results, app, stats
 
@@ -145,22 +149,12 @@ async def test_a_probe_refused_on_requests_costs_one_429_not_every_retry() -> No
     request counts on the server's meter, our level did not count it) and refused again, and
     jobs failed after six 429s."""
     settings = SimSettings(api_key=API_KEY, tpm=10_000_000, rpm=500, quantum=1.0, latency=LATENCY)
-    app = create_app(settings)
-    config = load_config(
-        None,
-        env={"OPENAI_API_KEY": API_KEY},
-        overrides={
-            "api.base_url": "http://sim/v1",
-            "limits.tpm": settings.tpm,
-            "limits.rpm": settings.rpm,
-            "limits.learn_burst": True,
-            "concurrency.max_in_flight": 128,
-        },
+    results, app, stats = await drive(
+        settings,
+        200,
+        lambda i: body(i, words=5, max_tokens=10),
+        **{"limits.learn_burst": True, "concurrency.max_in_flight": 128},
     )
-    async with Scheduler(config, transport=httpx.ASGITransport(app)) as scheduler:
-        requests = (body(i, words=5, max_tokens=10) for i in range(200))
-        results = [r async for r in scheduler.map(requests)]
-        (stats,) = scheduler.limiter_stats().values()
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
     assert rejected(app) <= 1
     assert stats.request_window <= 1.0
