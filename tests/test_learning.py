@@ -110,7 +110,7 @@ def sparse(learner: ChargeLearner, *, ratio: float, answers: int, others: float 
             limit=LIMIT,
             estimates=estimates,
             now=admitted_at + 0.5,
-            alone=(admitted_at, 1_165.0),
+            alone=(admitted_at, 1_165.0, 0.0),
         )
 
 
@@ -309,7 +309,7 @@ async def test_slow_start_admits_a_slice_until_the_first_answer() -> None:
 async def test_learnt_charge_is_what_admission_takes() -> None:
     """With a learnt factor the reservation keeps the estimate and charges the learnt amount."""
     limiter = Limiter(tpm=600_000, rpm=10_000)
-    limiter._charge.factor = 2.0
+    limiter._charge.rest_factor = limiter._charge.image_factor = limiter._charge.factor = 2.0
     reservation = await limiter.acquire(tokens=100)
     assert (reservation.estimate, reservation.tokens) == (100, 200)
     stats = limiter.stats()
