@@ -87,7 +87,7 @@ MIN_SHARE_SPREAD = 0.03
 # standard deviation of its error per request, relative): below it the one factor is as good and
 # steadier. Half the deadband: x1.5 images at 8% kept one factor (2.0 429s per 1,000 after the
 # first 20) and got 0.2 split.
-SPLIT_GAIN = 0.04
+SPLIT_GAIN = 0.02
 # The window grows only while the server's meter holds this share of it: a per-second server's
 # meter never holds more than a second's worth, so growth stalls soon above it (0.5 let a
 # per-second server see 8 429s in 1,200 requests, 0.9 starved lagging headers: 62% of the limit).
@@ -265,6 +265,15 @@ class ChargeLearner:
             return None
         return rest, image
 
+    def _fit_image(self) -> float:
+        """The image tokens' ratio the sums fit when the rest is charged as estimated."""
+        return (self.image_charged - self.imaged + self.image_square) / self.image_square
+
+    def _fit_rest(self) -> float:
+        """The rest's ratio the sums fit when the image tokens are charged as estimated."""
+        square = self.estimated - 2.0 * self.imaged + self.image_square
+        return (self.charged - self.image_charged - self.imaged + self.image_square) / square
+
     def _add(self, charged: float, estimated: float, now: float, *, image: float = 0.0) -> bool:
         if self.summed_at is not None and now > self.summed_at:
             decay = math.exp(-(now - self.summed_at) / self.memory)
@@ -302,8 +311,15 @@ class ChargeLearner:
         trust = min(1.0, self.estimated / (CONFIDENCE * self.noise)) if self.noise > 0 else 1.0
         old = (self.rest_factor, self.image_factor)
         rest, image_ratio = (ratio, ratio) if split is None else split
-        self.rest_factor = _step(old[0], _target(rest, trust))
-        self.image_factor = _step(old[1], _target(image_ratio, trust))
+        rest, image_ratio = _target(rest, trust), _target(image_ratio, trust)
+        if split is not None and (rest == 1.0) != (image_ratio == 1.0):
+            # One component keeps the formula (the deadband): fit the other given that.
+            if rest == 1.0:
+                image_ratio = _target(self._fit_image(), trust)
+            else:
+                rest = _target(self._fit_rest(), trust)
+        self.rest_factor = _step(old[0], rest)
+        self.image_factor = _step(old[1], image_ratio)
         share = self.imaged / self.estimated
         self.factor = self.rest_factor + (self.image_factor - self.rest_factor) * share
         departed = max(abs(self.rest_factor - 1.0), abs(self.image_factor - 1.0))
