@@ -4,7 +4,8 @@ Both limiters use these objects; every field is a plain float, so the Redis limi
 them in its hash (one field each) and update them in its scripts the same way.
 
 **The charge** (:class:`ChargeLearner`): the ratio between what the server charges against its
-token limit and what we estimate, one factor per limit group, learnt from two signals:
+token limit and what we estimate, per limit group, learnt from three signals (and per cost
+component where they allow it: see *Per component* below):
 
 - ``x-ratelimit-remaining-tokens`` read against what we admitted since the previous reading.
   Between two readings the server consumed ``used_b - used_a + rate * (t_b - t_a)`` (its meter
@@ -44,6 +45,20 @@ telescoping sum takes it back), while a 3x mismatch is learnt in seven answers. 
 dated by when they are observed: the simulator (like a service computing its headers at answer
 time) describes the meter as of the answer; headers describing the admission instead only add
 noise at both ends, which the span dilutes.
+
+*Per component.* One factor misprices requests whose image shares differ (a flat 843 per
+255-token image beside text charged as estimated is 1.46x-2.4x per request: near the cap the
+in-flight error outgrew the margin, 3.8 429s per 1,000). Each pair and each ``Requested N`` row
+also carries its image estimate ``i`` (of its estimate ``e``), and the sums keep ``i``, ``i*i/e``
+and ``i*c/e`` beside ``c`` and ``e``: the normal equations of a least squares of the charge per
+estimated token on the image share, weighted by ``e`` (so they telescope like the one factor's
+sums, whose ratio is the fit's mean). Its two ratios, the image tokens' and the rest's (text and
+completion reserve), are used when the shares spread (``MIN_SHARE_SPREAD``), both lie in the
+clamps and one factor would misprice the requests by more than ``SPLIT_GAIN``; otherwise both
+follow the one factor's ratio (text only, one request shape, all images: exactly the one-factor
+rule). Each is trusted, deadbanded, clamped and stepped as the one factor is; a component kept
+at the formula by the deadband has the other refitted given it. ``factor`` is the two blended by
+the recent image share: the overall learnt ratio.
 
 **The enforcement window** (:class:`WindowLearner`): how many seconds of the per-minute limit
 the server lets through at once. It starts at ``burst_seconds``. The server's meter is proof:
