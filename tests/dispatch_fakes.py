@@ -81,6 +81,7 @@ class FakeLimiter:
         self.interval = interval
         self.max_tokens = max_tokens
         self.acquired: list[tuple[float, int]] = []
+        self.image_tokens: list[int] = []  # the image part each acquire named
         self.settled: list[tuple[int, int]] = []
         self.released: list[int] = []
         self.observed: list[RateLimitHeaders] = []
@@ -89,7 +90,9 @@ class FakeLimiter:
         self._next = 0.0
         self._lock: anyio.Lock | None = None
 
-    async def acquire(self, *, tokens: int, requests: int = 1) -> FakeReservation:
+    async def acquire(
+        self, *, tokens: int, requests: int = 1, image_tokens: int = 0
+    ) -> FakeReservation:
         if self.max_tokens is not None and tokens > self.max_tokens:
             raise RequestTooLarge(
                 f"{tokens} tokens > limit {self.max_tokens}", tokens=tokens, limit=self.max_tokens
@@ -101,6 +104,7 @@ class FakeLimiter:
                 await anyio.sleep(max(0.0, self._next - anyio.current_time()))
                 self._next = anyio.current_time() + self.interval
         self.acquired.append((anyio.current_time(), tokens))
+        self.image_tokens.append(image_tokens)
         return FakeReservation(self, tokens, requests)
 
     async def observe(

@@ -639,10 +639,12 @@ async def test_time_queued_for_admission_does_not_use_the_retry_budget() -> None
     """A job that waited 100 s for the limiter still gets its retries within a 30 s budget."""
 
     class SlowFirstAdmission(FakeLimiter):
-        async def acquire(self, *, tokens: int, requests: int = 1) -> Any:
+        async def acquire(self, *, tokens: int, requests: int = 1, image_tokens: int = 0) -> Any:
             if not self.acquired:
                 await anyio.sleep(100.0)
-            return await super().acquire(tokens=tokens, requests=requests)
+            return await super().acquire(
+                tokens=tokens, requests=requests, image_tokens=image_tokens
+            )
 
     server = ScriptedServer(script(error_response(503), error_response(503), ok_response()))
     limiter = SlowFirstAdmission()

@@ -87,9 +87,11 @@ class OrderLimiter(FakeLimiter):
         super().__init__()
         self.log = log
 
-    async def acquire(self, *, tokens: int, requests: int = 1) -> FakeReservation:
+    async def acquire(
+        self, *, tokens: int, requests: int = 1, image_tokens: int = 0
+    ) -> FakeReservation:
         self.log.append("acquire")
-        return await super().acquire(tokens=tokens, requests=requests)
+        return await super().acquire(tokens=tokens, requests=requests, image_tokens=image_tokens)
 
 
 @pytest.mark.parametrize("where", ["config", "metadata"])
@@ -97,7 +99,8 @@ async def test_budget_that_lowers_the_detail_is_charged_the_lower_cost(
     tmp_path: Path, where: str
 ) -> None:
     """A 1024x1024 file at ``high`` costs 765 image tokens; under a 100-token budget it is sent
-    at ``low`` and the limiter is charged 85 image tokens, the cost in the Result."""
+    at ``low`` and the limiter is charged 85 image tokens, the cost in the Result (and told
+    which part of the estimate is images)."""
     path = tmp_path / "square.png"
     path.write_bytes(png_bytes(1024, 1024))
     overrides = {"images.token_budget": 100} if where == "config" else {}
@@ -114,6 +117,7 @@ async def test_budget_that_lowers_the_detail_is_charged_the_lower_cost(
     assert result.cost.image_tokens == 85 and result.cost.images[0].detail == "low"
     assert result.cost.images[0].source == short_source(str(path)), "names the caller's file"
     assert limiter.acquired[0][1] == result.cost.total
+    assert limiter.image_tokens[0] == 85
     if where == "metadata":
         assert unbudgeted.cost.image_tokens == 765
         assert limiter.acquired[1][1] == unbudgeted.cost.total
@@ -122,7 +126,8 @@ async def test_budget_that_lowers_the_detail_is_charged_the_lower_cost(
 
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_real_limiter_admits_the_prepared_cost() -> None:
-    """With the real Limiter, the admitted tokens are the estimate of the body as sent."""
+    """With the real Limiter, the admitted tokens are the estimate of the body as sent, and the
+    image tokens among them those of the images as sent."""
     server = ScriptedServer(lambda body, n: ok_response(total_tokens=100))
     limiter = Limiter(tpm=100_000, rpm=600, settle="none", learn_from_headers=False)
     bodies = [image_body(png_url(1024, 1024)) for _ in range(3)]
@@ -131,6 +136,7 @@ async def test_real_limiter_admits_the_prepared_cost() -> None:
         results = [await s.submit(body) for body in bodies]
     assert all(r.ok and r.cost is not None and r.cost.image_tokens == 85 for r in results)
     assert limiter.stats().admitted_tokens == sum(r.cost.total for r in results if r.cost)
+    assert limiter.stats().estimated_image_tokens == 3 * 85
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -97,6 +98,111 @@ def test_requested_n_teaches_the_exact_charge() -> None:
     assert learner.factor == pytest.approx(843 / 255, rel=0.02)
 
 
+def flat_price(
+    learner: ChargeLearner,
+    *,
+    formula: int,
+    answers: int,
+    seed: int = 3,
+    outlier: int | None = None,
+) -> list[tuple[float, float, float, float, float]]:
+    """Readings of a server charging a flat 843 per image (``formula`` tokens each by our
+    estimate) and text and completion reserve as estimated: one request an answer, of 1..3
+    images, 100..400 text tokens and a reserve of 150..1,000; the meter stays busy. The reading
+    of answer ``outlier`` shows 30,000 tokens more used than the meter holds. Returns, per
+    answer, the request (estimate, image estimate, charge) and the factors learnt after it
+    (rest, image)."""
+    rng = random.Random(seed)
+    used, estimates, images, now = 20_000.0, 0.0, 0.0, 0.0
+    seen = []
+    for answer in range(answers):
+        count = rng.randint(1, 3)
+        image = float(count * formula)
+        estimate = image + rng.randint(100, 400) + rng.randint(150, 1_000)
+        charge = estimate - image + 843.0 * count
+        now += 0.9 * charge / RATE  # a little faster than the drain: the meter never empties
+        estimates += estimate
+        images += image
+        used += charge - 0.9 * charge
+        off = 30_000.0 if answer == outlier else 0.0
+        learner.read_remaining(
+            remaining=LIMIT - used - off,
+            limit=LIMIT,
+            estimates=estimates,
+            images=images,
+            now=now,
+        )
+        seen.append((estimate, image, charge, learner.rest_factor, learner.image_factor))
+    return seen
+
+
+@pytest.mark.parametrize(("formula", "image_factor"), [(255, 843 / 255), (1_105, 843 / 1_105)])
+def test_a_flat_image_price_is_learnt_per_request(formula: int, image_factor: float) -> None:
+    """A flat price per image beside text and reserves priced as estimated: the image tokens
+    and the rest are learnt apart within a few dozen answers, so every request (not only the
+    average) is charged within 3% of what the server charges it; one factor cannot (the true
+    ratio spans ~1.5x..2.4x on small images)."""
+    learner = ChargeLearner()
+    flat_price(learner, formula=formula, answers=40)
+    assert learner.image_factor == pytest.approx(image_factor, rel=0.03)
+    assert learner.rest_factor == 1.0
+    for estimate, image, charge, *_ in flat_price(ChargeLearner(), formula=formula, answers=200):
+        assert learner.charge(estimate, image) == pytest.approx(charge, rel=0.03)
+
+
+def test_text_only_traffic_keeps_one_factor() -> None:
+    """Without image tokens the rows cannot split the charge: one factor, moved as the
+    one-factor rule moves it (at most 20% an answer, up to the truth)."""
+    learner = ChargeLearner()
+    trajectory = [1.0]
+    for answers in range(1, 40):
+        feed(learner, ratio=1.7, answers=answers, skip=answers - 1)
+        assert learner.rest_factor == learner.image_factor == learner.factor
+        trajectory.append(learner.factor)
+    assert learner.imaged == learner.image_square == learner.image_charged == 0.0
+    steps = [b / a for a, b in itertools.pairwise(trajectory)]
+    assert all(1.0 - 1e-12 <= step <= MAX_STEP + 1e-12 for step in steps)
+    assert learner.factor == pytest.approx(1.7, rel=0.02)
+
+
+def test_one_image_share_keeps_one_factor() -> None:
+    """Requests that all have one image share cannot tell images from text apart: one factor,
+    the ratio of their charges."""
+    learner = ChargeLearner()
+    for at in range(20):
+        learner.read_requested(requested=2_686, estimate=1_510, image=510, now=float(at))
+    assert learner.rest_factor == learner.image_factor == learner.factor
+    assert learner.factor == pytest.approx(2_686 / 1_510, rel=0.02)
+
+
+def test_one_outlier_moves_the_split_charge_a_bounded_amount() -> None:
+    """With the charge learnt per component, one reading off by 30,000 tokens moves each
+    factor at most 20%, and the honest answers after it bring every request's charge back."""
+    seen = flat_price(ChargeLearner(), formula=255, answers=200, outlier=60)
+    for (*_, rest, image), (*_, new_rest, new_image) in itertools.pairwise(seen[55:70]):
+        assert rest / MAX_STEP - 1e-12 <= new_rest <= rest * MAX_STEP + 1e-12
+        assert image / MAX_STEP - 1e-12 <= new_image <= image * MAX_STEP + 1e-12
+    assert seen[60][3:] != seen[59][3:]  # the outlier did move the charge
+    *_, rest, image = seen[-1]
+    for estimate, image_tokens, charge, *_ in seen:
+        learnt = rest * (estimate - image_tokens) + image * image_tokens
+        assert learnt == pytest.approx(charge, rel=0.03)
+
+
+def test_requested_n_rows_teach_the_split() -> None:
+    """429s' ``Requested N`` are exact rows: requests of unlike image shares teach the image
+    tokens and the rest apart (here images 2x, text and reserve 1.2x)."""
+    learner = ChargeLearner()
+    shapes = [(600.0, 255.0), (300.0, 510.0), (900.0, 0.0), (200.0, 765.0)]
+    for at in range(24):
+        rest, image = shapes[at % len(shapes)]
+        requested = 1.2 * rest + 2.0 * image
+        learner.read_requested(requested=requested, estimate=rest + image, image=image, now=at)
+    assert (learner.rest_factor, learner.image_factor) == pytest.approx((1.2, 2.0), rel=0.02)
+    for rest, image in shapes:
+        assert learner.charge(rest + image, image) == pytest.approx(1.2 * rest + 2 * image, 0.02)
+
+
 def sparse(learner: ChargeLearner, *, ratio: float, answers: int, others: float = 0.0) -> None:
     """One request of 1,165 estimated every 1.2 s, answered 0.5 s later by a server charging
     ``ratio`` x: the meter empties between answers (the drain outruns the traffic);
@@ -111,7 +217,7 @@ def sparse(learner: ChargeLearner, *, ratio: float, answers: int, others: float 
             limit=LIMIT,
             estimates=estimates,
             now=admitted_at + 0.5,
-            alone=(admitted_at, 1_165.0),
+            alone=(admitted_at, 1_165.0, 0.0),
         )
 
 
@@ -315,7 +421,7 @@ async def test_slow_start_admits_a_slice_until_the_first_answer() -> None:
 async def test_learnt_charge_is_what_admission_takes() -> None:
     """With a learnt factor the reservation keeps the estimate and charges the learnt amount."""
     limiter = Limiter(tpm=600_000, rpm=10_000)
-    limiter._charge.factor = 2.0
+    limiter._charge.rest_factor = limiter._charge.image_factor = limiter._charge.factor = 2.0
     reservation = await limiter.acquire(tokens=100)
     assert (reservation.estimate, reservation.tokens) == (100, 200)
     stats = limiter.stats()

@@ -590,6 +590,50 @@ async def test_requested_n_of_a_429_teaches_the_charge(backend: Backend) -> None
         assert (second.estimate, second.tokens) == (1_000, 1_100)
 
 
+# Requests of unlike image shares (rest, image): a flat price per image, the rest as estimated.
+SHAPES = [(600, 255), (300, 510), (900, 0), (200, 765)]
+
+
+def flat(rest: int, image: int) -> int:
+    """The server's charge of a request: its rest as estimated, 843 per 255-token image."""
+    return rest + 843 * image // 255
+
+
+async def test_the_charge_is_learnt_per_component(backend: Backend) -> None:
+    """A flat price per image beside text priced as estimated: 429s' ``Requested N`` of
+    requests with unlike image shares teach the image tokens and the rest apart, every
+    admission is then charged its own request's charge, and a release gives back exactly what
+    was charged."""
+    async with backend.make(**LEARN) as limiter:
+        for turn in range(24):
+            rest, image = SHAPES[turn % len(SHAPES)]
+            reservation = await limiter.acquire(tokens=rest + image, image_tokens=image)
+            refusal = RateLimitRefusal(
+                kind="tokens", limit=TPM, used=0, requested=flat(rest, image)
+            )
+            await limiter.cooldown(0.0, reservation=reservation, refusal=refusal)
+            await reservation.release()
+        stats = limiter.stats()
+        assert stats.image_charge_factor == pytest.approx(843 / 255, rel=0.02)
+        assert stats.rest_charge_factor == 1.0
+        assert stats.estimated_image_tokens == 6 * sum(image for _, image in SHAPES)
+        level = stats.token_level
+        for rest, image in SHAPES:
+            reservation = await limiter.acquire(tokens=rest + image, image_tokens=image)
+            assert reservation.tokens == pytest.approx(flat(rest, image), rel=0.02)
+            await reservation.release()
+        assert limiter.stats().token_level == backend.level(level)
+
+
+async def test_image_tokens_must_be_part_of_the_estimate(backend: Backend) -> None:
+    """``image_tokens`` above ``tokens`` (or negative) is a caller's error, raised at once."""
+    async with backend.make() as limiter:
+        for image in (-1, 101):
+            with pytest.raises(ValueError, match="image_tokens"):
+                await limiter.acquire(tokens=100, image_tokens=image)
+        assert limiter.stats().admitted_requests == 0
+
+
 async def test_slow_start_admits_a_slice_until_the_first_answer(backend: Backend) -> None:
     """Before any answer at most ``slow_start_requests`` are out; one answered (or never sent)
     frees its place, and the first answer with headers opens the gate."""

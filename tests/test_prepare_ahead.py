@@ -93,9 +93,11 @@ class GateLimiter(FakeLimiter):
         super().__init__()
         self.opened = anyio.Event()
 
-    async def acquire(self, *, tokens: int, requests: int = 1) -> FakeReservation:
+    async def acquire(
+        self, *, tokens: int, requests: int = 1, image_tokens: int = 0
+    ) -> FakeReservation:
         await self.opened.wait()
-        return await super().acquire(tokens=tokens, requests=requests)
+        return await super().acquire(tokens=tokens, requests=requests, image_tokens=image_tokens)
 
 
 async def test_a_slow_preparer_does_not_delay_an_image_valid_as_it_is() -> None:

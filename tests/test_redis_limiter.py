@@ -311,6 +311,43 @@ async def test_two_machines_converge_to_one_learnt_charge(redis_url: str) -> Non
 
 @pytest.mark.anyio
 @WALL_CLOCK
+async def test_two_machines_share_the_charge_per_component(redis_url: str) -> None:
+    """Two processes (one leasing) answered by one meter charging a flat 843 per 255-token
+    image and the rest as estimated learn one split: the image tokens admitted are counted
+    fleet-wide like the estimates, and both then charge each request its own charge."""
+    shapes = [(600, 255), (300, 510), (900, 0), (200, 765)]
+    limit = 6_000_000  # 100,000 tokens/s: the traffic never waits for the bucket
+    used, at = limit / 2, anyio.current_time()
+    async with (
+        make(redis_url, tpm=limit, burst_seconds=6.0) as a,
+        make(redis_url, tpm=limit, burst_seconds=6.0, lease_seconds=1.0) as b,
+    ):
+        for step in range(60):
+            limiter = (a, b)[step % 2]
+            rest, image = shapes[step % len(shapes)]
+            reservation = await limiter.acquire(tokens=rest + image, image_tokens=image)
+            now = anyio.current_time()
+            used = used - limit / 60 * (now - at) + rest + 843 * image / 255
+            at = now
+            await anyio.sleep(0.003)
+            remaining = round(limit - used + limit / 60 * (anyio.current_time() - at))
+            await limiter.observe(
+                RateLimitHeaders(limit_tokens=limit, remaining_tokens=remaining),
+                reservation=reservation,
+            )
+        # A process charges the factors its last script answer carried: one call each first.
+        await a.observe(RateLimitHeaders(limit_tokens=limit, remaining_tokens=limit))
+        await b.observe(RateLimitHeaders(limit_tokens=limit, remaining_tokens=limit))
+        for stats in (a.stats(), b.stats()):
+            assert stats.image_charge_factor == pytest.approx(843 / 255, rel=0.05)
+            assert stats.rest_charge_factor == 1.0
+        first = await a.acquire(tokens=1_110, image_tokens=510)
+        second = await b.acquire(tokens=1_110, image_tokens=510)
+        assert first.tokens == second.tokens == pytest.approx(600 + 2 * 843, rel=0.05)
+
+
+@pytest.mark.anyio
+@WALL_CLOCK
 async def test_slow_start_is_shared_by_the_fleet(redis_url: str) -> None:
     """Slow start's slice counts every process's requests, and one process's first answer
     opens the gate for all."""

@@ -211,15 +211,17 @@ class EndpointPool:
         *,
         pinned: Endpoint | None = None,
         priority: str | None = None,
+        image_tokens: int = 0,
     ) -> tuple[Endpoint, Reservation]:
         """Wait for admission on the endpoint that can take the request soonest.
 
         ``pinned`` (after a failure that may have been billed) is used whatever its breaker
         says. Elsewhere a breaker that opens while the request is queued moves it on.
+        ``image_tokens`` is the images' part of ``tokens`` (the limiter learns its charge apart).
         """
         if not self.named:
             endpoint = self.endpoints[0]
-            return endpoint, await _acquire(endpoint.limiter(model), tokens, priority)
+            return endpoint, await _acquire(endpoint.limiter(model), tokens, priority, image_tokens)
         while True:
             endpoint = pinned if pinned is not None else await self._choose(model, tokens, priority)
             scope = anyio.CancelScope()
@@ -227,7 +229,9 @@ class EndpointPool:
                 endpoint._queued.add(scope)
             try:
                 with scope:
-                    reservation = await _acquire(endpoint.limiter(model), tokens, priority)
+                    reservation = await _acquire(
+                        endpoint.limiter(model), tokens, priority, image_tokens
+                    )
                     if endpoint.breaker is not None:
                         endpoint.breaker.begin(anyio.current_time())
                     endpoint.in_flight += 1
@@ -312,12 +316,18 @@ class EndpointPool:
                     await endpoint.groups.aclose()
 
 
-async def _acquire(limiter: RateLimiter, tokens: int, priority: str | None) -> Reservation:
-    """``limiter.acquire``, naming the class only when there is one (a given limiter may not
-    know classes)."""
-    if priority is None:
+async def _acquire(
+    limiter: RateLimiter, tokens: int, priority: str | None, image_tokens: int = 0
+) -> Reservation:
+    """``limiter.acquire``, naming the class and the image tokens only when there are some (a
+    given limiter may know neither)."""
+    if priority is None and not image_tokens:
         return await limiter.acquire(tokens=tokens)
-    return await limiter.acquire(tokens=tokens, priority=priority)
+    if not image_tokens:
+        return await limiter.acquire(tokens=tokens, priority=priority)
+    if priority is None:
+        return await limiter.acquire(tokens=tokens, image_tokens=image_tokens)
+    return await limiter.acquire(tokens=tokens, priority=priority, image_tokens=image_tokens)
 
 
 def _expected_wait(limiter: RateLimiter, tokens: int, priority: str | None) -> float:

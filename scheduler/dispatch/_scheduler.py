@@ -647,7 +647,11 @@ class Scheduler:
             )
         with anyio.move_on_after(left):
             return await self._pool.admit(
-                model, cost.total, pinned=state.pinned, priority=request.priority
+                model,
+                cost.total,
+                pinned=state.pinned,
+                priority=request.priority,
+                image_tokens=cost.image_tokens,
             )
         waited = anyio.current_time() - now
         raise DeadlineExceeded(
@@ -672,7 +676,11 @@ class Scheduler:
         asked = anyio.current_time()
         if state.due is None:
             endpoint, reservation = await self._pool.admit(
-                model, cost.total, pinned=state.pinned, priority=request.priority
+                model,
+                cost.total,
+                pinned=state.pinned,
+                priority=request.priority,
+                image_tokens=cost.image_tokens,
             )
         else:
             endpoint, reservation = await self._admit_by(request, model, cost, state, asked)

@@ -35,6 +35,13 @@ def announce_limit(
     )
 
 
+def image_part(image_tokens: int, tokens: int) -> int:
+    """The image tokens of an estimate of ``tokens``, checked to be a part of it (both limiters)."""
+    if not 0 <= image_tokens <= max(tokens, 0):
+        raise ValueError(f"image_tokens must be within 0..tokens ({tokens}), got {image_tokens!r}")
+    return image_tokens
+
+
 class Reservation(Protocol):
     """A request's admission: what it was charged, and how to reconcile or return that charge."""
 
@@ -80,13 +87,20 @@ class LimiterStats:
     limit_changes: int
     wakeups: int
     # What we estimated for the admitted requests (``admitted_tokens`` is what was charged: the
-    # learnt charge of these estimates), the learnt factor, the learnt burst windows (seconds)
-    # and whether slow start still holds (no answer from the server yet).
+    # learnt charge of these estimates), the learnt factor (overall: blended by the image share
+    # of what was recently admitted), the learnt burst windows (seconds) and whether slow start
+    # still holds (no answer from the server yet).
     estimated_tokens: int = 0
     charge_factor: float = 1.0
     token_window: float = 0.0
     request_window: float = 0.0
     slow_start: bool = False
+    # The image tokens among ``estimated_tokens``, and the learnt factors of the image tokens
+    # and of the rest (text and completion reserve): equal while the answers cannot tell them
+    # apart, when ``charge_factor`` is the one factor.
+    estimated_image_tokens: int = 0
+    image_charge_factor: float = 1.0
+    rest_charge_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.tpm <= 0 or self.rpm <= 0:
@@ -102,6 +116,7 @@ class LimiterCounters:
     admitted_tokens: int = 0
     admitted_requests: int = 0
     estimated_tokens: int = 0
+    estimated_image_tokens: int = 0
     released_tokens: int = 0
     released_requests: int = 0
     refunded_tokens: int = 0
@@ -128,6 +143,8 @@ class LimiterCounters:
         token_window: float = 0.0,
         request_window: float = 0.0,
         slow_start: bool = False,
+        image_charge_factor: float = 1.0,
+        rest_charge_factor: float = 1.0,
     ) -> LimiterStats:
         """A frozen snapshot of these counters with the levels the limiter knows."""
         return LimiterStats(
@@ -158,6 +175,9 @@ class LimiterCounters:
             token_window=token_window,
             request_window=request_window,
             slow_start=slow_start,
+            estimated_image_tokens=self.estimated_image_tokens,
+            image_charge_factor=image_charge_factor,
+            rest_charge_factor=rest_charge_factor,
         )
 
 
@@ -166,10 +186,16 @@ class RateLimiter(Protocol):
     """What dispatch needs from a limiter; the in-memory and the Redis limiter both provide it."""
 
     async def acquire(
-        self, *, tokens: int, requests: int = 1, priority: str | None = None
+        self,
+        *,
+        tokens: int,
+        requests: int = 1,
+        priority: str | None = None,
+        image_tokens: int = 0,
     ) -> Reservation:
         """Wait in FIFO order (within ``priority``'s class) until the charge fits; raise
-        ``RequestTooLarge`` if it never can."""
+        ``RequestTooLarge`` if it never can. ``image_tokens`` is the part of the ``tokens``
+        estimate that is images (the charge is learnt per component)."""
         ...
 
     def expected_wait(

@@ -4,7 +4,8 @@ Both limiters use these objects; every field is a plain float, so the Redis limi
 them in its hash (one field each) and update them in its scripts the same way.
 
 **The charge** (:class:`ChargeLearner`): the ratio between what the server charges against its
-token limit and what we estimate, one factor per limit group, learnt from two signals:
+token limit and what we estimate, per limit group, learnt from three signals (and per cost
+component where they allow it: see *Per component* below):
 
 - ``x-ratelimit-remaining-tokens`` read against what we admitted since the previous reading.
   Between two readings the server consumed ``used_b - used_a + rate * (t_b - t_a)`` (its meter
@@ -45,6 +46,20 @@ dated by when they are observed: the simulator (like a service computing its hea
 time) describes the meter as of the answer; headers describing the admission instead only add
 noise at both ends, which the span dilutes.
 
+*Per component.* One factor misprices requests whose image shares differ (a flat 843 per
+255-token image beside text charged as estimated is 1.46x-2.4x per request: near the cap the
+in-flight error outgrew the margin, 3.8 429s per 1,000). Each pair and each ``Requested N`` row
+also carries its image estimate ``i`` (of its estimate ``e``), and the sums keep ``i``, ``i*i/e``
+and ``i*c/e`` beside ``c`` and ``e``: the normal equations of a least squares of the charge per
+estimated token on the image share, weighted by ``e`` (so they telescope like the one factor's
+sums, whose ratio is the fit's mean). Its two ratios, the image tokens' and the rest's (text and
+completion reserve), are used when the shares spread (``MIN_SHARE_SPREAD``), both lie in the
+clamps and one factor would misprice the requests by more than ``SPLIT_GAIN``; otherwise both
+follow the one factor's ratio (text only, one request shape, all images: exactly the one-factor
+rule). Each is trusted, deadbanded, clamped and stepped as the one factor is; a component kept
+at the formula by the deadband has the other refitted given it. ``factor`` is the two blended by
+the recent image share: the overall learnt ratio.
+
 **The enforcement window** (:class:`WindowLearner`): how many seconds of the per-minute limit
 the server lets through at once. It starts at ``burst_seconds``. The server's meter is proof:
 a reading showing it holding more than our largest request (a request above the server's slice
@@ -80,6 +95,14 @@ FIRST_NOISE = 0.25  # the noise assumed of the first pair, as a share of its cha
 # bias the sums by up to ~6%, and a small departure is covered by the clamps and cooldowns.
 DEADBAND = 0.08
 ANNOUNCE_DEPARTURE = 0.10  # log once when the learnt charge is this far from the formula
+# The image share of the pairs must spread this much (standard deviation) for the image tokens
+# and the rest to be learnt apart; under it (text only, or one request shape) one factor.
+MIN_SHARE_SPREAD = 0.03
+# The split is used only when one factor would misprice the requests by more than this (the
+# standard deviation of its error per request, relative): below it the one factor is as good and
+# steadier. Half the deadband: x1.5 images at 8% kept one factor (2.0 429s per 1,000 after the
+# first 20) and got 0.2 split.
+SPLIT_GAIN = 0.02
 # The window grows only while the server's meter holds this share of it: a per-second server's
 # meter never holds more than a second's worth, so growth stalls soon above it (0.5 let a
 # per-second server see 8 429s in 1,200 requests, 0.9 starved lagging headers: 62% of the limit).
@@ -93,26 +116,44 @@ CEILING_SHARE = 0.9
 class ChargeLearner:
     """Learns ``server charge / our estimate`` for one limit group; see the module docstring."""
 
+    # The learnt charge per estimated token: of a request's image tokens and of the rest (text
+    # and completion reserve); equal while the answers cannot tell them apart (one factor).
+    rest_factor: float = 1.0
+    image_factor: float = 1.0
+    # Both blended by the image share of what was recently admitted: the overall learnt ratio.
     factor: float = 1.0
     memory: float = 60.0  # seconds: the time constant of the forgotten sums
     # Forgotten sums of the server's charge and of our estimates, and when they were last decayed.
     charged: float = 0.0
     estimated: float = 0.0
     summed_at: float | None = None
-    # The previous reading of the chain: when, the server's meter, our cumulative estimates.
+    # Forgotten sums over pairs (image estimate i, estimate e, charge c) of i, i*i/e and i*c/e:
+    # with ``charged`` and ``estimated`` the normal equations of the per-component fit.
+    imaged: float = 0.0
+    image_square: float = 0.0
+    image_charged: float = 0.0
+    # The previous reading of the chain: when, the server's meter, our cumulative estimates (all
+    # tokens, and the image tokens among them).
     anchor_at: float | None = None
     anchor_used: float = 0.0
     anchor_estimates: float = 0.0
-    # Mean absolute residual of one pair against the sums' ratio: how noisy the readings are.
+    anchor_images: float = 0.0
+    # Mean absolute residual of one pair against the fit: how noisy the readings are.
     noise: float = 0.0
     samples: int = 0
     announced: bool = False
 
-    def charge(self, estimate: float) -> int:
-        """The tokens admission charges for a request estimated at ``estimate``."""
-        if self.factor == 1.0:
+    def charge(self, estimate: float, image: float = 0.0) -> int:
+        """The tokens admission charges for a request estimated at ``estimate``, ``image`` of
+        them for its images."""
+        if self.rest_factor == 1.0 and self.image_factor == 1.0:
             return math.ceil(estimate)
-        return math.ceil(estimate * self.factor)
+        return math.ceil(self.predict(estimate, image))
+
+    def predict(self, estimate: float, image: float = 0.0) -> float:
+        """The learnt charge of ``estimate`` tokens, ``image`` of them for images (unrounded)."""
+        image = min(max(image, 0.0), estimate)
+        return self.rest_factor * (estimate - image) + self.image_factor * image
 
     def read_remaining(
         self,
@@ -121,12 +162,14 @@ class ChargeLearner:
         limit: float,
         estimates: float,
         now: float,
-        alone: tuple[float, float] | None = None,
+        images: float = 0.0,
+        alone: tuple[float, float, float] | None = None,
     ) -> bool:
-        """Learn from a ``remaining`` reading; ``estimates`` is our cumulative estimate admitted.
+        """Learn from a ``remaining`` reading; ``estimates`` is our cumulative estimate admitted,
+        ``images`` the image tokens among it.
 
-        ``alone`` is ``(admitted_at, estimate)`` of the request the answer belongs to when
-        nothing was admitted after it: see :meth:`_read_alone`. Returns True when the factor
+        ``alone`` is ``(admitted_at, estimate, image)`` of the request the answer belongs to when
+        nothing was admitted after it: see :meth:`_read_alone`. Returns True when the charge
         changed.
         """
         used = limit - remaining
@@ -134,26 +177,28 @@ class ChargeLearner:
         busy = used > 0.0
         if anchor_at is None or not busy or now <= anchor_at:
             if anchor_at is None or not busy or now < anchor_at:
-                self.restart(now if busy else None, used=used, estimates=estimates)
+                self.restart(now if busy else None, used=used, estimates=estimates, images=images)
             return False
         # On the mean of both ends: selecting pairs on one end's reading selects that end's
         # noise (lagging headers measured in the simulator: -10% on the anchor alone, +30% on
         # the lower end, within 2% on the mean); the new end is the larger of the reading and
         # the prediction, so a pair is not dropped for the cheap requests it holds.
         drain = (now - anchor_at) * limit / 60.0
-        predicted = self.anchor_used + self.factor * (estimates - self.anchor_estimates) - drain
+        admitted = estimates - self.anchor_estimates
+        admitted_images = images - self.anchor_images
+        predicted = self.anchor_used + self.predict(admitted, admitted_images) - drain
         if drain > 0.5 * (self.anchor_used + max(used, predicted)):
             # The meter may have run empty since the anchor (and stopped draining): no pair,
             # but perhaps the charge of one request alone on an empty meter.
             learnt = alone is not None and self._read_alone(
-                used=used, limit=limit, estimates=estimates, now=now, alone=alone
+                used=used, limit=limit, estimates=estimates, images=images, now=now, alone=alone
             )
-            self.restart(now, used=used, estimates=estimates)
+            self.restart(now, used=used, estimates=estimates, images=images)
             return learnt
-        admitted = estimates - self.anchor_estimates
         consumed = used - self.anchor_used + (now - anchor_at) * limit / 60.0
-        self.anchor_at, self.anchor_used, self.anchor_estimates = now, used, estimates
-        return self._add(consumed, admitted, now)
+        self.anchor_at, self.anchor_used = now, used
+        self.anchor_estimates, self.anchor_images = estimates, images
+        return self._add(consumed, admitted, now, image=admitted_images)
 
     def _read_alone(
         self,
@@ -161,8 +206,9 @@ class ChargeLearner:
         used: float,
         limit: float,
         estimates: float,
+        images: float,
         now: float,
-        alone: tuple[float, float],
+        alone: tuple[float, float, float],
     ) -> bool:
         """The charge of one request that found the server's meter empty and was alone on it.
 
@@ -172,42 +218,102 @@ class ChargeLearner:
         the meter held only this request since: its charge is ``used + rate * (now -
         admitted_at)`` (an upper bound by the send delay's drain, the safe side).
         """
-        admitted_at, estimate = alone
+        admitted_at, estimate, image = alone
         anchor_at = self.anchor_at
         if anchor_at is None or estimate <= 0.0 or not anchor_at <= admitted_at <= now:
             return False
         rate = limit / 60.0
-        before = estimates - estimate - self.anchor_estimates
-        if self.anchor_used + self.factor * before - rate * (admitted_at - anchor_at) > 0.0:
+        before = self.predict(
+            estimates - estimate - self.anchor_estimates, images - image - self.anchor_images
+        )
+        if self.anchor_used + before - rate * (admitted_at - anchor_at) > 0.0:
             return False  # the meter perhaps still held earlier requests
-        return self._add(used + rate * (now - admitted_at), estimate, now)
+        return self._add(used + rate * (now - admitted_at), estimate, now, image=image)
 
-    def read_requested(self, *, requested: float, estimate: float, now: float) -> bool:
-        """Learn from a 429's ``Requested N`` for a request we estimated at ``estimate``."""
+    def read_requested(
+        self, *, requested: float, estimate: float, now: float, image: float = 0.0
+    ) -> bool:
+        """Learn from a 429's ``Requested N`` for a request we estimated at ``estimate``
+        (``image`` of it for its images): one exact row."""
         self.restart(None)
         if not (requested > 0 and estimate > 0):
             return False
-        return self._add(float(requested), float(estimate), now)
+        return self._add(float(requested), float(estimate), now, image=float(image))
 
-    def restart(self, now: float | None, *, used: float = 0.0, estimates: float = 0.0) -> None:
+    def restart(
+        self,
+        now: float | None,
+        *,
+        used: float = 0.0,
+        estimates: float = 0.0,
+        images: float = 0.0,
+    ) -> None:
         """Break the chain of readings (the next one starts anew), keeping what was learnt."""
         self.anchor_at = now
         self.anchor_used = used
         self.anchor_estimates = estimates
+        self.anchor_images = images
 
-    def _add(self, charged: float, estimated: float, now: float) -> bool:
+    def _split(self) -> tuple[float, float] | None:
+        """The per-component ratios ``(rest, image)`` the sums fit, or None when they cannot
+        tell the components apart or one factor prices every request well enough.
+
+        A weighted least squares of each pair's charge per estimated token on its image share
+        (weight: its estimate, so the sums telescope as the one factor's do); its mean is the
+        one factor's ratio. It needs the shares to spread, and the split to matter: the one
+        factor mispricing requests (by the spread of the shares) more than ``SPLIT_GAIN``.
+        """
+        total = self.estimated
+        if total <= 0.0 or self.imaged <= 0.0:
+            return None
+        share = self.imaged / total
+        spread = self.image_square / total - share * share
+        if spread < MIN_SHARE_SPREAD * MIN_SHARE_SPREAD:
+            return None
+        ratio = self.charged / total
+        slope = (self.image_charged / total - share * ratio) / spread
+        rest = ratio - slope * share
+        image = rest + slope
+        if not (MIN_FACTOR <= rest <= MAX_FACTOR and MIN_FACTOR <= image <= MAX_FACTOR):
+            return None  # not a price list of these two components: noise, or another model
+        if abs(slope) * math.sqrt(spread) <= SPLIT_GAIN * ratio:
+            return None
+        return rest, image
+
+    def _fit_image(self) -> float:
+        """The image tokens' ratio the sums fit when the rest is charged as estimated."""
+        return (self.image_charged - self.imaged + self.image_square) / self.image_square
+
+    def _fit_rest(self) -> float:
+        """The rest's ratio the sums fit when the image tokens are charged as estimated."""
+        square = self.estimated - 2.0 * self.imaged + self.image_square
+        return (self.charged - self.image_charged - self.imaged + self.image_square) / square
+
+    def _add(self, charged: float, estimated: float, now: float, *, image: float = 0.0) -> bool:
         if self.summed_at is not None and now > self.summed_at:
             decay = math.exp(-(now - self.summed_at) / self.memory)
             self.charged *= decay
             self.estimated *= decay
+            self.imaged *= decay
+            self.image_square *= decay
+            self.image_charged *= decay
         self.summed_at = now
         self.charged += charged
         self.estimated += estimated
+        image = min(max(image, 0.0), estimated)
+        if image > 0.0:
+            self.imaged += image
+            self.image_square += image * image / estimated
+            self.image_charged += image * charged / estimated
         if self.estimated <= 0.0:
             return False
         self.samples += 1
         ratio = self.charged / self.estimated
-        residual = abs(charged - ratio * estimated)
+        split = self._split()
+        if split is None:
+            residual = abs(charged - ratio * estimated)
+        else:
+            residual = abs(charged - split[0] * (estimated - image) - split[1] * image)
         # The first pair fits its own ratio exactly: its residual says nothing, so the noise
         # starts at a quarter of its charge (a 429's Requested N at 2.03 s, then one lagging
         # reading, had taken the factor to 1.4x for a minute: 91% of the limit).
@@ -218,24 +324,60 @@ class ChargeLearner:
         # The sums' error is about one pair's residual (the rest telescopes): trust the ratio in
         # proportion to how far the estimates summed outweigh it (CONFIDENCE residuals: ~5%).
         trust = min(1.0, self.estimated / (CONFIDENCE * self.noise)) if self.noise > 0 else 1.0
-        ratio = 1.0 + trust * (ratio - 1.0)
-        if abs(ratio - 1.0) <= DEADBAND:
-            ratio = 1.0
-        target = min(MAX_FACTOR, max(MIN_FACTOR, ratio))
-        old = self.factor
-        new = min(old * MAX_STEP, max(old / MAX_STEP, target))
-        self.factor = new
-        if not self.announced and abs(new - 1.0) > ANNOUNCE_DEPARTURE:
+        old = (self.rest_factor, self.image_factor)
+        rest, image_ratio = (ratio, ratio) if split is None else split
+        rest, image_ratio = _target(rest, trust), _target(image_ratio, trust)
+        if split is not None and (rest == 1.0) != (image_ratio == 1.0):
+            # One component keeps the formula (the deadband): fit the other given that.
+            if rest == 1.0:
+                image_ratio = _target(self._fit_image(), trust)
+            else:
+                rest = _target(self._fit_rest(), trust)
+        self.rest_factor = _step(old[0], rest)
+        self.image_factor = _step(old[1], image_ratio)
+        share = self.imaged / self.estimated
+        self.factor = self.rest_factor + (self.image_factor - self.rest_factor) * share
+        departed = max(abs(self.rest_factor - 1.0), abs(self.image_factor - 1.0))
+        if not self.announced and departed > ANNOUNCE_DEPARTURE:
             self.announced = True
-            logger.warning(
-                "the server charges %.2fx our token estimate (learnt from %d answers: "
-                "%.0f tokens charged for %.0f estimated); admission now uses the learnt charge",
-                new,
-                self.samples,
-                self.charged,
-                self.estimated,
-            )
-        return new != old
+            if self.rest_factor == self.image_factor:
+                logger.warning(
+                    "the server charges %.2fx our token estimate (learnt from %d answers: "
+                    "%.0f tokens charged for %.0f estimated); admission now uses the learnt "
+                    "charge",
+                    self.factor,
+                    self.samples,
+                    self.charged,
+                    self.estimated,
+                )
+            else:
+                logger.warning(
+                    "the server charges %.2fx our token estimate: %.2fx for images, %.2fx for "
+                    "text and completion (learnt from %d answers: %.0f tokens charged for %.0f "
+                    "estimated, %.0f of them for images); admission now uses the learnt charge",
+                    self.factor,
+                    self.image_factor,
+                    self.rest_factor,
+                    self.samples,
+                    self.charged,
+                    self.estimated,
+                    self.imaged,
+                )
+        return (self.rest_factor, self.image_factor) != old
+
+
+def _target(ratio: float, trust: float) -> float:
+    """The factor a learnt ``ratio`` asks for: trusted in part, the formula within the deadband,
+    within the clamps."""
+    ratio = 1.0 + trust * (ratio - 1.0)
+    if abs(ratio - 1.0) <= DEADBAND:
+        ratio = 1.0
+    return min(MAX_FACTOR, max(MIN_FACTOR, ratio))
+
+
+def _step(old: float, target: float) -> float:
+    """``old`` moved toward ``target`` by at most ``MAX_STEP`` (one answer's move)."""
+    return min(old * MAX_STEP, max(old / MAX_STEP, target))
 
 
 @dataclass(slots=True, kw_only=True)

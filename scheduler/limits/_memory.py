@@ -57,6 +57,7 @@ from ._base import (
     Reservation,
     SettlePolicy,
     announce_limit,
+    image_part,
 )
 from ._bucket import WAIT_TOLERANCE, BucketPair, TokenBucket
 from ._headers import RateLimitHeaders, RateLimitRefusal
@@ -82,6 +83,7 @@ class LimiterReservation:
         "_probe",
         "admitted_at",
         "estimate",
+        "image_estimate",
         "requests",
         "tokens",
         "waited",
@@ -96,9 +98,11 @@ class LimiterReservation:
         admitted_at: float,
         waited: float,
         estimate: int | None = None,
+        image_estimate: int = 0,
     ) -> None:
         self.tokens = tokens  # what admission charged (the learnt charge of the estimate)
         self.estimate = tokens if estimate is None else estimate
+        self.image_estimate = image_estimate  # the image tokens among the estimate
         self.requests = requests
         self.admitted_at = admitted_at
         self.waited = waited
@@ -142,6 +146,7 @@ class _Waiter:
         "estimate",
         "event",
         "gone",
+        "image",
         "klass",
         "requests",
         "reservation",
@@ -150,11 +155,18 @@ class _Waiter:
     )
 
     def __init__(
-        self, tokens: int, requests: int, arrived_at: float, estimate: int, klass: _Class
+        self,
+        tokens: int,
+        requests: int,
+        arrived_at: float,
+        estimate: int,
+        klass: _Class,
+        image: int = 0,
     ) -> None:
         self.klass = klass
         self.tokens = tokens  # the charge; recomputed from ``estimate`` when the factor moves
         self.estimate = estimate
+        self.image = image  # the image tokens among the estimate
         self.requests = requests
         self.arrived_at = arrived_at
         self.deadline = math.inf
@@ -299,12 +311,18 @@ class Limiter:
         return klass
 
     async def acquire(
-        self, *, tokens: int, requests: int = 1, priority: str | None = None
+        self,
+        *,
+        tokens: int,
+        requests: int = 1,
+        priority: str | None = None,
+        image_tokens: int = 0,
     ) -> LimiterReservation:
         """Wait in FIFO order until ``tokens`` (our estimate) and ``requests`` fit, and take them.
 
         ``priority`` names the class to wait in (default: the last); an unknown name is an
-        ``InputError``.
+        ``InputError``. ``image_tokens`` is the part of ``tokens`` estimated for images, which
+        the charge learns apart from the rest.
 
         With charge learning the tokens taken are the learnt charge of the estimate (never more
         than the per-minute limit); the reservation keeps both. Raises ``RequestTooLarge`` at
@@ -317,24 +335,28 @@ class Limiter:
         klass = self._class(priority)
         pair = self._pair
         pair.check(tokens, requests)
+        image = image_part(image_tokens, tokens)
         estimate = tokens
-        tokens = self._charged(estimate)
+        tokens = self._charged(estimate, image)
         now = anyio.current_time()
         if now >= self._paused_until and self._may_probe():
             if not self._counts.waiting:
                 if pair.wait_time(tokens, requests, now) == 0.0:
                     pair.take(tokens, requests)
-                    return self._admit(tokens, requests, now, now, estimate)
+                    return self._admit(tokens, requests, now, now, estimate, image)
             elif self._backfill and self._fits_behind_head(tokens, requests, now):
                 pair.take(tokens, requests)
-                return self._admit(tokens, requests, now, now, estimate)
-        return await self._wait_in_line(_Waiter(tokens, requests, now, estimate, klass))
+                return self._admit(tokens, requests, now, now, estimate, image)
+        return await self._wait_in_line(_Waiter(tokens, requests, now, estimate, klass, image))
 
-    def _charged(self, estimate: int) -> int:
-        """The learnt charge of ``estimate``, within the per-minute limit."""
+    def _charged(self, estimate: int, image: int = 0) -> int:
+        """The learnt charge of ``estimate`` (``image`` of it for images), within the per-minute
+        limit."""
         if not self._learn_charge:
             return estimate
-        return min(self._charge.charge(estimate), max(estimate, int(self._pair.tokens.limit)))
+        return min(
+            self._charge.charge(estimate, image), max(estimate, int(self._pair.tokens.limit))
+        )
 
     def _may_probe(self) -> bool:
         """False during slow start once its slice of unanswered requests is out."""
@@ -439,7 +461,7 @@ class Limiter:
             if not self._may_probe():
                 head.set_deadline(math.inf)  # woken by the first answer
                 return
-            head.tokens = self._charged(head.estimate)
+            head.tokens = self._charged(head.estimate, head.image)
             wait = pair.wait_time(head.tokens, head.requests, now)
             pause = self._paused_until - now
             if pause > wait:
@@ -457,17 +479,24 @@ class Limiter:
             self._counts.waiting -= 1
             pair.take(head.tokens, head.requests)
             head.reservation = self._admit(
-                head.tokens, head.requests, head.arrived_at, now, head.estimate
+                head.tokens, head.requests, head.arrived_at, now, head.estimate, head.image
             )
             head.event.set()
 
     def _admit(
-        self, tokens: int, requests: int, arrived_at: float, now: float, estimate: int
+        self,
+        tokens: int,
+        requests: int,
+        arrived_at: float,
+        now: float,
+        estimate: int,
+        image: int = 0,
     ) -> LimiterReservation:
         if tokens > self._largest_tokens:
             self._largest_tokens = float(tokens)
         self._counts.admitted_tokens += tokens
         self._counts.estimated_tokens += estimate
+        self._counts.estimated_image_tokens += image
         self._counts.admitted_requests += requests
         if not self._heard:
             self._probes += 1
@@ -482,6 +511,7 @@ class Limiter:
             admitted_at=now,
             waited=now - arrived_at,
             estimate=estimate,
+            image_estimate=image,
         )
 
     def _abandon(self, waiter: _Waiter) -> None:
@@ -494,6 +524,7 @@ class Limiter:
             self._answered(reservation)
             self._counts.admitted_tokens -= reservation.tokens
             self._counts.estimated_tokens -= reservation.estimate
+            self._counts.estimated_image_tokens -= reservation.image_estimate
             self._counts.admitted_requests -= reservation.requests
             self._counts.wait_time -= reservation.waited
         elif not waiter.gone:
@@ -618,8 +649,13 @@ class Limiter:
                     remaining=float(remaining),
                     limit=float(self._limits[0]),
                     estimates=float(self._counts.estimated_tokens),
+                    images=float(self._counts.estimated_image_tokens),
                     now=now,
-                    alone=(linked.admitted_at, float(linked.estimate))
+                    alone=(
+                        linked.admitted_at,
+                        float(linked.estimate),
+                        float(linked.image_estimate),
+                    )
                     if linked is not None and self._counts.admitted_tokens == linked._mark_tokens
                     else None,
                 )
@@ -720,7 +756,10 @@ class Limiter:
             if self._learn_charge:
                 if requested is not None and linked is not None and linked._limiter is self:
                     self._charge.read_requested(
-                        requested=requested, estimate=linked.estimate, now=now
+                        requested=requested,
+                        estimate=linked.estimate,
+                        image=linked.image_estimate,
+                        now=now,
                     )
                 else:
                     self._charge.restart(None)
@@ -766,6 +805,8 @@ class Limiter:
             token_debt=tokens.debt,
             cooldown_remaining=remaining,
             charge_factor=self._charge.factor if self._learn_charge else 1.0,
+            image_charge_factor=self._charge.image_factor if self._learn_charge else 1.0,
+            rest_charge_factor=self._charge.rest_factor if self._learn_charge else 1.0,
             token_window=self._windows[0].seconds,
             request_window=self._windows[1].seconds,
             slow_start=not self._heard,

@@ -58,6 +58,7 @@ from ._base import (
     Reservation,
     SettlePolicy,
     announce_limit,
+    image_part,
 )
 from ._bucket import BucketPair
 from ._headers import RateLimitHeaders, RateLimitRefusal
@@ -85,6 +86,7 @@ class _Ask:
     tokens: int
     requests: int
     estimate: int = 0  # what ``tokens`` charges for (0 for a lease: reported as handed out)
+    image: int = 0  # the image tokens among ``estimate``
     klass: int = 0  # index of its priority class
     id: str = ""
     wake: anyio.Event = field(default_factory=anyio.Event)
@@ -122,7 +124,16 @@ class _Lease:
 class RedisReservation:
     """Tokens and a request admitted by the shared limit; ``settle`` or ``release`` acts once."""
 
-    __slots__ = ("_limiter", "_open", "_slot", "estimate", "requests", "tokens", "waited")
+    __slots__ = (
+        "_limiter",
+        "_open",
+        "_slot",
+        "estimate",
+        "image_estimate",
+        "requests",
+        "tokens",
+        "waited",
+    )
 
     def __init__(
         self,
@@ -133,9 +144,11 @@ class RedisReservation:
         slot: _Slot,
         waited: float,
         estimate: int | None = None,
+        image_estimate: int = 0,
     ) -> None:
         self.tokens = tokens
         self.estimate = tokens if estimate is None else estimate
+        self.image_estimate = image_estimate  # the image tokens among the estimate
         self.requests = requests
         self.waited = waited
         self._limiter = limiter
@@ -232,6 +245,7 @@ class RedisLimiter:
         self._drop_ids: list[str] = []  # tickets abandoned, to unqueue (or give back)
         self._free_ids: list[str] = []  # slow-start places answered, to free
         self._unreported_estimates = 0  # handed out from leases, not yet told to Redis
+        self._unreported_images = 0  # the image tokens among them
         self._server_now = 0.0
         self.key = key
         self.lease_seconds = lease_seconds
@@ -310,13 +324,19 @@ class RedisLimiter:
         return index
 
     async def acquire(
-        self, *, tokens: int, requests: int = 1, priority: str | None = None
+        self,
+        *,
+        tokens: int,
+        requests: int = 1,
+        priority: str | None = None,
+        image_tokens: int = 0,
     ) -> RedisReservation:
         """Wait for this request's place in the shared schedule: in class order across every
         process, FIFO inside a class.
 
         ``priority`` names the class (default: the last); an unknown name is an ``InputError``.
-        With charge learning the tokens taken are the fleet's learnt charge of the estimate.
+        With charge learning the tokens taken are the fleet's learnt charge of the estimate, of
+        which ``image_tokens`` are images (the charge is learnt per component).
         Raises ``RequestTooLarge`` at once when either amount exceeds its per-minute limit, and
         ``anyio.ClosedResourceError`` once the limiter is closed.
         """
@@ -324,31 +344,40 @@ class RedisLimiter:
             raise anyio.ClosedResourceError
         klass = self._class(priority)
         self._pair.check(tokens, requests)
+        image = image_part(image_tokens, tokens)
         estimate = tokens
         if self._learn_charge:
-            tokens = min(self._charge.charge(estimate), max(estimate, self._limits[0]))
+            tokens = min(self._charge.charge(estimate, image), max(estimate, self._limits[0]))
         self._counts.waiting += 1
         try:
             # During slow start every request is its own probe, so nothing is leased.
             if self.lease_seconds > 0 and self._heard:
                 slot, waited = await self._acquire_leased(tokens, requests, klass)
                 self._unreported_estimates += estimate
+                self._unreported_images += image
             else:
-                slot, waited = await self._acquire_direct(tokens, requests, estimate, klass)
+                slot, waited = await self._acquire_direct(tokens, requests, estimate, klass, image)
         finally:
             self._counts.waiting -= 1
         self._counts.admitted_tokens += tokens
         self._counts.admitted_requests += requests
         self._counts.estimated_tokens += estimate
+        self._counts.estimated_image_tokens += image
         self._counts.wait_time += waited
         return RedisReservation(
-            self, tokens=tokens, requests=requests, slot=slot, waited=waited, estimate=estimate
+            self,
+            tokens=tokens,
+            requests=requests,
+            slot=slot,
+            waited=waited,
+            estimate=estimate,
+            image_estimate=image,
         )
 
     async def _acquire_direct(
-        self, tokens: int, requests: int, estimate: int, klass: int
+        self, tokens: int, requests: int, estimate: int, klass: int, image: int = 0
     ) -> tuple[_Slot, float]:
-        ask = _Ask(tokens, requests, estimate, klass)
+        ask = _Ask(tokens, requests, estimate, image, klass)
         await self._ask(ask)
         slot = self._slot(ask.answer, tokens, requests)
         try:
@@ -473,7 +502,7 @@ class RedisLimiter:
                     )
                     want_tokens = min(max(tokens, round(slice_tokens)), limit_tokens)
                     want_requests = min(max(requests, round(slice_requests)), limit_requests)
-                    ask = _Ask(want_tokens, want_requests, 0, klass)
+                    ask = _Ask(want_tokens, want_requests, 0, klass=klass)
                     await self._ask(ask)
                     if ask.answer != "x":
                         break
@@ -593,18 +622,18 @@ class RedisLimiter:
             args += ["", "", ""]
         else:
             return
-        args.append(self._take_unreported())
+        args += self._take_unreported()
         reply = await self._call(_OBSERVE, args)
         assert isinstance(reply, list)
         state, charge, changed = reply
         self._remember(state)
         if not (self._learn_charge and (reading or int(changed))):
             return
-        now, estimates = float(state[8]), int(state[9])
+        now, estimates, images = float(state[8]), int(state[9]), int(state[10])
         remaining = headers.remaining_tokens
         alone = None
         if linked is not None and estimates == linked._slot.mark_estimates:
-            alone = (linked._slot.at, float(linked.estimate))
+            alone = (linked._slot.at, float(linked.estimate), float(linked.image_estimate))
 
         def read(learner: ChargeLearner) -> None:
             if int(changed):
@@ -617,6 +646,7 @@ class RedisLimiter:
                     remaining=float(remaining),
                     limit=float(self._limits[0]),
                     estimates=float(estimates),
+                    images=float(images),
                     now=now,
                     alone=alone,
                 )
@@ -652,9 +682,12 @@ class RedisLimiter:
             learner, version = _learner_from(reply[1])
         self._charge, self._charge_version = learner, version
 
-    def _take_unreported(self) -> int:
-        estimates, self._unreported_estimates = self._unreported_estimates, 0
-        return estimates
+    def _take_unreported(self) -> list[str | int | float]:
+        """The estimated tokens, and image tokens among them, handed out from leases since the
+        last call (the scripts' pair of arguments), now told."""
+        told: list[str | int | float] = [self._unreported_estimates, self._unreported_images]
+        self._unreported_estimates = self._unreported_images = 0
+        return told
 
     def _news(self, headers: RateLimitHeaders) -> bool:
         """Whether fresh headers could change the shared state: a limit other than the one last
@@ -700,7 +733,12 @@ class RedisLimiter:
 
         def read(learner: ChargeLearner) -> None:
             if requested is not None and linked is not None and linked._limiter is self:
-                learner.read_requested(requested=requested, estimate=linked.estimate, now=now)
+                learner.read_requested(
+                    requested=requested,
+                    estimate=linked.estimate,
+                    image=linked.image_estimate,
+                    now=now,
+                )
             else:
                 learner.restart(None)
 
@@ -768,6 +806,8 @@ class RedisLimiter:
             token_debt=tokens.debt,
             cooldown_remaining=cool_left,
             charge_factor=self._charge.factor if self._learn_charge else 1.0,
+            image_charge_factor=self._charge.image_factor if self._learn_charge else 1.0,
+            rest_charge_factor=self._charge.rest_factor if self._learn_charge else 1.0,
             slow_start=not self._heard,
         )
 
@@ -842,6 +882,8 @@ class RedisLimiter:
             self._poke()
         self._heard = heard
         self._charge.factor = float(state[7])
+        self._charge.rest_factor = float(state[11])
+        self._charge.image_factor = float(state[12])
         self._server_now = float(state[8])
         self._seen_at = anyio.current_time()
         self._counts.lowest_token_level = min(self._counts.lowest_token_level, token_level)
@@ -950,7 +992,7 @@ class RedisLimiter:
         args: list[str | int | float] = [
             give_tokens,
             give_requests,
-            self._take_unreported(),
+            *self._take_unreported(),
             self._owner,
             self._horizon,
             self._slow_start,
@@ -962,7 +1004,7 @@ class RedisLimiter:
             args += [len(ids), *ids]
         args.append(len(batch))
         for item in batch:
-            args += [item.id, item.klass + 1, item.tokens, item.requests, item.estimate]
+            args += [item.id, item.klass + 1, item.tokens, item.requests, item.estimate, item.image]
         try:
             reply = await self._call(_ACQUIRE, args)
         except Exception as exc:

@@ -23,7 +23,7 @@ local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local s = redis.call('HMGET', key, 'tat_t', 'tat_r', 'cool', 'tpm', 'rpm', 'adm_t', 'adm_r',
-  'shift', 'adm_e', 'heard', 'waiting')
+  'shift', 'adm_e', 'heard', 'waiting', 'adm_i')
 local tpm = tonumber(s[4]) or tonumber(ARGV[1])
 local rpm = tonumber(s[5]) or tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
@@ -42,18 +42,24 @@ local shift = tonumber(s[8]) or 0
 local adm_e = tonumber(s[9]) or 0
 local heard = tonumber(s[10]) or 0
 local waiting = tonumber(s[11]) or 0
+-- The image tokens among the estimates admitted (the charge is learnt per component).
+local adm_i = tonumber(s[12]) or 0
 local function fmt(x) return string.format('%.6f', x) end
 local function int(x) return string.format('%d', x) end
 local function save()
   redis.call('HSET', key, 'tat_t', fmt(tat_t), 'tat_r', fmt(tat_r), 'cool', fmt(cool),
     'adm_t', int(adm_t), 'adm_r', int(adm_r), 'shift', fmt(shift), 'adm_e', int(adm_e),
-    'heard', int(heard), 'waiting', int(waiting))
+    'heard', int(heard), 'waiting', int(waiting), 'adm_i', int(adm_i))
   for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, 3600) end
 end
+-- The learnt charge's factors: overall, of the rest and of the images (a hash written before
+-- the per-component fields existed has one factor).
 local function state()
+  local f = redis.call('HMGET', KEYS[6], 'factor', 'rest_factor', 'image_factor')
+  local one = f[1] or '1'
   return {fmt(cap_t - (tat_t - now) * rt), fmt(cap_r - (tat_r - now) * rr),
     int(tpm), int(rpm), fmt(math.max(0, cool - now)), fmt(shift), int(heard),
-    redis.call('HGET', KEYS[6], 'factor') or '1', fmt(now), int(adm_e)}
+    one, fmt(now), int(adm_e), int(adm_i), f[2] or one, f[3] or one}
 end
 -- Less room than booked: move the schedule's tail and every granted-but-unsent slot later
 -- (a slot's holder re-checks ``shift`` before it sends); never move it earlier.
@@ -71,11 +77,12 @@ end
 """
 
 
-# ARGV[5..6] = tokens and requests to give back (negative: charge), ARGV[7] = estimated tokens
-# admitted from leases since the last call, then: owner id, horizon (seconds a class may book
-# ahead; < 0: unbounded), slow start's slice (0: off), the number of classes and (name, weight)
-# per class; then counted lists of ids: probes answered, tickets abandoned, tickets to poll;
-# then n asks (id, class index, tokens, requests, estimate).
+# ARGV[5..6] = tokens and requests to give back (negative: charge), ARGV[7..8] = estimated
+# tokens, and image tokens among them, admitted from leases since the last call, then: owner
+# id, horizon (seconds a class may book ahead; < 0: unbounded), slow start's slice (0: off),
+# the number of classes and (name, weight) per class; then counted lists of ids: probes
+# answered, tickets abandoned, tickets to poll; then n asks (id, class index, tokens, requests,
+# estimate, image estimate).
 #
 # Answers {answers, state, next}: one per ask then one per poll. "w:<wait>:<at>:<admitted
 # tokens>:<admitted requests>:<shift>:<admitted estimates>:<probe>" is a slot (server time,
@@ -99,6 +106,7 @@ local pos = 5
 local function arg() local v = ARGV[pos]; pos = pos + 1; return v end
 local give_t, give_r = tonumber(arg()), tonumber(arg())
 adm_e = adm_e + tonumber(arg())
+adm_i = adm_i + tonumber(arg())
 local owner = arg()
 local horizon = tonumber(arg())
 local slice = tonumber(arg())
@@ -129,10 +137,10 @@ local function due(c, q)
     tat_r + mg - (cap_r - math.min(q, cap_r)) / rr)
 end
 -- Book a slot at ``at``; the part of the answer after "w:<wait>:<at>:".
-local function book(id, c, q, e, at)
+local function book(id, c, q, e, im, at)
   tat_t = math.max(tat_t, at) + c / rt
   tat_r = math.max(tat_r, at) + q / rr
-  adm_t, adm_r, adm_e = adm_t + c, adm_r + q, adm_e + e
+  adm_t, adm_r, adm_e, adm_i = adm_t + c, adm_r + q, adm_e + e, adm_i + im
   local probe = '0'
   if heard ~= 1 and slice > 0 then
     redis.call('ZADD', pr, now, id)
@@ -173,7 +181,7 @@ local function advance()
       redis.call('HDEL', tk, id)
       waiting = math.max(0, waiting - 1)
     else
-      local c, q, e = tonumber(f[2]), tonumber(f[3]), tonumber(f[4])
+      local c, q, e, im = tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), tonumber(f[6]) or 0
       local grant
       if c > tpm or q > rpm then
         grant = 'x'
@@ -187,7 +195,7 @@ local function advance()
           return
         end
         if weights[k] > 0 then fin[k] = fin[k] + c / weights[k] end
-        grant = int(c) .. ' ' .. int(q) .. ' ' .. fmt(at) .. ' ' .. book(id, c, q, e, at)
+        grant = int(c) .. ' ' .. int(q) .. ' ' .. fmt(at) .. ' ' .. book(id, c, q, e, im, at)
       end
       redis.call('LPOP', queue)
       redis.call('HDEL', tk, id)
@@ -224,12 +232,13 @@ local out = {}
 for i = 1, tonumber(arg()) do
   local id, k = arg(), tonumber(arg())
   local c, q, e = tonumber(arg()), tonumber(arg()), tonumber(arg())
+  local im = tonumber(arg())
   if c > tpm or q > rpm then
     out[i] = 'x'
   else
     local at = due(c, q)
     if waiting == 0 and may_probe() and (horizon < 0 or at <= now + horizon) then
-      out[i] = 'w:' .. fmt(at - now) .. ':' .. fmt(at) .. ':' .. book(id, c, q, e, at)
+      out[i] = 'w:' .. fmt(at - now) .. ':' .. fmt(at) .. ':' .. book(id, c, q, e, im, at)
     else
       -- A class that starts waiting gets no credit for the time it did not.
       if redis.call('LLEN', KEYS[6 + k]) == 0 then
@@ -243,7 +252,7 @@ for i = 1, tonumber(arg()) do
       end
       redis.call('RPUSH', KEYS[6 + k], id)
       redis.call('HSET', tk, id,
-        k .. ' ' .. int(c) .. ' ' .. int(q) .. ' ' .. int(e) .. ' ' .. owner)
+        k .. ' ' .. int(c) .. ' ' .. int(q) .. ' ' .. int(e) .. ' ' .. owner .. ' ' .. int(im))
       waiting = waiting + 1
       out[i] = 'q'
       polls[#polls + 1] = id
@@ -313,16 +322,18 @@ return state()
 
 # ARGV[5..8] = limit and remaining tokens, limit and remaining requests ("" when absent);
 # ARGV[9..11] = the server time and admitted totals of the request the headers answer ("" when
-# the headers are taken as fresh); ARGV[12] = estimated tokens admitted from leases since the
-# last call. Any answer ends slow start. Adopts a changed limit (what is booked ahead keeps its
-# tokens: the tail is rescaled to the new rate); a level the server shows lower than ours delays
-# what is not yet sent by the difference (``delay``), never raises a level. Answers {state, the
-# learnt charge's fields (HGETALL), 1 if the token limit changed}.
+# the headers are taken as fresh); ARGV[12..13] = estimated tokens, and image tokens among
+# them, admitted from leases since the last call. Any answer ends slow start. Adopts a changed
+# limit (what is booked ahead keeps its tokens: the tail is rescaled to the new rate); a level
+# the server shows lower than ours delays what is not yet sent by the difference (``delay``),
+# never raises a level. Answers {state, the learnt charge's fields (HGETALL), 1 if the token
+# limit changed}.
 _OBSERVE = LuaScript(
     _PRELUDE
     + """
 hear()
 adm_e = adm_e + tonumber(ARGV[12])
+adm_i = adm_i + tonumber(ARGV[13])
 local old_rt, old_rr = rt, rr
 local changed = 0
 if ARGV[5] ~= '' and tonumber(ARGV[5]) > 0 and tonumber(ARGV[5]) ~= tpm then
