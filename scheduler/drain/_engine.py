@@ -65,8 +65,12 @@ class DrainSettings:
     tpm_limit: int
     # The requests-per-minute limit (0: unknown, only tokens are reported).
     rpm_limit: int = 0
-    # Jobs handed to the scheduler and not yet answered, at most: the scheduler's in-flight
-    # limit, so that a stop leaves nothing queued inside the scheduler's read-ahead.
+    # Jobs handed to the scheduler and not yet answered, at most. The CLI passes what
+    # ``Scheduler.map`` holds (``max_in_flight + read_ahead``): a job waiting for its limit
+    # group holds no slot, so the read-ahead lets other groups' jobs past it (a window of
+    # max_in_flight filled with a saturated model's jobs, and the fast model waited: 52 s where
+    # it took 6.7 s alone). A stop cancels what is not on the wire; those jobs go back to
+    # pending when the drain ends.
     window: int = 64
     grace: float = 30.0
     claim_batch: int = 32

@@ -189,7 +189,7 @@ async def _drain_with_scheduler(
     settings = DrainSettings(
         tpm_limit=pool_tpm(config),
         rpm_limit=pool_rpm(config),
-        window=config.concurrency.max_in_flight,
+        window=config.concurrency.max_in_flight + config.concurrency.read_ahead,
         grace=config.drain.grace,
         handle_signals=handle_signals,
     )
