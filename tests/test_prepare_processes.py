@@ -257,3 +257,22 @@ async def test_leaving_the_scheduler_stops_its_workers() -> None:
     assert preparer.processes.pids == ()
     if sys.platform == "linux":
         assert not set(pids) & _children()
+
+
+@pytest.mark.anyio
+@REAL_CLOCK
+async def test_no_worker_can_start_fails_the_image_with_an_image_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where no process can be started (a process limit, no interpreter), the image fails with
+    an ``ImageError`` that says so, not with the bare ``OSError``."""
+
+    def cannot_start() -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(_workers, "_Worker", cannot_start)
+    photo = _photo()
+    async with ImagePreparer(IN_PROCESSES) as preparer:
+        with pytest.raises(ImageError, match="no preparation process could be started"):
+            await preparer(photo, _info(photo), detail="high", model="gpt-4o")
+    assert preparer.stats().failed == 1

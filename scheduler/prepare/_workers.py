@@ -176,7 +176,10 @@ class PreparationProcesses:
     def prepare(self, data: bytes, options: dict[str, Any], *, source: str) -> PreparedImage:
         """``prepare_image(data, **options)`` in a worker (blocking the calling thread)."""
         for _ in range(2):
-            worker, generation = self._take()
+            try:
+                worker, generation = self._take()
+            except OSError as exc:  # no process can be started here (limits, no executable)
+                raise ImageError(source, f"no preparation process could be started: {exc}") from exc
             try:
                 prepared = worker.prepare(data, options)
             except _WorkerDied:
