@@ -36,7 +36,6 @@ import asyncio
 import importlib
 import math
 import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -489,7 +488,13 @@ TEXT_ONLY = frozenset({"cookbook"})
 async def run_contender(
     name: str, bodies: Sequence[dict[str, Any]], target: Target
 ) -> tuple[list[JobOutcome], float]:
-    """Run one contender; return its outcomes and the process CPU seconds it took."""
-    cpu = time.process_time()
+    """Run one contender; return its outcomes and the CPU seconds it took, those of the child
+    processes it ended included (vsched's preparation workers)."""
+    cpu = _cpu_seconds()
     outcomes = await CONTENDERS[name](bodies, target)
-    return outcomes, time.process_time() - cpu
+    return outcomes, _cpu_seconds() - cpu
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system

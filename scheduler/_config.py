@@ -435,6 +435,9 @@ class ImagesConfig:
     jpeg_quality: int = 90
     token_budget: int = 0
     prepare_threads: int = 0
+    # Where images are decoded: worker processes (their own GIL, so the event loop that admits
+    # and sends never waits for it) or threads of this process.
+    prepare_in: Literal["processes", "threads"] = "processes"
 
     def __post_init__(self) -> None:
         _positive("images.max_bytes", self.max_bytes)
@@ -446,6 +449,7 @@ class ImagesConfig:
             raise ConfigError(f"images.token_budget: expected >= 0, got {self.token_budget}")
         if self.prepare_threads < 0:
             raise ConfigError(f"images.prepare_threads: expected >= 0, got {self.prepare_threads}")
+        _one_of("images.prepare_in", self.prepare_in, ("processes", "threads"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -137,6 +137,10 @@ class ImageError(InputError):
         self.cause = cause
         super().__init__(f"image {source}: {cause}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its two fields: a preparation worker process sends it back pickled.
+        return (type(self), (self.source, self.cause))
+
 
 class ImageNotFound(ImageError):
     """The image's path does not exist or its URL answered 404."""

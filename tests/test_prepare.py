@@ -38,6 +38,8 @@ PROFILES = ProfileTable.from_config()
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 # Both loops on the real clock: decoding happens in threads, and a heartbeat is timed.
 REAL_CLOCK = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio-wallclock"], indirect=True)
+# Preparation on this process's own threads (the default is worker processes).
+IN_THREADS = Config(images=ImagesConfig(prepare_in="threads"))
 
 
 def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -434,10 +436,11 @@ class _ThreadRecordingProfiles(ProfileTable):
 @pytest.mark.anyio
 @REAL_CLOCK
 async def test_decoding_runs_off_the_event_loop_thread(sideways_photo: bytes) -> None:
-    """The preparer does its work in a worker thread, never on the event loop's thread."""
+    """With ``prepare_in = "threads"`` the preparer does its work in a worker thread, never on
+    the event loop's thread."""
     profiles = _ThreadRecordingProfiles.builtin()
     profiles.threads = set()
-    preparer = ImagePreparer(profiles=profiles)
+    preparer = ImagePreparer(IN_THREADS, profiles=profiles)
     await preparer(sideways_photo, _info(sideways_photo), detail="high", model="gpt-4o")
     assert profiles.threads and threading.get_ident() not in profiles.threads
 
@@ -554,7 +557,8 @@ async def test_concurrent_decodes_are_bounded_in_count_and_pixels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """However many images are in flight, decodes run on at most ``threads`` threads of the
-    preparer's own, and never hold more decoded pixels together than its budget."""
+    preparer's own (``prepare_in = "threads"``), and never hold more decoded pixels together
+    than its budget."""
     scan = _scan((2000, 1500))  # 3 megapixels
     info = _info(scan)
     real_load = Image.Image.load
@@ -587,7 +591,7 @@ async def test_concurrent_decodes_are_bounded_in_count_and_pixels(
     for limit, expected_decodes in ((7_000_000, 2), (3_000_000, 1)):
         most_pixels = most_decodes = 0
         threads.clear()
-        preparer = ImagePreparer(threads=3, decode_pixels=limit)
+        preparer = ImagePreparer(IN_THREADS, threads=3, decode_pixels=limit)
         async with anyio.create_task_group() as tg:
             for _ in range(12):  # far more than the threads and the budget allow at once
                 tg.start_soon(partial(preparer, scan, info, detail="high", model="gpt-4o"))

@@ -122,6 +122,42 @@ async def test_a_slow_preparer_does_not_delay_an_image_valid_as_it_is() -> None:
     assert server.times()[0] - started < 1.0  # (the gate never opens: a wait would never end)
 
 
+async def test_images_sent_unprepared_are_exported_to_prometheus() -> None:
+    """``vsched_images_sent_unprepared_total`` is the scheduler's ``images_sent_unprepared``:
+    two images valid as they are, sent before their (gated) preparation."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scheduler.observe import SchedulerMetrics
+
+    server = ScriptedServer(lambda body, n: ok_response())
+    config = make_config()
+    metrics = SchedulerMetrics()
+    registry = CollectorRegistry()
+    registry.register(metrics)
+
+    def exported() -> float:
+        (family,) = (
+            f
+            for f in text_string_to_metric_families(generate_latest(registry).decode())
+            if f.name == "vsched_images_sent_unprepared"
+        )
+        return sum(sample.value for sample in family.samples)
+
+    async with Scheduler(
+        config,
+        transport=server.transport,
+        limiter=FakeLimiter(),
+        preparer=GatedPreparer(config),  # the gate never opens
+        observer=metrics,
+    ) as s:
+        metrics.watch(s)
+        assert exported() == 0
+        for _ in range(2):
+            assert (await s.submit(image_body(url_of(encoded((2048, 1536)))))).ok
+        assert exported() == s.stats().images_sent_unprepared == 2
+
+
 @pytest.mark.parametrize(
     ("data", "mime", "overrides", "sent"),
     [

@@ -171,6 +171,8 @@ class Scheduler:
         self._preparer: PrepareHook = (
             preparer if preparer is not None else ImagePreparer(self._config)
         )
+        # Its worker processes are closed on exit; a preparer passed in is its owner's to close.
+        self._own_preparer = self._preparer if preparer is None else None
         self._ahead = PrepareAhead(self._preparer, images=self._config.images)
         self._grace = self._config.concurrency.shutdown_grace if grace is None else grace
         self._observer = observer if observer is not None else NO_OBSERVER
@@ -291,6 +293,8 @@ class Scheduler:
                     await self._groups.aclose()
                 if self._prober is not None:
                     self._prober.close()
+                if isinstance(self._own_preparer, ImagePreparer):
+                    await self._own_preparer.aclose()
         if exc_type is None and self._fatal is not None and not self._fatal_reported:
             self._fatal_reported = True
             raise self._fatal

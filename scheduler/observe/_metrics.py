@@ -259,10 +259,17 @@ class SchedulerMetrics:
         counts: dict[str, int] | None = None
         if self._queue is not None:
             counts = {str(state): n for state, n in self._queue.counts().items()}
-        return self._families(limiters=limiters, counts=counts)
+        unprepared = None
+        if self._scheduler is not None:
+            unprepared = self._scheduler.stats().images_sent_unprepared
+        return self._families(limiters=limiters, counts=counts, unprepared=unprepared)
 
     def _families(
-        self, *, limiters: Mapping[str, LimiterStats], counts: Mapping[str, int] | None
+        self,
+        *,
+        limiters: Mapping[str, LimiterStats],
+        counts: Mapping[str, int] | None,
+        unprepared: int | None = None,
     ) -> Iterator[Metric]:
         require_prometheus()
         from prometheus_client.core import (
@@ -340,6 +347,13 @@ class SchedulerMetrics:
         for state, n in sorted((counts or {}).items()):
             queue.add_metric([str(state)], n)
         yield queue
+        sent = CounterMetricFamily(
+            "vsched_images_sent_unprepared",
+            "Images sent as they were: their job's turn came before their preparation was done.",
+        )
+        if unprepared is not None:
+            sent.add_metric([], unprepared)
+        yield sent
 
 
 def _fill(family: Any, limiters: Mapping[str, LimiterStats], field: str) -> None:

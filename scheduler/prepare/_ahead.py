@@ -9,12 +9,13 @@ first send it takes the prepared body if that is ready, else the body as it is (
 ``sent_unprepared``), and keeps that choice for its retries. A job with an image that is not
 valid as it is is prepared first, priced as prepared, and only then admitted.
 
-Preparation runs on turns, one per preparer thread: jobs that must wait for it first, in order
-of arrival; then the others newest first, since the newest is the furthest from admission (the
-oldest is admitted next, and would most likely go before its preparation was done). Only jobs
+Preparation runs on turns, one per preparer worker (process or thread): jobs that must wait
+for it first, in order of arrival; then the others newest first, since the newest is the
+furthest from admission (the oldest is admitted next, and would most likely go before its
+preparation was done). Only jobs
 holding one of the scheduler's prepared places are here, so the bodies held stay bounded by
 ``concurrency.max_prepared`` and ``max_prepared_per_group``: a job that ends while its image is
-still being decoded waits for that thread to finish before it gives its place up.
+still being decoded waits for that worker to finish before it gives its place up.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = ["JobBody", "PrepareAhead"]
 
 
 class _Turns:
-    """Turns on the preparer's threads: urgent work first in order of arrival, then the rest
+    """Turns on the preparer's workers: urgent work first in order of arrival, then the rest
     newest first."""
 
     def __init__(self, count: int) -> None:
@@ -136,7 +137,7 @@ class JobBody:
             self._error = error
 
     async def _close(self) -> None:
-        """Stop the background preparation and wait until no thread works for this job."""
+        """Stop the background preparation and wait until no worker works for this job."""
         self._scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._done.wait()

@@ -13,9 +13,9 @@ Before dispatch, each local or inline image is:
    the image has transparency), unless nothing changed or the original bytes are smaller and
    still valid.
 
-``prepare_image`` is the synchronous core (it decodes pixels, so it belongs in a worker thread);
-``ImagePreparer`` is the async hook the scheduler calls, running that core through
-``anyio.to_thread`` with a bounded number of threads so that memory stays bounded.
+``prepare_image`` is the synchronous core (it decodes pixels, so it belongs off the event loop);
+``ImagePreparer`` is the async hook the scheduler calls, running that core in a bounded number
+of worker processes (or threads) so that memory stays bounded.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""``ImagePreparer``: the scheduler's preparation hook, on its own few bounded threads."""
+"""``ImagePreparer``: the scheduler's preparation hook, on its own few bounded workers.
+
+The workers are processes by default (``images.prepare_in``): preparing an image is mostly C
+(Pillow releases the GIL), but the Python around it (the PNG chunk reader, the plan, the
+re-encode's buffers) takes the GIL hundreds of times an image, and each time the event loop
+that admits and sends waits for it. A process has a GIL of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
+from typing import Any
 
 import anyio
 import anyio.to_thread
+from anyio.abc import AsyncResource
 
 from .._config import Config
 from .._errors import ImageError, InputError, UnsupportedImage
@@ -27,12 +35,13 @@ from ._image import (
     prepare_image,
 )
 from ._inline import inline_local_images
+from ._workers import PreparationProcesses
 
 __all__ = ["ImagePreparer", "prepare_bodies"]
 
 
 def default_preparation_threads() -> int:
-    """Threads a preparer decodes on by default: one per CPU but one (the event loop's), at
+    """Workers a preparer decodes on by default: one per CPU but one (the event loop's), at
     least one, at most the pool's 64.
 
     Threads niced below the loop were tried: under other load a niced thread holding the GIL
@@ -47,20 +56,27 @@ def _preparation_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vsched-prepare")
 
 
-class ImagePreparer:
-    """The scheduler's preparation hook: runs ``prepare_image`` in its own few worker threads.
+class ImagePreparer(AsyncResource):
+    """The scheduler's preparation hook: runs ``prepare_image`` on its own few workers.
 
     One instance per scheduler. Images are prepared at dispatch time, so only in-flight images
     are held in memory; the caller keeps a job's prepared body for its retries and drops it when
     the job ends.
 
     Memory stays bounded whatever ``max_in_flight`` and the image sizes: at most ``threads``
-    images are worked on at once, they hold at most ``decode_pixels`` decoded pixels together
-    (``DecodeBudget``), and the work runs on the module's own preparation threads (shared by
-    every preparer, an idle one reused before another is started), not on anyio's pool. The
-    last matters as much as the others: the C allocator gives each thread that allocates an
-    arena of its own and keeps freed pixel buffers there, so decodes spread over anyio's 40
-    pooled threads left tens of MB behind in each.
+    images are worked on at once, and they hold at most ``decode_pixels`` decoded pixels
+    together (``DecodeBudget``). With ``images.prepare_in = "processes"`` (the default) each
+    image goes to one of ``threads`` worker processes (started at the first decode, closed by
+    ``aclose``, which the scheduler calls for a preparer it made), one image at a time each;
+    an image holds its full header size against the budget while it is in a worker (an upper
+    bound: a JPEG decoded at 1/2, 1/4 or 1/8 scale holds less). A worker that dies (killed,
+    out of memory) breaks only the images it was given: they are tried once more on new
+    workers, and an image that breaks them twice fails its job (``ImageError``). With
+    ``"threads"`` the work runs on the module's own preparation threads (shared by every
+    preparer, an idle one reused before another is started), not on anyio's pool: the C
+    allocator gives each thread that allocates an arena of its own and keeps freed pixel
+    buffers there, so decodes spread over anyio's 40 pooled threads left tens of MB behind in
+    each.
     """
 
     def __init__(
@@ -80,6 +96,9 @@ class ImagePreparer:
         self._threads = anyio.CapacityLimiter(threads)
         self._decode_budget = DecodeBudget(decode_pixels)
         self._stats = PrepareStats()
+        self._processes = (
+            PreparationProcesses() if config.images.prepare_in == "processes" else None
+        )
 
     @property
     def threads(self) -> anyio.CapacityLimiter:
@@ -125,9 +144,35 @@ class ImagePreparer:
             source=source,
         )
 
+    @property
+    def processes(self) -> PreparationProcesses | None:
+        """The worker processes images are decoded in (None: on threads of this process)."""
+        return self._processes
+
     def _on_own_thread(self, work: Callable[[], PreparedImage]) -> PreparedImage:
         """Run ``work`` on one of this preparer's threads (called from an anyio worker)."""
         return _preparation_threads().submit(work).result()
+
+    def _in_process(
+        self, processes: PreparationProcesses, data: bytes, options: dict[str, Any], pixels: int
+    ) -> PreparedImage:
+        """``prepare_image(data, **options)`` in a worker process (called from an anyio
+        worker), holding ``pixels`` against the decode budget meanwhile: a process decodes
+        one image at a time, all of it (a JPEG decoded at 1/2, 1/4 or 1/8 scale holds less)."""
+        with self._decode_budget.hold(pixels):
+            return processes.prepare(data, options, source=options["source"])
+
+    def close(self) -> None:
+        """Stop the worker processes, after the images they hold (blocking); a later image
+        starts new ones."""
+        if self._processes is not None:
+            self._processes.close()
+
+    async def aclose(self) -> None:
+        """Stop the worker processes (``close`` in a worker thread, shielded)."""
+        if self._processes is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.close)
 
     async def __call__(
         self,
@@ -139,7 +184,7 @@ class ImagePreparer:
         token_budget: int | None = None,
         source: str = "<image>",
     ) -> PreparedImage:
-        """Prepare one image in a worker thread; refuse animated images before any work.
+        """Prepare one image on a worker; refuse animated images before any work.
 
         ``token_budget`` is the job's own budget (None: ``images.token_budget``); an empty
         ``model`` means ``cost.default_model``, as in the cost model.
@@ -147,24 +192,40 @@ class ImagePreparer:
         if info.animated:
             raise UnsupportedImage(source, f"animated {info.format.upper()} is not accepted")
         budget = self._config.token_budget if token_budget is None else token_budget
-        work = partial(
-            prepare_image,
-            data,
-            model=model or self._default_model,
-            detail=detail,
-            profiles=self._profiles,
-            config=self._config,
-            token_budget=budget,
-            source=source,
-            decode_budget=self._decode_budget,
-        )
+        options: dict[str, Any] = {
+            "model": model or self._default_model,
+            "detail": detail,
+            "config": self._config,
+            "token_budget": budget,
+            "source": source,
+        }
         try:
-            if self.decodes(budget):
+            if self.decodes(budget) and self._processes is not None:
+                # The worker gets plain values: the one profile it needs, no decode budget.
+                profile = self._profiles.resolve(options["model"])
+                options["profiles"] = ProfileTable({options["model"]: profile})
                 prepared = await anyio.to_thread.run_sync(
-                    self._on_own_thread, work, limiter=self._threads
+                    self._in_process,
+                    self._processes,
+                    data,
+                    options,
+                    info.width * info.height,
+                    limiter=self._threads,
                 )
             else:
-                prepared = work()  # everything off: a header read, no decode, no thread needed
+                work = partial(
+                    prepare_image,
+                    data,
+                    profiles=self._profiles,
+                    decode_budget=self._decode_budget,
+                    **options,
+                )
+                if self.decodes(budget):
+                    prepared = await anyio.to_thread.run_sync(
+                        self._on_own_thread, work, limiter=self._threads
+                    )
+                else:
+                    prepared = work()  # all off: a header read, no decode, no worker needed
         except ImageError:
             self._stats = dataclasses.replace(self._stats, failed=self._stats.failed + 1)
             raise
@@ -195,7 +256,9 @@ async def prepare_bodies(
     to the cost estimate's report, and the others go on.
     """
     config = config or Config()
-    preparer = preparer or ImagePreparer(config)
+    if preparer is None:
+        async with ImagePreparer(config) as own:
+            return await prepare_bodies(jobs, config, preparer=own, concurrency=concurrency)
     slots = anyio.Semaphore(concurrency)
 
     async def one(job: Job) -> None:
