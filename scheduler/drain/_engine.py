@@ -233,8 +233,16 @@ async def drain_queue(
     window = anyio.Semaphore(settings.window)
 
     async def intake() -> AsyncGenerator[ClaimedJob, None]:
+        # Claims only what the window has room for: a claimed job is one the scheduler holds,
+        # none waits claimed in between (another worker of a shared queue may take it).
         while not control.stopping:
-            batch = await queue.claim(min(settings.claim_batch, settings.window))
+            await window.acquire()
+            room = min(settings.claim_batch, 1 + int(window.value))
+            for _ in range(room - 1):
+                window.acquire_nowait()
+            batch = await queue.claim(room)
+            for _ in range(room - len(batch)):
+                window.release()
             if not batch:
                 pause = await queue.retry_claim_after()
                 if pause is None:
@@ -242,7 +250,6 @@ async def drain_queue(
                 await anyio.sleep(pause)  # other workers hold jobs that may come back
                 continue
             for job in batch:
-                await window.acquire()
                 if control.stopping:
                     return  # claimed but unsent jobs go back to pending below
                 yield job
