@@ -22,6 +22,20 @@ from scheduler.sim.settings import LatencyModel, ModelLimits, SimSettings
 SIM = "http://sim/v1"
 
 
+# gpt-4o at 6k TPM beside gpt-4o-mini at 60k TPM (500 RPM each): the server's limits, and
+# the client told the same.
+SLOW_AND_FAST = {
+    "gpt-4o": ModelLimits(tpm=6_000, rpm=500),
+    "gpt-4o-mini": ModelLimits(tpm=60_000, rpm=500),
+}
+SLOW_AND_FAST_CONFIG: dict[str, Any] = {
+    "api.base_url": SIM,
+    "limits.tpm": 6_000,
+    "limits.rpm": 500,
+    "limits.models": {"gpt-4o-mini": {"tpm": 60_000}},
+}
+
+
 def body(model: str, i: int) -> dict[str, Any]:
     """A small text request with a completion reserve of 100 tokens."""
     return {
@@ -59,17 +73,11 @@ def interleaved(n: int, *models: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_two_models_are_paced_under_their_own_limits_without_429s() -> None:
     """gpt-4o (6k TPM) and gpt-4o-mini (60k TPM) in one drain: each runs at its own pace."""
-    limits = {
-        "gpt-4o": ModelLimits(tpm=6_000, rpm=500),
-        "gpt-4o-mini": ModelLimits(tpm=60_000, rpm=500),
-    }
+    limits = SLOW_AND_FAST
     app, transport = sim(tpm=6_000, rpm=500, model_limits=limits)
     config = make_config(
         **{
-            "api.base_url": SIM,
-            "limits.tpm": 6_000,
-            "limits.rpm": 500,
-            "limits.models": {"gpt-4o-mini": {"tpm": 60_000}},
+            **SLOW_AND_FAST_CONFIG,
             "concurrency.max_in_flight": 128,
         }
     )
@@ -245,15 +253,9 @@ def test_per_model_limits_are_not_read_from_the_environment() -> None:
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_a_saturated_model_does_not_slow_a_fast_one_at_16_slots() -> None:
     """Jobs waiting for gpt-4o's limit hold no slot: gpt-4o-mini finishes as fast as alone."""
-    limits = {
-        "gpt-4o": ModelLimits(tpm=6_000, rpm=500),
-        "gpt-4o-mini": ModelLimits(tpm=60_000, rpm=500),
-    }
+    limits = SLOW_AND_FAST
     overrides = {
-        "api.base_url": SIM,
-        "limits.tpm": 6_000,
-        "limits.rpm": 500,
-        "limits.models": {"gpt-4o-mini": {"tpm": 60_000}},
+        **SLOW_AND_FAST_CONFIG,
         "concurrency.max_in_flight": 16,
         # The default: jobs waiting for a place of gpt-4o's group are read ahead.
         "concurrency.read_ahead": 256,
@@ -341,16 +343,10 @@ async def test_a_saturated_model_does_not_slow_a_fast_one_in_a_drain(tmp_path: P
     """``vsched drain`` as ``Scheduler.map``: the drain hands the scheduler what it can hold
     (max_in_flight + read_ahead), so gpt-4o-mini's jobs pass gpt-4o's waiting ones. With a
     window of max_in_flight the drain filled it with gpt-4o's jobs: mini took 52 s, 6.7 alone."""
-    limits = {
-        "gpt-4o": ModelLimits(tpm=6_000, rpm=500),
-        "gpt-4o-mini": ModelLimits(tpm=60_000, rpm=500),
-    }
+    limits = SLOW_AND_FAST
     config = make_config(
         **{
-            "api.base_url": SIM,
-            "limits.tpm": 6_000,
-            "limits.rpm": 500,
-            "limits.models": {"gpt-4o-mini": {"tpm": 60_000}},
+            **SLOW_AND_FAST_CONFIG,
             "concurrency.max_in_flight": 16,
             "concurrency.read_ahead": 256,  # the default
             "drain.progress": "quiet",
