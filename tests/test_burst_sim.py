@@ -101,8 +101,9 @@ async def test_lagging_headers_keep_the_limit_full() -> None:
     assert all(r.ok for r in results)
     assert steady_use(app, TPM) >= 0.98
     # The text charge differs from our estimate (characters vs tokens): learnt in a few answers;
-    # plus the one 429 of the enforcement window's probe.
-    assert rejected(app) <= 6
+    # plus the one 429 of the enforcement window's probe (4 in all; 6 while a first stale pair
+    # could move the factor at once).
+    assert rejected(app) <= 4
 
 
 async def test_a_minute_window_server_is_filled_within_the_first_minute() -> None:

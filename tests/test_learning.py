@@ -473,3 +473,16 @@ def test_a_429_at_the_start_window_ends_no_probe() -> None:
     window = WindowLearner(start=1.0, seconds=3.0)
     window.refused(0.0)
     assert window.failed == 3.0  # a grown window refused: the probe is over
+
+
+def test_a_first_pair_small_against_a_readings_timing_does_not_move_the_charge() -> None:
+    """A first pair of 280 tokens whose reading is 0.1 s stale reads 32 charged (lagging
+    headers): against the drain of a reading dated a little off (a quarter second of the
+    limit, 500 tokens at 120k TPM) it proves nothing, and the factor stays. It had moved the
+    factor to 0.83 at once (five 429s at the start of a lagging-headers run)."""
+    limit = 120_000.0
+    learner = ChargeLearner()
+    learner.read_remaining(remaining=limit - 1_000, limit=limit, estimates=0.0, now=0.0)
+    learner.read_remaining(remaining=limit - 832, limit=limit, estimates=280.0, now=0.1)
+    assert learner.samples == 1
+    assert learner.factor == 1.0

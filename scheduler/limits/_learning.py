@@ -34,9 +34,11 @@ Lagging headers make single pairs noisy; since the sums' error is about one pair
 the ratio is trusted in proportion to how far the summed estimates outweigh the mean residual
 (``noise``, an EWMA): ``factor = 1 + trust * (ratio - 1)``, ``trust = min(1, estimated /
 (CONFIDENCE * noise))``. The first pair fits its own ratio exactly, so the noise starts at
-``FIRST_NOISE`` (a quarter) of its charge: consistent answers (a flat price, exact ``Requested
-N``) are trusted within a handful of answers; a noisy server needs about ``CONFIDENCE`` pairs'
-worth of traffic first. A ratio within
+``FIRST_NOISE`` (a quarter) of its charge, and for a pair of readings at least ``FIRST_LAG``
+(a quarter second) of the limit's drain, what a reading dated a little off moves it by (a
+0.1 s stale reading made 280 tokens read as 32 and took the factor to 0.83 at once):
+consistent answers (a flat price, exact ``Requested N``) are trusted within a handful of
+answers; a noisy server needs about ``CONFIDENCE`` pairs' worth of traffic first. A ratio within
 ``DEADBAND`` (8%) of 1 keeps the formula: that is the bias lagging headers were measured to give.
 
 The factor admission uses follows the sums' ratio, clamped to ``[MIN_FACTOR, MAX_FACTOR]`` and
@@ -91,6 +93,7 @@ MAX_FACTOR = 5.0
 MAX_STEP = 1.2  # the factor moves at most 20% per answer
 CONFIDENCE = 20.0  # the sums must outweigh one pair's residual this many times to be trusted
 FIRST_NOISE = 0.25  # the noise assumed of the first pair, as a share of its charge
+FIRST_LAG = 0.25  # seconds of the limit: the least noise assumed of a first pair of readings
 # Within this of the formula the formula is kept: lagging headers (0.2-2 s, in the simulator)
 # bias the sums by up to ~6%, and a small departure is covered by the clamps and cooldowns.
 DEADBAND = 0.08
@@ -198,7 +201,10 @@ class ChargeLearner:
         consumed = used - self.anchor_used + (now - anchor_at) * limit / 60.0
         self.anchor_at, self.anchor_used = now, used
         self.anchor_estimates, self.anchor_images = estimates, images
-        return self._add(consumed, admitted, now, image=admitted_images)
+        # A reading dated a little off moves its pair by the drain of that error: the first
+        # pair's noise is at least FIRST_LAG seconds of the limit.
+        floor = FIRST_LAG * limit / 60.0
+        return self._add(consumed, admitted, now, image=admitted_images, floor=floor)
 
     def _read_alone(
         self,
@@ -289,7 +295,15 @@ class ChargeLearner:
         square = self.estimated - 2.0 * self.imaged + self.image_square
         return (self.charged - self.image_charged - self.imaged + self.image_square) / square
 
-    def _add(self, charged: float, estimated: float, now: float, *, image: float = 0.0) -> bool:
+    def _add(
+        self,
+        charged: float,
+        estimated: float,
+        now: float,
+        *,
+        image: float = 0.0,
+        floor: float = 0.0,
+    ) -> bool:
         if self.summed_at is not None and now > self.summed_at:
             decay = math.exp(-(now - self.summed_at) / self.memory)
             self.charged *= decay
@@ -318,7 +332,7 @@ class ChargeLearner:
         # starts at a quarter of its charge (a 429's Requested N at 2.03 s, then one lagging
         # reading, had taken the factor to 1.4x for a minute: 91% of the limit).
         if self.samples == 1:
-            self.noise = max(residual, FIRST_NOISE * charged)
+            self.noise = max(residual, FIRST_NOISE * charged, floor)
         else:
             self.noise = 0.8 * self.noise + 0.2 * residual
         # The sums' error is about one pair's residual (the rest telescopes): trust the ratio in
