@@ -66,13 +66,17 @@ the recent image share: the overall learnt ratio.
 the server lets through at once. It starts at ``burst_seconds``. The server's meter is proof:
 a reading showing it holding more than our largest request (a request above the server's slice
 is let in only alone, on an empty meter) shows the server accepts that much at once, and the
-window jumps to it (``proven``). Beyond that, while the limiter is saturated (the meter holds
-at least ``SATURATED``, 75%, of our window) and no 429 of that kind came for ``quiet`` seconds,
-it grows additively by ``growth`` seconds per second: a probe. A 429 of that kind ends the
-probe: the window halves, falls at least to ``CEILING_SHARE`` (90%) of the ceiling (the window
-that failed, or lower the bound the 429's own figures give: ``Used + Requested`` did not fit),
-never below what was proven nor the start; from then on it moves only to what the meter proves
-(a server's enforcement window does not change within a run: the probe is not repeated).
+window jumps to it (``proven``; headers are whole numbers, rounded down, so the proof takes one
+unit off the reading). Beyond that, while the limiter is saturated (the meter holds at least
+``SATURATED``, 75%, of our window) and no 429 of that kind came for ``quiet`` seconds, it grows
+additively by ``growth`` seconds per second, at most one request's worth per answer: a probe.
+A 429 of that kind at a grown window ends the probe: the window halves, falls at least to
+``CEILING_SHARE`` (90%) of the ceiling (the window that failed, or lower the bound the 429's
+own figures give: ``Used + Requested`` did not fit), never below what was proven nor the start;
+from then on it moves only to what the meter proves (a server's enforcement window does not
+change within a run: the probe is not repeated). A 429 at the start window ends no probe (it
+says nothing about the window), its bound only caps growth; a bound below the proof takes the
+proof back.
 So a per-minute server is found with no 429 (the meter proves each step), and a stricter one
 costs one 429 a run, the probe's. The window is the bucket's burst: when it grows, the new
 room is what the server's meter leaves under the new window, never more (``Limiter.observe``).
