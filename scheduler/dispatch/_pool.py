@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -321,13 +321,12 @@ async def _acquire(
 ) -> Reservation:
     """``limiter.acquire``, naming the class and the image tokens only when there are some (a
     given limiter may know neither)."""
-    if priority is None and not image_tokens:
-        return await limiter.acquire(tokens=tokens)
-    if not image_tokens:
-        return await limiter.acquire(tokens=tokens, priority=priority)
-    if priority is None:
-        return await limiter.acquire(tokens=tokens, image_tokens=image_tokens)
-    return await limiter.acquire(tokens=tokens, priority=priority, image_tokens=image_tokens)
+    named: dict[str, Any] = {}
+    if priority is not None:
+        named["priority"] = priority
+    if image_tokens:
+        named["image_tokens"] = image_tokens
+    return await limiter.acquire(tokens=tokens, **named)
 
 
 def _expected_wait(limiter: RateLimiter, tokens: int, priority: str | None) -> float:

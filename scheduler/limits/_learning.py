@@ -150,12 +150,14 @@ class ChargeLearner:
     samples: int = 0
     announced: bool = False
 
-    def charge(self, estimate: float, image: float = 0.0) -> int:
+    def charge(self, estimate: float, image: float = 0.0, *, limit: float = math.inf) -> int:
         """The tokens admission charges for a request estimated at ``estimate``, ``image`` of
-        them for its images."""
+        them for its images. The learnt charge never takes a request over the per-minute
+        ``limit``: one that fits by its estimate stays admissible."""
         if self.rest_factor == 1.0 and self.image_factor == 1.0:
             return math.ceil(estimate)
-        return math.ceil(self.predict(estimate, image))
+        learnt = math.ceil(self.predict(estimate, image))
+        return int(min(learnt, max(math.ceil(estimate), limit)))
 
     def predict(self, estimate: float, image: float = 0.0) -> float:
         """The learnt charge of ``estimate`` tokens, ``image`` of them for images (unrounded)."""

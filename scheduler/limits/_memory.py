@@ -354,9 +354,7 @@ class Limiter:
         limit."""
         if not self._learn_charge:
             return estimate
-        return min(
-            self._charge.charge(estimate, image), max(estimate, int(self._pair.tokens.limit))
-        )
+        return self._charge.charge(estimate, image, limit=int(self._pair.tokens.limit))
 
     def _may_probe(self) -> bool:
         """False during slow start once its slice of unanswered requests is out."""

@@ -347,7 +347,7 @@ class RedisLimiter:
         image = image_part(image_tokens, tokens)
         estimate = tokens
         if self._learn_charge:
-            tokens = min(self._charge.charge(estimate, image), max(estimate, self._limits[0]))
+            tokens = self._charge.charge(estimate, image, limit=self._limits[0])
         self._counts.waiting += 1
         try:
             # During slow start every request is its own probe, so nothing is leased.

@@ -160,7 +160,7 @@ class ImagePreparer(AsyncResource):
         worker), holding ``pixels`` against the decode budget meanwhile: a process decodes
         one image at a time, all of it (a JPEG decoded at 1/2, 1/4 or 1/8 scale holds less)."""
         with self._decode_budget.hold(pixels):
-            return processes.prepare(data, options, source=options["source"])
+            return processes.prepare(data, options)
 
     def close(self) -> None:
         """Stop the worker processes, after the images they hold (blocking); a later image
@@ -199,8 +199,13 @@ class ImagePreparer(AsyncResource):
             "token_budget": budget,
             "source": source,
         }
+        work = partial(
+            prepare_image, data, profiles=self._profiles, decode_budget=self._decode_budget
+        )
         try:
-            if self.decodes(budget) and self._processes is not None:
+            if not self.decodes(budget):
+                prepared = work(**options)  # all off: a header read, no decode, no worker
+            elif self._processes is not None:
                 # The worker gets plain values: the one profile it needs, no decode budget.
                 profile = self._profiles.resolve(options["model"])
                 options["profiles"] = ProfileTable({options["model"]: profile})
@@ -213,19 +218,9 @@ class ImagePreparer(AsyncResource):
                     limiter=self._threads,
                 )
             else:
-                work = partial(
-                    prepare_image,
-                    data,
-                    profiles=self._profiles,
-                    decode_budget=self._decode_budget,
-                    **options,
+                prepared = await anyio.to_thread.run_sync(
+                    self._on_own_thread, partial(work, **options), limiter=self._threads
                 )
-                if self.decodes(budget):
-                    prepared = await anyio.to_thread.run_sync(
-                        self._on_own_thread, work, limiter=self._threads
-                    )
-                else:
-                    prepared = work()  # all off: a header read, no decode, no worker needed
         except ImageError:
             self._stats = dataclasses.replace(self._stats, failed=self._stats.failed + 1)
             raise

@@ -173,8 +173,9 @@ class PreparationProcesses:
         with self._lock:
             return tuple(w.process.pid for w in (*self._idle, *self._busy))
 
-    def prepare(self, data: bytes, options: dict[str, Any], *, source: str) -> PreparedImage:
+    def prepare(self, data: bytes, options: dict[str, Any]) -> PreparedImage:
         """``prepare_image(data, **options)`` in a worker (blocking the calling thread)."""
+        source = str(options.get("source", "<bytes>"))
         for _ in range(2):
             try:
                 worker, generation = self._take()
