@@ -8,6 +8,8 @@
 - ``vsched-fixed-burst``: the same with ``limits.learn_burst = false`` (the burst stays at
   ``burst_seconds``, 1 s; the quantum matrix runs it beside the default, which learns the
   server's enforcement window).
+- ``vsched-fixed-margin``: the same with ``limits.learn_margin = false`` (the margin at the cap
+  stays at ``margin_seconds``, 50 ms, whatever send delays the answers show).
 - ``sdk-semaphore``: the do-it-yourself baseline: the official ``openai`` SDK (its own retries:
   exponential backoff with jitter, honouring ``retry-after-ms``) under an ``asyncio.Semaphore``.
 - ``sdk-aiolimiter``: the same SDK behind ``aiolimiter.AsyncLimiter(tpm, 60)`` weighted by
@@ -96,6 +98,7 @@ async def _run_vsched(
     prepare: bool = False,
     metrics: bool = False,
     learn_burst: bool | None = None,
+    learn_margin: bool | None = None,
 ) -> list[JobOutcome]:
     from scheduler import Secret, load_config
     from scheduler.dispatch import Scheduler
@@ -112,6 +115,7 @@ async def _run_vsched(
             "limits.rpm": target.rpm,
             "limits.settle": settle,
             "limits.learn_burst": learn_burst,
+            "limits.learn_margin": learn_margin,
             "concurrency.max_in_flight": MAX_IN_FLIGHT,
             # Image preparation (EXIF turn, shrink to the working size) decodes every image in a
             # worker thread; the peers send images as they are, so the race runs without it.
@@ -162,6 +166,13 @@ async def run_vsched_fixed_burst(
 ) -> list[JobOutcome]:
     """vsched with its burst fixed at ``burst_seconds`` (``limits.learn_burst = false``)."""
     return await _run_vsched(bodies, target, learn_burst=False)
+
+
+async def run_vsched_fixed_margin(
+    bodies: Sequence[dict[str, Any]], target: Target
+) -> list[JobOutcome]:
+    """vsched with its margin fixed at ``margin_seconds`` (``limits.learn_margin = false``)."""
+    return await _run_vsched(bodies, target, learn_margin=False)
 
 
 async def run_vsched_settle_none(
@@ -475,6 +486,7 @@ CONTENDERS: dict[str, Contender] = {
     "vsched-settle-actual": run_vsched_settle_actual,
     "vsched-settle-none": run_vsched_settle_none,
     "vsched-fixed-burst": run_vsched_fixed_burst,
+    "vsched-fixed-margin": run_vsched_fixed_margin,
     "sdk-semaphore": run_sdk_semaphore,
     "sdk-aiolimiter": run_sdk_aiolimiter,
     "sdk-pyrate": run_sdk_pyrate,

@@ -16,13 +16,16 @@ Families (each runnable alone with ``--scenario NAME``):
   enforced over 1 s, 10 s or 60 s, for both workloads at three limits, virtual time only, sized
   to about four minutes of traffic each (``--quick``: at most two minutes or 120 requests).
 - ``lagging-headers``: every ``x-ratelimit-*`` header reports the server's state 0.2 to 2 s late.
+- ``jittery-network``: every request spends 0 to 20 ms (uniform, each way) between the client
+  and the meters, so send delays spread by up to 20 ms and answers bound them by up to 40 ms
+  (``network_delay``): the learnt margin must not shrink below that spread.
 - ``large-pngs``: an image drain of 3.8 MB photo-like PNGs at 600k TPM over loopback (preparation
   CPU is real, so real time), vsched with image preparation off and on
   (``benchmarks/bench_prepare_drain.py`` runs the pair and prints the ratio).
 
 Settings named in ``sim_options`` (``image_charge``, ``count_tokens``, ``header_lag``,
-``header_lag_max``) are the simulator's own (``SimSettings``); a simulator without them makes
-the scenario's rows "n/a" instead of failing the run.
+``header_lag_max``, ``network_delay``) are the simulator's own (``SimSettings``); a simulator
+without them makes the scenario's rows "n/a" instead of failing the run.
 """
 
 from __future__ import annotations
@@ -220,7 +223,12 @@ _MATRIX = tuple(
         quantum=float(quantum),
         workload=workload,
         clocks=("virtual",),
-        contenders=(*ALL_CONTENDERS[:1], "vsched-fixed-burst", *ALL_CONTENDERS[1:]),
+        contenders=(
+            *ALL_CONTENDERS[:1],
+            "vsched-fixed-burst",
+            "vsched-fixed-margin",
+            *ALL_CONTENDERS[1:],
+        ),
     )
     for quantum in (1, 10, 60)
     for workload in ("text", "vision")
@@ -338,6 +346,14 @@ SCENARIOS: dict[str, Scenario] = {
             virtual=_VIRTUAL,
             loopback=_LOOPBACK,
             sim_options=(("header_lag", 0.2), ("header_lag_max", 2.0)),
+        ),
+        Scenario(
+            name="jittery-network",
+            description="steady, but each request takes 0 to 20 ms each way to and from the meters",
+            virtual=_VIRTUAL,
+            loopback=_LOOPBACK,
+            contenders=(*ALL_CONTENDERS[:1], "vsched-fixed-margin", *ALL_CONTENDERS[1:]),
+            sim_options=(("network_delay", (0.0, 0.02)),),
         ),
         Scenario(
             name="large-pngs",

@@ -287,6 +287,9 @@ class LimitsConfig:
     slow_start_requests: int = 4
     # Learn the server's enforcement window, starting at burst_seconds (false: keep it fixed).
     learn_burst: bool = True
+    # Shrink the margin under margin_seconds to the send delays the server's answers bound
+    # (openai-processing-ms); false: keep margin_seconds.
+    learn_margin: bool = True
     # True: the limit lives in Redis at [redis] url, shared by every process that names it.
     shared: bool = False
     # Shared limit on Redis only: seconds of the limit one process takes at a time (0: none).

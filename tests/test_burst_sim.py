@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -159,3 +160,25 @@ async def test_a_probe_refused_on_requests_costs_one_429_not_every_retry() -> No
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
     assert rejected(app) <= 1
     assert stats.request_window <= 1.0
+
+
+def big(i: int) -> dict[str, Any]:
+    """A text request of about 1,100 tokens: above the 1,000-token second of 60k TPM."""
+    return body(i, words=700, max_tokens=200)
+
+
+async def test_requests_above_a_1s_slice_fill_it_when_the_network_is_quick() -> None:
+    """Against a per-second server every request above its slice waits for an empty meter and
+    then the margin. Learnt from the answers' processing time, the margin shrinks to the
+    send-delay bound a quick network shows, and the server's use of its limit passes 98% (96%
+    with the configured 50 ms); a network whose delays spread keeps it, without a 429."""
+    base = SimSettings(api_key=API_KEY, tpm=60_000, rpm=10_000, quantum=1.0, latency=LATENCY)
+    _, fixed, _ = await drive(base, 150, big, **{"limits.learn_margin": False})
+    _, learnt, stats = await drive(base, 150, big)
+    assert steady_use(learnt, 60_000) >= 0.98 > steady_use(fixed, 60_000)
+    assert rejected(learnt) <= 1  # the enforcement window's probe
+    assert stats.margin_seconds < 0.01
+    slow = dataclasses.replace(base, network_delay=(0.0, 0.02))  # up to 40 ms there and back
+    _, jittered, stats = await drive(slow, 150, big)
+    assert rejected(jittered) <= 1
+    assert 0.03 <= stats.margin_seconds <= 0.05

@@ -486,3 +486,76 @@ def test_a_first_pair_small_against_a_readings_timing_does_not_move_the_charge()
     learner.read_remaining(remaining=limit - 832, limit=limit, estimates=280.0, now=0.1)
     assert learner.samples == 1
     assert learner.factor == 1.0
+
+
+def vision_body(i: int) -> dict[str, object]:
+    """An image request whose image share of the estimate varies from about 10% to 95%; its
+    text is a few words, so nearly all of the rest is the completion reserve (charged exactly
+    as we estimate it: the server's own text count cannot tell the components apart)."""
+    detail = "low" if i % 3 == 0 else "high"
+    text = f"Describe image {i}."
+    image = {"url": f"https://img.example/{i}.png", "detail": detail}
+    return {
+        "model": "gpt-4o",
+        "max_tokens": 50 + (i * 53) % 800,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": text},
+                    {"type": "image_url", "image_url": image},
+                ],
+            }
+        ],
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_a_network_in_between_teaches_no_false_split_of_the_charge() -> None:
+    """0-20 ms of network each way to a server charging images by our formula. Readings are
+    paired with what had reached the server when it wrote them (its processing time says
+    when; a reading too close to an admission to tell is skipped), so both components are at
+    the formula after the first few answers. Counting the requests still on their way
+    made image-heavy pairs look cheap and the next ones dear: 1.25x text and 0.64x images
+    learnt, and 64 429s."""
+    import httpx
+    from dispatch_fakes import run_workers
+
+    from scheduler.cost import estimate_cost
+    from scheduler.sim.app import create_app
+    from scheduler.sim.settings import LatencyModel, SimSettings
+
+    settings = SimSettings(
+        tpm=450_000,
+        rpm=10_000,
+        latency=LatencyModel(base=1.0, per_token=0.01),
+        url_image_size=(2048, 768),  # what our estimate assumes of an image of unknown size
+        network_delay=(0.0, 0.02),
+    )
+    app = create_app(settings)
+    limiter = Limiter(tpm=450_000, rpm=10_000, burst_seconds=1.0)
+    bodies = [vision_body(i) for i in range(64)]
+    costs = [estimate_cost(b) for b in bodies]
+    numbers = itertools.count()
+    factors: list[tuple[float, float]] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            pick = next(numbers) % len(bodies)
+            cost = costs[pick]
+            reservation = await limiter.acquire(tokens=cost.total, image_tokens=cost.image_tokens)
+            reply = await client.post("/chat/completions", json=bodies[pick])
+            headers = RateLimitHeaders.from_headers(reply.headers)
+            if reply.status_code == 429:
+                await limiter.cooldown(headers.retry_after or 0.5, reservation=reservation)
+            await limiter.observe(headers, reservation=reservation)
+            await reservation.settle(reservation.tokens)
+            stats = limiter.stats()
+            factors.append((stats.rest_charge_factor, stats.image_charge_factor))
+
+    await run_workers(httpx.ASGITransport(app), worker, count=32, minutes=3)
+    assert len(factors) > 700  # 4-5 answers a second
+    # A handful of early answers (before the send-delay bound is known) may split a little.
+    assert all(factor == (1.0, 1.0) for factor in factors[30:])
+    assert app.stats.snapshot()["rejected"].get("tokens", 0) == 0

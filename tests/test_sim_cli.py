@@ -60,6 +60,8 @@ def test_flags_become_settings() -> None:
         "--model-limit=m=100:10:xx",
         "--header-lag=1:x",
         "--header-lag=2:1",
+        "--network-delay=x",
+        "--network-delay=0.2:0.1",
         "--bill-factor=0",
     ],
 )
@@ -71,13 +73,15 @@ def test_bad_flags_are_config_errors(flag: str) -> None:
 
 
 def test_referee_flags_become_settings() -> None:
-    """--image-charge xF, --rpm-only, --header-lag S:S2, --bill-factor and a per-model charge."""
+    """--image-charge xF, --rpm-only, --header-lag S:S2, --network-delay S:S2, --bill-factor and a
+    per-model charge."""
     args = build_parser().parse_args(
         [
             "sim",
             "--image-charge=x0.7",
             "--rpm-only",
             "--header-lag=0.5:2",
+            "--network-delay=0.01:0.04",
             "--bill-factor=1.5",
             "--model-limit=gpt-4o-mini=2000:20:843",
         ]
@@ -87,6 +91,7 @@ def test_referee_flags_become_settings() -> None:
     assert settings.image_charge_for("gpt-4o-mini") == ImageCharge(flat=843)
     assert not settings.count_tokens
     assert (settings.header_lag, settings.header_lag_max) == (0.5, 2.0)
+    assert settings.network_delay == (0.01, 0.04)
     assert settings.bill_factor == 1.5
 
 
@@ -96,6 +101,7 @@ def test_default_flags_keep_the_plain_referee() -> None:
     assert settings.image_charge_for("gpt-4o") == ImageCharge()
     assert settings.count_tokens
     assert (settings.header_lag, settings.header_lag_max, settings.bill_factor) == (0, None, 1)
+    assert settings.network_delay == (0, 0)
 
 
 @pytest.mark.e2e

@@ -87,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds the remaining/reset headers lag the meters (drawn in S..S2 per answer)",
     )
     parser.add_argument(
+        "--network-delay",
+        default="0",
+        metavar="S[:S2]",
+        help="seconds each way between client and meters (drawn in S..S2 per request and way)",
+    )
+    parser.add_argument(
         "--bill-factor",
         type=float,
         default=1.0,
@@ -166,6 +172,11 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
         lag = (float(low), float(high) if high else None)
     except ValueError:
         raise ConfigError(f"--header-lag {args.header_lag!r}: expected S or S:S2") from None
+    low, _, high = args.network_delay.partition(":")
+    try:
+        network = (float(low), float(high or low))
+    except ValueError:
+        raise ConfigError(f"--network-delay {args.network_delay!r}: expected S or S:S2") from None
     return SimSettings(
         tpm=config.limits.tpm,
         rpm=config.limits.rpm,
@@ -184,6 +195,7 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
         count_tokens=not args.rpm_only,
         header_lag=lag[0],
         header_lag_max=lag[1],
+        network_delay=network,
         bill_factor=args.bill_factor,
         api_key=args.api_key,
         config=config,

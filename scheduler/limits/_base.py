@@ -101,6 +101,8 @@ class LimiterStats:
     estimated_image_tokens: int = 0
     image_charge_factor: float = 1.0
     rest_charge_factor: float = 1.0
+    # The margin at the cap in use (seconds): the configured one, or the learnt one under it.
+    margin_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.tpm <= 0 or self.rpm <= 0:
@@ -145,6 +147,7 @@ class LimiterCounters:
         slow_start: bool = False,
         image_charge_factor: float = 1.0,
         rest_charge_factor: float = 1.0,
+        margin_seconds: float = 0.0,
     ) -> LimiterStats:
         """A frozen snapshot of these counters with the levels the limiter knows."""
         return LimiterStats(
@@ -178,6 +181,7 @@ class LimiterCounters:
             estimated_image_tokens=self.estimated_image_tokens,
             image_charge_factor=image_charge_factor,
             rest_charge_factor=rest_charge_factor,
+            margin_seconds=margin_seconds,
         )
 
 

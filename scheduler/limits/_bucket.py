@@ -206,6 +206,15 @@ class TokenBucket:
         self.refill(now)
         self.level = min(self.level, max(room + self.rate * self.margin, -self.debt))
 
+    def set_margin(self, margin: float, now: float) -> None:
+        """Keep ``margin`` seconds in hand from now on (a learnt margin); the level stays, capped
+        at the new :attr:`top`: a smaller margin lets the next request go that much sooner."""
+        if not (margin >= 0 and math.isfinite(margin)):
+            raise ValueError(f"margin must be >= 0 seconds, got {margin!r}")
+        self.refill(now)
+        self.margin = margin
+        self.level = min(self.level, self.top)
+
     def resize(self, limit: float, *, burst_seconds: float, now: float) -> None:
         """Adopt a new per-minute ``limit``, keeping the level (capped at the new :attr:`top`)."""
         if not limit > 0:

@@ -154,6 +154,9 @@ class RateLimitHeaders:
     reset_tokens: float | None = None
     retry_after: float | None = None
     should_retry: bool | None = None
+    # ``openai-processing-ms``: the server's own time on the request, in seconds. Not a limit
+    # header (``empty`` ignores it); it bounds how long the request took to reach the server.
+    processing_seconds: float | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
@@ -178,6 +181,15 @@ class RateLimitHeaders:
                     retry_after = max(0.0, float(plain))
                 except ValueError:
                     retry_after = None
+        processing: float | None = None
+        text = headers.get("openai-processing-ms")
+        if text is not None:
+            try:
+                processing = float(text.strip()) / 1000.0
+            except ValueError:
+                processing = None
+            if processing is not None and not (math.isfinite(processing) and processing >= 0):
+                processing = None
         flag = headers.get("x-should-retry")
         should_retry = None if flag is None else flag.strip().lower() == "true"
         return cls(
@@ -189,6 +201,7 @@ class RateLimitHeaders:
             reset_tokens=_duration(headers, "x-ratelimit-reset-tokens"),
             retry_after=retry_after,
             should_retry=should_retry,
+            processing_seconds=processing,
         )
 
     def to_headers(self) -> dict[str, str]:
@@ -213,9 +226,13 @@ class RateLimitHeaders:
             out["retry-after-ms"] = str(round(self.retry_after * 1000))
         if self.should_retry is not None:
             out["x-should-retry"] = "true" if self.should_retry else "false"
+        if self.processing_seconds is not None:
+            out["openai-processing-ms"] = str(round(self.processing_seconds * 1000))
         return out
 
     @property
     def empty(self) -> bool:
         """True when the response carried none of these headers."""
-        return all(getattr(self, name) is None for name in self.__slots__)
+        return all(
+            getattr(self, name) is None for name in self.__slots__ if name != "processing_seconds"
+        )

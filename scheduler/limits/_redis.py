@@ -809,6 +809,7 @@ class RedisLimiter:
             image_charge_factor=self._charge.image_factor if self._learn_charge else 1.0,
             rest_charge_factor=self._charge.rest_factor if self._learn_charge else 1.0,
             slow_start=not self._heard,
+            margin_seconds=self._margin,
         )
 
     async def aclose(self) -> None:

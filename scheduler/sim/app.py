@@ -11,7 +11,8 @@ drives it in virtual time) and latency is ``anyio.sleep``. A request goes: auth 
 (400), budget (429 insufficient_quota), limits (429 rate_limit_exceeded), then either a seeded
 fault or a completion after a seeded latency. Every answer carries ``x-ratelimit-*`` headers
 (as of ``SimSettings.header_lag`` seconds earlier; only the request ones when tokens are not
-counted).
+counted) and ``openai-processing-ms``; ``SimSettings.network_delay`` delays a request on its way
+to the meters and its answer on the way back.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from . import bodies
 from .batches import BatchBook
 from .charge import BadRequest, Charge, ModelNotFound, Pricer
-from .faults import RequestDraw, header_lag, request_rng
+from .faults import RequestDraw, header_lag, network_delays, request_rng
 from .files import FileStore
 from .limits import ModelMeters, Refusal
 from .settings import SimSettings
@@ -142,9 +143,25 @@ class SimApp:
         return JSONResponse(snapshot)
 
     async def _serve(self, request: Request, endpoint: str) -> Response:
-        settings = self.settings
+        """One request over the (simulated) network: there, through the meters, back. The
+        answer says how long the server held it (``openai-processing-ms``, as the service
+        does), from the meter check on."""
         number = self._numbers
         self._numbers += 1
+        there, back = network_delays(self.settings.seed, number, self.settings.network_delay)
+        if there > 0:
+            await anyio.sleep(there)
+        arrived = self._clock()
+        response = await self._handle(request, endpoint, number)
+        if not isinstance(response, _Silence):
+            held = round((self._clock() - arrived) * 1000)
+            response.headers["openai-processing-ms"] = str(held)
+        if back > 0:
+            await anyio.sleep(back)
+        return response
+
+    async def _handle(self, request: Request, endpoint: str, number: int) -> Response:
+        settings = self.settings
         self.stats.requests += 1
         draw = RequestDraw(request_rng(settings.seed, number), settings.faults, settings.latency)
         raw = await request.body()

@@ -13,7 +13,7 @@ import random
 
 from .settings import FaultKind, FaultRates, LatencyModel
 
-__all__ = ["RequestDraw", "header_lag", "request_rng"]
+__all__ = ["RequestDraw", "header_lag", "network_delays", "request_rng"]
 
 
 def request_rng(seed: int, number: int) -> random.Random:
@@ -29,6 +29,16 @@ def header_lag(seed: int, number: int, low: float, high: float | None) -> float:
     if high is None or high <= low:
         return low
     return random.Random(f"vsched-sim-lag:{seed}:{number}").uniform(low, high)
+
+
+def network_delays(seed: int, number: int, spread: tuple[float, float]) -> tuple[float, float]:
+    """Seconds request ``number`` takes to reach the meters and its answer to come back, each
+    drawn uniformly in ``spread``; its own stream, like :func:`header_lag`."""
+    low, high = spread
+    if high <= low:
+        return low, low
+    rng = random.Random(f"vsched-sim-net:{seed}:{number}")
+    return rng.uniform(low, high), rng.uniform(low, high)
 
 
 class RequestDraw:

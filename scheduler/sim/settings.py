@@ -2,7 +2,8 @@
 
 The charging policy is the referee's: how an image is charged against TPM (``image_charge``,
 per model too), whether tokens are counted at all (``count_tokens``), how stale the headers
-are (``header_lag``) and how billing differs from admission (``bill_factor``).
+are (``header_lag``), how the network delays requests (``network_delay``) and how billing
+differs from admission (``bill_factor``).
 
 Frozen values, validated once; the CLI and tests build them, the app only reads them.
 """
@@ -187,6 +188,10 @@ class SimSettings:
     # answer's lag is drawn (seeded per request) uniformly in [header_lag, header_lag_max].
     header_lag: float = 0.0
     header_lag_max: float | None = None
+    # Seconds each way between the client and the meters, drawn uniformly in (low, high) per
+    # request and direction (seeded): a network whose send delays spread. Every answer's
+    # openai-processing-ms counts from the meter check, so it leaves these out.
+    network_delay: tuple[float, float] = (0.0, 0.0)
     # Billed input = text + ceil(image formula tokens * bill_factor); admission is unaffected.
     bill_factor: float = 1.0
     # http(s) images are never fetched: they are priced as an image of this size.
@@ -219,6 +224,12 @@ class SimSettings:
         if self.header_lag_max is not None and not self.header_lag <= self.header_lag_max <= 60:
             raise ConfigError(
                 f"header_lag_max: expected header_lag to 60 seconds, got {self.header_lag_max!r}"
+            )
+        low, high = self.network_delay
+        if not 0 <= low <= high <= 60:
+            raise ConfigError(
+                "network_delay: expected 0 <= low <= high <= 60 seconds, got"
+                f" {self.network_delay!r}"
             )
         if not self.bill_factor > 0:
             raise ConfigError(f"bill_factor: expected a positive number, got {self.bill_factor!r}")
