@@ -339,12 +339,6 @@ class ChargeLearner:
             self.image_square *= decay
             self.image_charged *= decay
         self.summed_at = now
-        if estimated <= 0.0 and self.estimated > 0.0:
-            # A charge without an estimate (requests on their way at the anchor, arriving
-            # since): its share is unknown, so it counts at the mean share, moving the ratio but
-            # not the slope. Counted at share 0, all of it went to the rest: with 0-20 ms of
-            # network each way that fitted 2.0x text and 0.5x images to the formula.
-            self.image_charged += charged * self.imaged / self.estimated
         self.charged += charged
         self.estimated += estimated
         image = min(max(image, 0.0), estimated)

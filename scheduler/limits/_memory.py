@@ -68,6 +68,8 @@ __all__ = ["Limiter", "LimiterReservation"]
 # Seconds of admissions remembered to tell which requests had reached the server when it wrote
 # an answer's headers (a send delay longer than this counts them all as arrived).
 IN_TRANSIT_HORIZON = 2.0
+# openai-processing-ms is whole milliseconds.
+PROCESSING_UNIT = 0.001
 
 logger = logging.getLogger(__name__)
 
@@ -731,21 +733,24 @@ class Limiter:
         send-delay bound seen): the reading is skipped, and the next one's pair spans it.
 
         The answer to ``linked`` was written ``processing`` seconds after that request reached
-        the meter; a request admitted after ``linked.admitted_at + processing`` had not,
-        taking the same send delay. Without the server's processing time (or the reservation)
-        everything admitted counts, as if the network took no time. With 0-20 ms of network
-        each way at 450k TPM, counting requests in flight to the server made pairs of large,
-        image-heavy requests look cheap and the next pairs dear: the per-component fit read
-        1.25x for the rest and 0.64x for images off a server charging the formula (64 429s in
-        three minutes, ``tests/test_learning.py``).
+        the meter; a request admitted after ``linked.admitted_at + processing`` (``now`` less
+        the round trip) had not, taking the same send delay. Without the server's processing
+        time (or the reservation) everything admitted counts, as if the network took no time.
+        With 0-20 ms of network each way at 450k TPM, counting requests in flight to the server
+        made pairs of large, image-heavy requests look cheap and the next pairs dear: the
+        per-component fit read 1.25x for the rest and 0.64x for images off a server charging
+        the formula (64 429s in three minutes, ``tests/test_learning.py``).
         """
         estimates = float(self._counts.estimated_tokens)
         images = float(self._counts.estimated_image_tokens)
         processing = headers.processing_seconds
         if linked is None or processing is None:
             return estimates, images, now
-        cutoff = min(now, linked.admitted_at + processing)
-        band = self._margin.bound
+        # The round trip, less the header's unit (a round trip within it is none at all).
+        trip = max(0.0, now - linked.admitted_at - processing - PROCESSING_UNIT)
+        cutoff = now - trip
+        # The header is whole milliseconds: a bound within that is no spread at all.
+        band = max(0.0, self._margin.bound - PROCESSING_UNIT)
         for admitted_at, estimate, image in reversed(self._recent):
             if abs(admitted_at - cutoff) < band:
                 return None
