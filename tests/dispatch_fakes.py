@@ -73,6 +73,9 @@ class FakeReservation:
     async def release(self) -> None:
         self.limiter.released.append(self.tokens)
 
+    def sent(self) -> None:
+        self.limiter.sent += 1
+
 
 class FakeLimiter:
     """A limiter that admits one request per ``interval`` seconds and records every call."""
@@ -84,6 +87,7 @@ class FakeLimiter:
         self.image_tokens: list[int] = []  # the image part each acquire named
         self.settled: list[tuple[int, int]] = []
         self.released: list[int] = []
+        self.sent = 0  # reservations told their request went on the wire
         self.observed: list[RateLimitHeaders] = []
         self.cooldowns: list[float] = []
         self.closed = False

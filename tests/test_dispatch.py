@@ -60,6 +60,7 @@ async def test_submit_returns_a_complete_result() -> None:
     assert result.metadata == {"row": 7}
     assert result.cost is not None and result.cost.total == 100
     assert limiter.settled == [(100, 42)] and limiter.released == []
+    assert limiter.sent == 1  # told when it went on the wire (readings pair by that time)
     assert len(limiter.observed) == 1
     assert stats.succeeded == 1 and stats.estimated_tokens == 100 and stats.usage_tokens == 42
 
@@ -171,6 +172,7 @@ async def test_transport_error_before_sending_releases_the_reservation() -> None
     assert result.ok and result.attempts == 2
     assert limiter.released == [100]
     assert limiter.settled == [(100, 42)]
+    assert limiter.sent == 2  # both attempts went on the wire
 
 
 async def test_rate_limit_feeds_the_shared_cooldown_and_keeps_the_charge() -> None:

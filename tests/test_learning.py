@@ -559,3 +559,54 @@ async def test_a_network_in_between_teaches_no_false_split_of_the_charge() -> No
     # Early answers (before the send-delay bound is known) may split a little.
     assert all(factor == (1.0, 1.0) for factor in factors[40:])
     assert app.stats.snapshot()["rejected"].get("tokens", 0) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_requests_waiting_for_a_slot_are_not_read_as_arrived() -> None:
+    """64 callers share 6 connection slots, so admitted requests wait seconds for one; the
+    server charges images 1.5x. Told when each request goes on the wire (``sent()``, as
+    dispatch does), the limiter pairs readings with what had reached the server and learns
+    1.5x images and 1.0x the rest. Dated by admission (no ``sent()``) the readings counted
+    requests still waiting for a slot: one factor of 1.10x, and 2.0x the rest / 1.17x images
+    before readings were paired with what had arrived at all."""
+    import httpx
+    from dispatch_fakes import run_workers
+
+    from scheduler.cost import estimate_cost
+    from scheduler.sim.app import create_app
+    from scheduler.sim.settings import LatencyModel, SimSettings
+
+    settings = SimSettings(
+        tpm=450_000,
+        rpm=10_000,
+        latency=LatencyModel(base=1.0, per_token=0.01),
+        url_image_size=(2048, 768),
+        image_charge="x1.5",
+    )
+    app = create_app(settings)
+    limiter = Limiter(tpm=450_000, rpm=10_000, burst_seconds=1.0)
+    bodies = [vision_body(i) for i in range(64)]
+    costs = [estimate_cost(b) for b in bodies]
+    numbers = itertools.count()
+    slots = anyio.Semaphore(6)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            pick = next(numbers) % len(bodies)
+            cost = costs[pick]
+            reservation = await limiter.acquire(tokens=cost.total, image_tokens=cost.image_tokens)
+            async with slots:
+                reservation.sent()
+                reply = await client.post("/chat/completions", json=bodies[pick])
+            headers = RateLimitHeaders.from_headers(reply.headers)
+            if reply.status_code == 429:
+                await limiter.cooldown(headers.retry_after or 0.5, reservation=reservation)
+            await limiter.observe(headers, reservation=reservation)
+            await reservation.settle(reservation.tokens)
+
+    await run_workers(httpx.ASGITransport(app), worker, count=64, minutes=3)
+    stats = limiter.stats()
+    learnt = (stats.rest_charge_factor, stats.image_charge_factor)
+    assert learnt[0] == 1.0
+    assert learnt[1] == pytest.approx(1.5, rel=0.05)

@@ -699,6 +699,7 @@ class Scheduler:
             if self._fatal is not None:
                 raise _Stopped
             payload = body.to_send()  # prepared if ready, else as it is (when it may)
+            reservation.sent()  # the limiter dates the request by this, not by its admission
             job.on_wire = posted = True
             state.count += 1
             state.charged = reservation.tokens

@@ -54,6 +54,10 @@ class Reservation(Protocol):
     async def release(self) -> None:
         """Give back the whole charge of a request that was never sent."""
 
+    def sent(self) -> None:
+        """The request goes on the wire now (after any wait for a connection slot): a limiter
+        that pairs the server's readings with what had reached it dates the request by this."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimiterStats:

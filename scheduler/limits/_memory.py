@@ -82,15 +82,18 @@ class LimiterReservation:
     """
 
     __slots__ = (
+        "_entry",
         "_limiter",
         "_mark_requests",
         "_mark_tokens",
         "_open",
         "_probe",
+        "_unsent",
         "admitted_at",
         "estimate",
         "image_estimate",
         "requests",
+        "sent_at",
         "tokens",
         "waited",
     )
@@ -118,6 +121,11 @@ class LimiterReservation:
         self._mark_requests = limiter._counts.admitted_requests
         self._open = True
         self._probe = not limiter._heard  # admitted during slow start
+        self.sent_at: float | None = None  # when the request went on the wire, if told
+        # Its place among the recent admissions (its time, estimate, image estimate), and
+        # whether it counts among the admitted requests not yet on the wire.
+        self._entry: list[float] | None = None
+        self._unsent = False
 
     async def settle(self, actual_tokens: int) -> None:
         """Reconcile the charge with ``actual_tokens`` (refund or extra) under the policy."""
@@ -134,6 +142,12 @@ class LimiterReservation:
             self._open = False
             self._limiter._answered(self)
             self._limiter._release(self)
+
+    def sent(self) -> None:
+        """The request goes on the wire now: readings are paired by this time, not admission's
+        (a request waiting for a connection slot has not reached the server)."""
+        if self._open and self.sent_at is None:
+            self._limiter._sent(self)
 
     def __repr__(self) -> str:
         return (
@@ -258,9 +272,18 @@ class Limiter:
         self._margin = MarginLearner(
             configured=margin_seconds, fixed=not (learn_margin and learn_from_headers)
         )
-        # (admitted_at, estimate, image) of the last IN_TRANSIT_HORIZON seconds' admissions: a
+        # [time, estimate, image] of the requests that went on the wire in the last
+        # IN_TRANSIT_HORIZON seconds (at their admission, until a caller tells the limiter when
+        # it sends: ``LimiterReservation.sent``), and what is admitted but not yet sent: a
         # reading is paired with what had reached the server when it was taken.
-        self._recent: deque[tuple[float, float, float]] = deque()
+        self._recent: deque[list[float]] = deque()
+        self._reports_sends = False
+        self._unsent_estimates = 0.0
+        self._unsent_images = 0.0
+        # The largest wire-to-meter bound of the answers (from the send, where told): how close
+        # to a reading's moment an admission leaves it undecidable. (The margin's own bound
+        # runs from admission: a wait for a connection slot is a send delay to the bucket.)
+        self._wire = MarginLearner(configured=0.0, fixed=True)
         # The largest charge admitted: a meter holding more proves the server's window.
         self._largest_tokens = 0.0
         # Slow start: until the server has answered once, at most this many requests are out.
@@ -510,17 +533,13 @@ class Limiter:
         self._counts.estimated_tokens += estimate
         self._counts.estimated_image_tokens += image
         self._counts.admitted_requests += requests
-        recent = self._recent
-        recent.append((now, float(estimate), float(image)))
-        while recent[0][0] < now - IN_TRANSIT_HORIZON:
-            recent.popleft()
         if not self._heard:
             self._probes += 1
         self._counts.wait_time += now - arrived_at
         level = self._pair.tokens.level
         if level < self._counts.lowest_token_level:
             self._counts.lowest_token_level = level
-        return LimiterReservation(
+        reservation = LimiterReservation(
             self,
             tokens=tokens,
             requests=requests,
@@ -529,6 +548,45 @@ class Limiter:
             estimate=estimate,
             image_estimate=image,
         )
+        if self._reports_sends:
+            # Not on the wire until its caller says so.
+            reservation._unsent = True
+            self._unsent_estimates += estimate
+            self._unsent_images += image
+        else:
+            reservation._entry = self._remember(now, float(estimate), float(image))
+        return reservation
+
+    def _remember(self, now: float, estimate: float, image: float) -> list[float]:
+        """Record a request reaching the wire at ``now`` among the recent ones."""
+        entry = [now, estimate, image]
+        recent = self._recent
+        recent.append(entry)
+        while recent[0][0] < now - IN_TRANSIT_HORIZON:
+            recent.popleft()
+        return entry
+
+    def _forget(self, reservation: LimiterReservation) -> None:
+        """``reservation`` is no longer on its way: out of the unsent and the recent ones."""
+        self._on_wire(reservation)
+        if reservation._entry is not None:
+            reservation._entry[1] = reservation._entry[2] = 0.0
+            reservation._entry = None
+
+    def _on_wire(self, reservation: LimiterReservation) -> None:
+        """``reservation`` is no longer among the admitted requests not yet sent."""
+        if reservation._unsent:
+            reservation._unsent = False
+            self._unsent_estimates -= reservation.estimate
+            self._unsent_images -= reservation.image_estimate
+
+    def _sent(self, reservation: LimiterReservation) -> None:
+        now = anyio.current_time()
+        reservation.sent_at = now
+        self._reports_sends = True
+        self._forget(reservation)
+        estimate, image = float(reservation.estimate), float(reservation.image_estimate)
+        reservation._entry = self._remember(now, estimate, image)
 
     def _abandon(self, waiter: _Waiter) -> None:
         """Undo every trace of a waiter that was cancelled (or failed) before it resumed."""
@@ -541,10 +599,7 @@ class Limiter:
             self._counts.admitted_tokens -= reservation.tokens
             self._counts.estimated_tokens -= reservation.estimate
             self._counts.estimated_image_tokens -= reservation.image_estimate
-            # Un-admitted now: counted out of what reaches the server from now on.
-            self._recent.append(
-                (now, -float(reservation.estimate), -float(reservation.image_estimate))
-            )
+            self._forget(reservation)
             self._counts.admitted_requests -= reservation.requests
             self._counts.wait_time -= reservation.waited
         elif not waiter.gone:
@@ -580,7 +635,9 @@ class Limiter:
     # -- reconciliation ------------------------------------------------------------------------
 
     def _answered(self, reservation: LimiterReservation) -> None:
-        """A slow-start request is settled or released: its place in the slice is free."""
+        """A request is settled or released: no longer on its way (if it was sent, it has
+        arrived); a slow-start request's place in the slice is free."""
+        self._on_wire(reservation)
         if reservation._probe:
             reservation._probe = False
             self._probes -= 1
@@ -609,6 +666,7 @@ class Limiter:
             self._advance(now)
 
     def _release(self, reservation: LimiterReservation) -> None:
+        self._forget(reservation)
         now = anyio.current_time()
         self._pair.give(reservation.tokens, reservation.requests, now)
         self._counts.released_tokens += reservation.tokens
@@ -650,6 +708,9 @@ class Limiter:
         linked = reservation if isinstance(reservation, LimiterReservation) else None
         if linked is not None and linked._limiter is not self:
             linked = None
+        if linked is not None:
+            start = linked.admitted_at if linked.sent_at is None else linked.sent_at
+            self._wire.heard(elapsed=now - start, processing=headers.processing_seconds, now=now)
         changed = linked is not None and self._margin.heard(
             elapsed=now - linked.admitted_at, processing=headers.processing_seconds, now=now
         )
@@ -732,29 +793,33 @@ class Limiter:
         too close to that moment to tell whether it had arrived (within the largest
         send-delay bound seen): the reading is skipped, and the next one's pair spans it.
 
-        The answer to ``linked`` was written ``processing`` seconds after that request reached
-        the meter; a request admitted after ``linked.admitted_at + processing`` (``now`` less
-        the round trip) had not, taking the same send delay. Without the server's processing
-        time (or the reservation) everything admitted counts, as if the network took no time.
+        Requests admitted but not yet sent (``LimiterReservation.sent``, once a caller uses
+        it) are left out. The answer to ``linked`` was written ``processing`` seconds after
+        that request reached the meter; a request sent (or admitted, untold) after
+        ``linked``'s send plus ``processing`` (``now`` less the round trip) had not, taking the
+        same send delay. Without the server's processing time (or the reservation) everything
+        sent counts, as if the network took no time.
         With 0-20 ms of network each way at 450k TPM, counting requests in flight to the server
         made pairs of large, image-heavy requests look cheap and the next pairs dear: the
         per-component fit read 1.25x for the rest and 0.64x for images off a server charging
         the formula (64 429s in three minutes, ``tests/test_learning.py``).
         """
-        estimates = float(self._counts.estimated_tokens)
-        images = float(self._counts.estimated_image_tokens)
+        # Admitted but not on the wire yet (waiting for a connection slot): not there.
+        estimates = float(self._counts.estimated_tokens) - self._unsent_estimates
+        images = float(self._counts.estimated_image_tokens) - self._unsent_images
         processing = headers.processing_seconds
         if linked is None or processing is None:
             return estimates, images, now
+        start = linked.admitted_at if linked.sent_at is None else linked.sent_at
         # The round trip, less the header's unit (a round trip within it is none at all).
-        trip = max(0.0, now - linked.admitted_at - processing - PROCESSING_UNIT)
+        trip = max(0.0, now - start - processing - PROCESSING_UNIT)
         cutoff = now - trip
         # The header is whole milliseconds: a bound within that is no spread at all.
-        band = max(0.0, self._margin.bound - PROCESSING_UNIT)
-        for admitted_at, estimate, image in reversed(self._recent):
-            if abs(admitted_at - cutoff) < band:
+        band = max(0.0, self._wire.bound - PROCESSING_UNIT)
+        for at, estimate, image in reversed(self._recent):
+            if abs(at - cutoff) < band and estimate:
                 return None
-            if admitted_at <= cutoff:
+            if at <= cutoff:
                 break
             estimates -= estimate
             images -= image

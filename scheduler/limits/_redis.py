@@ -171,6 +171,9 @@ class RedisReservation:
             self._limiter._answered(self._slot)
             await self._limiter._release(self)
 
+    def sent(self) -> None:
+        """Nothing to record: the fleet's readings are dated on Redis's clock."""
+
     def __repr__(self) -> str:
         return f"RedisReservation(tokens={self.tokens}, requests={self.requests})"
 
