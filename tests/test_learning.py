@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
 
 import anyio
+import httpx
 import pytest
+from dispatch_fakes import run_workers
 
+from scheduler.cost import estimate_cost
 from scheduler.limits import Limiter, RateLimitHeaders, RateLimitRefusal
 from scheduler.limits._learning import MAX_STEP, ChargeLearner, WindowLearner
+from scheduler.sim.app import SimApp, create_app
+from scheduler.sim.settings import LatencyModel, SimSettings
 
 LIMIT = 60_000.0
 RATE = LIMIT / 60.0
@@ -510,6 +516,44 @@ def vision_body(i: int) -> dict[str, object]:
     }
 
 
+async def serve_vision(
+    settings: SimSettings, *, callers: int, slots: int | None = None
+) -> tuple[Limiter, SimApp, list[tuple[float, float]]]:
+    """``callers`` workers send ``vision_body`` requests through one limiter to the simulator
+    for three virtual minutes; with ``slots``, that many connections, each request waiting
+    for one after its admission and telling the limiter when it goes (``sent()``, as dispatch
+    does). The limiter, the simulator, and the learnt (rest, image) factors after each answer."""
+    app = create_app(settings)
+    limiter = Limiter(tpm=settings.tpm, rpm=settings.rpm, burst_seconds=1.0)
+    bodies = [vision_body(i) for i in range(64)]
+    costs = [estimate_cost(b) for b in bodies]
+    numbers = itertools.count()
+    connections: contextlib.AbstractAsyncContextManager[object] = (
+        contextlib.nullcontext() if slots is None else anyio.Semaphore(slots)
+    )
+    factors: list[tuple[float, float]] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            pick = next(numbers) % len(bodies)
+            cost = costs[pick]
+            reservation = await limiter.acquire(tokens=cost.total, image_tokens=cost.image_tokens)
+            async with connections:
+                if slots is not None:
+                    reservation.sent()
+                reply = await client.post("/chat/completions", json=bodies[pick])
+            headers = RateLimitHeaders.from_headers(reply.headers)
+            if reply.status_code == 429:
+                await limiter.cooldown(headers.retry_after or 0.5, reservation=reservation)
+            await limiter.observe(headers, reservation=reservation)
+            await reservation.settle(reservation.tokens)
+            stats = limiter.stats()
+            factors.append((stats.rest_charge_factor, stats.image_charge_factor))
+
+    await run_workers(httpx.ASGITransport(app), worker, count=callers, minutes=3)
+    return limiter, app, factors
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_a_network_in_between_teaches_no_false_split_of_the_charge() -> None:
@@ -519,13 +563,6 @@ async def test_a_network_in_between_teaches_no_false_split_of_the_charge() -> No
     the formula after the first few dozen answers. Counting the requests still on their way
     made image-heavy pairs look cheap and the next ones dear: 1.25x text and 0.64x images
     learnt, and 64 429s."""
-    import httpx
-    from dispatch_fakes import run_workers
-
-    from scheduler.cost import estimate_cost
-    from scheduler.sim.app import create_app
-    from scheduler.sim.settings import LatencyModel, SimSettings
-
     settings = SimSettings(
         tpm=450_000,
         rpm=10_000,
@@ -533,28 +570,7 @@ async def test_a_network_in_between_teaches_no_false_split_of_the_charge() -> No
         url_image_size=(2048, 768),  # what our estimate assumes of an image of unknown size
         network_delay=(0.0, 0.02),
     )
-    app = create_app(settings)
-    limiter = Limiter(tpm=450_000, rpm=10_000, burst_seconds=1.0)
-    bodies = [vision_body(i) for i in range(64)]
-    costs = [estimate_cost(b) for b in bodies]
-    numbers = itertools.count()
-    factors: list[tuple[float, float]] = []
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while True:
-            pick = next(numbers) % len(bodies)
-            cost = costs[pick]
-            reservation = await limiter.acquire(tokens=cost.total, image_tokens=cost.image_tokens)
-            reply = await client.post("/chat/completions", json=bodies[pick])
-            headers = RateLimitHeaders.from_headers(reply.headers)
-            if reply.status_code == 429:
-                await limiter.cooldown(headers.retry_after or 0.5, reservation=reservation)
-            await limiter.observe(headers, reservation=reservation)
-            await reservation.settle(reservation.tokens)
-            stats = limiter.stats()
-            factors.append((stats.rest_charge_factor, stats.image_charge_factor))
-
-    await run_workers(httpx.ASGITransport(app), worker, count=32, minutes=3)
+    _, app, factors = await serve_vision(settings, callers=32)
     assert len(factors) > 700  # 4-5 answers a second
     # Early answers (before the send-delay bound is known) may split a little.
     assert all(factor == (1.0, 1.0) for factor in factors[40:])
@@ -570,13 +586,6 @@ async def test_requests_waiting_for_a_slot_are_not_read_as_arrived() -> None:
     1.5x images and 1.0x the rest. Dated by admission (no ``sent()``) the readings counted
     requests still waiting for a slot: one factor of 1.10x, and 2.0x the rest / 1.17x images
     before readings were paired with what had arrived at all."""
-    import httpx
-    from dispatch_fakes import run_workers
-
-    from scheduler.cost import estimate_cost
-    from scheduler.sim.app import create_app
-    from scheduler.sim.settings import LatencyModel, SimSettings
-
     settings = SimSettings(
         tpm=450_000,
         rpm=10_000,
@@ -584,28 +593,7 @@ async def test_requests_waiting_for_a_slot_are_not_read_as_arrived() -> None:
         url_image_size=(2048, 768),
         image_charge="x1.5",
     )
-    app = create_app(settings)
-    limiter = Limiter(tpm=450_000, rpm=10_000, burst_seconds=1.0)
-    bodies = [vision_body(i) for i in range(64)]
-    costs = [estimate_cost(b) for b in bodies]
-    numbers = itertools.count()
-    slots = anyio.Semaphore(6)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while True:
-            pick = next(numbers) % len(bodies)
-            cost = costs[pick]
-            reservation = await limiter.acquire(tokens=cost.total, image_tokens=cost.image_tokens)
-            async with slots:
-                reservation.sent()
-                reply = await client.post("/chat/completions", json=bodies[pick])
-            headers = RateLimitHeaders.from_headers(reply.headers)
-            if reply.status_code == 429:
-                await limiter.cooldown(headers.retry_after or 0.5, reservation=reservation)
-            await limiter.observe(headers, reservation=reservation)
-            await reservation.settle(reservation.tokens)
-
-    await run_workers(httpx.ASGITransport(app), worker, count=64, minutes=3)
+    limiter, _, _ = await serve_vision(settings, callers=64, slots=6)
     stats = limiter.stats()
     learnt = (stats.rest_charge_factor, stats.image_charge_factor)
     assert learnt[0] == 1.0

@@ -279,6 +279,31 @@ async def test_an_interactive_request_on_one_machine_passes_bulk_waiting_on_anot
     assert [label for label in order if label != "i"] == [f"b{i}" for i in range(7)]
 
 
+class SharedMeter:
+    """One server meter answering every process: it drains at the limit's rate, and each
+    answer (3 ms after the request arrived) reports what remains of it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = limit / 2
+        self.at = anyio.current_time()
+
+    async def answer(
+        self, limiter: RedisLimiter, reservation: RedisReservation, *, charge: float
+    ) -> None:
+        """The request of ``reservation`` is charged ``charge``; its answer goes to ``limiter``."""
+        now = anyio.current_time()
+        self.used = self.used - self.limit / 60 * (now - self.at) + charge
+        self.at = now
+        await anyio.sleep(0.003)
+        drained = self.limit / 60 * (anyio.current_time() - self.at)
+        remaining = round(self.limit - self.used + drained)
+        await limiter.observe(
+            RateLimitHeaders(limit_tokens=self.limit, remaining_tokens=remaining),
+            reservation=reservation,
+        )
+
+
 @pytest.mark.anyio
 @WALL_CLOCK
 async def test_two_machines_converge_to_one_learnt_charge(redis_url: str) -> None:
@@ -286,20 +311,12 @@ async def test_two_machines_converge_to_one_learnt_charge(redis_url: str) -> Non
     admissions since each reading are counted fleet-wide, so neither sees the other's traffic
     as its own overcharge, and both then charge the same."""
     ratio, limit = 1.5, 600_000
-    used, at = limit / 2, anyio.current_time()
+    meter = SharedMeter(limit)
     async with make(redis_url, burst_seconds=6.0) as a, make(redis_url, burst_seconds=6.0) as b:
         for step in range(40):
             limiter = (a, b)[step % 2]
             reservation = await limiter.acquire(tokens=100)
-            now = anyio.current_time()
-            used = used - limit / 60 * (now - at) + ratio * 100
-            at = now
-            await anyio.sleep(0.003)
-            remaining = round(limit - used + limit / 60 * (anyio.current_time() - at))
-            await limiter.observe(
-                RateLimitHeaders(limit_tokens=limit, remaining_tokens=remaining),
-                reservation=reservation,
-            )
+            await meter.answer(limiter, reservation, charge=ratio * 100)
         # A process charges the factor its last script answer carried: one call each first.
         await a.acquire(tokens=1)
         await b.acquire(tokens=1)
@@ -317,7 +334,7 @@ async def test_two_machines_share_the_charge_per_component(redis_url: str) -> No
     fleet-wide like the estimates, and both then charge each request its own charge."""
     shapes = [(600, 255), (300, 510), (900, 0), (200, 765)]
     limit = 6_000_000  # 100,000 tokens/s: the traffic never waits for the bucket
-    used, at = limit / 2, anyio.current_time()
+    meter = SharedMeter(limit)
     async with (
         make(redis_url, tpm=limit, burst_seconds=6.0) as a,
         make(redis_url, tpm=limit, burst_seconds=6.0, lease_seconds=1.0) as b,
@@ -326,15 +343,7 @@ async def test_two_machines_share_the_charge_per_component(redis_url: str) -> No
             limiter = (a, b)[step % 2]
             rest, image = shapes[step % len(shapes)]
             reservation = await limiter.acquire(tokens=rest + image, image_tokens=image)
-            now = anyio.current_time()
-            used = used - limit / 60 * (now - at) + rest + 843 * image / 255
-            at = now
-            await anyio.sleep(0.003)
-            remaining = round(limit - used + limit / 60 * (anyio.current_time() - at))
-            await limiter.observe(
-                RateLimitHeaders(limit_tokens=limit, remaining_tokens=remaining),
-                reservation=reservation,
-            )
+            await meter.answer(limiter, reservation, charge=rest + 843 * image / 255)
         # A process charges the factors its last script answer carried: one call each first.
         await a.observe(RateLimitHeaders(limit_tokens=limit, remaining_tokens=limit))
         await b.observe(RateLimitHeaders(limit_tokens=limit, remaining_tokens=limit))

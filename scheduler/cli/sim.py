@@ -167,16 +167,9 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> SimSettings:
             rates[kind] = float(rate)
         except ValueError:
             raise ConfigError(f"--fault {item!r}: expected KIND=RATE") from None
-    low, _, high = args.header_lag.partition(":")
-    try:
-        lag = (float(low), float(high) if high else None)
-    except ValueError:
-        raise ConfigError(f"--header-lag {args.header_lag!r}: expected S or S:S2") from None
-    low, _, high = args.network_delay.partition(":")
-    try:
-        network = (float(low), float(high or low))
-    except ValueError:
-        raise ConfigError(f"--network-delay {args.network_delay!r}: expected S or S:S2") from None
+    lag = _seconds_range("--header-lag", args.header_lag)
+    low, high = _seconds_range("--network-delay", args.network_delay)
+    network = (low, low if high is None else high)
     return SimSettings(
         tpm=config.limits.tpm,
         rpm=config.limits.rpm,
@@ -230,3 +223,12 @@ def run(args: argparse.Namespace) -> int:
     app = serve(settings, sock, log_level=args.log_level)
     print(json.dumps({k: v for k, v in app.stats.snapshot().items() if k != "series"}))
     return EXIT_OK
+
+
+def _seconds_range(flag: str, text: str) -> tuple[float, float | None]:
+    """``S`` or ``S:S2`` seconds (None: no ``S2``); a ConfigError naming ``flag`` otherwise."""
+    low, _, high = text.partition(":")
+    try:
+        return float(low), float(high) if high else None
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected S or S:S2") from None

@@ -149,6 +149,11 @@ class LimiterReservation:
         if self._open and self.sent_at is None:
             self._limiter._sent(self)
 
+    @property
+    def left_at(self) -> float:
+        """When the request left: its send, if told, else its admission."""
+        return self.admitted_at if self.sent_at is None else self.sent_at
+
     def __repr__(self) -> str:
         return (
             f"LimiterReservation(tokens={self.tokens}, requests={self.requests}, "
@@ -709,8 +714,9 @@ class Limiter:
         if linked is not None and linked._limiter is not self:
             linked = None
         if linked is not None:
-            start = linked.admitted_at if linked.sent_at is None else linked.sent_at
-            self._wire.heard(elapsed=now - start, processing=headers.processing_seconds, now=now)
+            self._wire.heard(
+                elapsed=now - linked.left_at, processing=headers.processing_seconds, now=now
+            )
         changed = linked is not None and self._margin.heard(
             elapsed=now - linked.admitted_at, processing=headers.processing_seconds, now=now
         )
@@ -810,9 +816,8 @@ class Limiter:
         processing = headers.processing_seconds
         if linked is None or processing is None:
             return estimates, images, now
-        start = linked.admitted_at if linked.sent_at is None else linked.sent_at
         # The round trip, less the header's unit (a round trip within it is none at all).
-        trip = max(0.0, now - start - processing - PROCESSING_UNIT)
+        trip = max(0.0, now - linked.left_at - processing - PROCESSING_UNIT)
         cutoff = now - trip
         # The header is whole milliseconds: a bound within that is no spread at all.
         band = max(0.0, self._wire.bound - PROCESSING_UNIT)
